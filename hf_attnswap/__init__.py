@@ -1,0 +1,65 @@
+"""hf_attnswap: swap the attention of Transformers models (GPT-2, Llama, ...) at load time.
+
+```python
+import hf_attnswap
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("gpt2", attn_implementation="dagpam", attnswap={"lambda_init": 0.1})
+hf_attnswap.swap(live_model, "polynomial", degree=3)
+hf_attnswap.list_mechanisms()
+```
+Importing this package registers the built-in mechanisms with Transformers' ``AttentionInterface`` and
+``AttentionMaskInterface``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from . import options
+from .errors import AttnSwapError, NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
+from .mechanisms import register_builtins
+from .mechanisms.common import AttentionContext
+from .options import DaGPAMOptions, MechanismOptions, PolynomialOptions, SoftmaxOptions
+from .patching import ARCHITECTURES, swap
+from .patching import uninstall as unswap
+from .registry import PARAMS_ATTR, get_mechanism, list_mechanisms, parse_options, register_mechanism
+from .transformers_hooks import install_hooks
+
+__version__ = "0.1.0"
+
+register_builtins()
+install_hooks()
+
+
+def parameter_overhead(model: nn.Module) -> dict[str, Any]:
+    """Parameters hf_attnswap added to ``model``: ``{"added", "base", "total", "percent"}`` (percent of base)."""
+    added = sum(p.numel() for name, p in model.named_parameters() if f".{PARAMS_ATTR}." in f".{name}")
+    total = sum(p.numel() for p in model.parameters())
+    base = total - added
+    return {"added": added, "base": base, "total": total, "percent": 100.0 * added / max(base, 1)}
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "AttentionContext",
+    "AttnSwapError",
+    "DaGPAMOptions",
+    "MechanismOptions",
+    "NotSwappedError",
+    "OptionError",
+    "PolynomialOptions",
+    "SoftmaxOptions",
+    "UnknownMechanismError",
+    "UnsupportedModelError",
+    "__version__",
+    "get_mechanism",
+    "list_mechanisms",
+    "options",
+    "parameter_overhead",
+    "parse_options",
+    "register_mechanism",
+    "swap",
+    "unswap",
+]

@@ -1,0 +1,57 @@
+"""polynomial: ``a_ij = c_i * s_ij**p`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613; SCIENCE.md)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..options import PolynomialOptions
+from .common import AttentionContext, attention_dropout
+
+
+def length_scale(mask: torch.Tensor, options: PolynomialOptions) -> torch.Tensor | float:
+    """The per-query factor ``c_i``: (B|1, 1, Q, 1) for ``"visible"``, a float otherwise.
+
+    ``"visible"``: ``1/sqrt(N_i)`` with ``N_i`` the number of keys query i sees (a query that sees none,
+    a padding query, gets ``N_i = 1``; its weights are all 0 anyway).
+    """
+    if options.length_scale == "visible":
+        n = mask.sum(dim=-1, keepdim=True).clamp_min(1)
+        return n.to(torch.float32).rsqrt()
+    if options.length_scale == "fixed":
+        return 1.0 / math.sqrt(options.fixed_length)
+    return 1.0
+
+
+def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float, options: PolynomialOptions) -> torch.Tensor:
+    """Unnormalised weights ``c_i * (scale * q_i·k_j)**p`` with a multiplicative mask, in float32.
+
+    query: (B, H, Q, d); key: (B, H, K, d); mask: (B|1, 1, Q, K) bool. Returns (B, H, Q, K).
+    Computed in float32 whatever the input dtype, so that half-precision inputs cannot overflow here.
+    """
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    return scores.pow(options.degree) * mask * length_scale(mask, options)
+
+
+def polynomial_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, ctx: AttentionContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference polynomial attention. Rows are not normalised and weights may be negative (odd ``p``).
+
+    query: (B, H, Q, d); key, value: (B, H, K, d); mask: (B|1, 1, Q, K) bool.
+    Returns ``(output (B, H, Q, d), weights (B, H, Q, K))``. In float16/bfloat16 the product with V is
+    done in float32; if the result does not fit the input dtype an ``OverflowError`` says so, rather than
+    returning infinities.
+    """
+    weights = polynomial_weights(query, key, mask, ctx.scaling, ctx.options)
+    out = torch.matmul(attention_dropout(weights, ctx.dropout), value.float())
+    if value.dtype in (torch.float16, torch.bfloat16):
+        limit = torch.finfo(value.dtype).max
+        if not bool(torch.isfinite(out).all()) or bool(out.abs().max() > limit):
+            raise OverflowError(
+                f"polynomial attention (degree {ctx.options.degree}) produced values beyond the range of "
+                f"{value.dtype}. Run this model in float32 (or bfloat16, whose range is wider than float16), "
+                "or keep length_scale='visible' so the weights stay O(1/sqrt(N))."
+            )
+    return out.to(value.dtype), weights.to(value.dtype)

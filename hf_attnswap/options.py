@@ -1,0 +1,159 @@
+"""One validated dataclass of options per built-in mechanism.
+
+Every options class derives from :class:`MechanismOptions`. Its ``__post_init__`` rejects a bad value
+with an :class:`~hf_attnswap.errors.OptionError` that names the field, the value and the allowed range.
+User-defined mechanisms get the same treatment by subclassing :class:`MechanismOptions` and calling the
+``check_*`` helpers below in their own ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import OptionError
+
+
+def check_float(owner: str, name: str, value: Any, *, minimum: float | None = None, strict: bool = False) -> float:
+    """Return ``value`` as a float, or raise if it is not a real number ``>= minimum`` (``> minimum`` if strict)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f"{owner}: option {name!r} must be a number, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not math.isfinite(value):
+        raise OptionError(f"{owner}: option {name!r} must be finite, got {value!r}.")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise OptionError(f"{owner}: option {name!r} must be {bound}, got {value!r}.")
+    return value
+
+
+def check_int(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer ``>= minimum`` (``3.0`` is accepted, ``2.5`` is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not value.is_integer()
+    ):
+        raise OptionError(f"{owner}: option {name!r} must be an integer, got {value!r} ({type(value).__name__}).")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise OptionError(f"{owner}: option {name!r} must be an integer >= {minimum}, got {value}.")
+    return value
+
+
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, else raise (``0``/``"false"`` are rejected rather than guessed)."""
+    if not isinstance(value, bool):
+        raise OptionError(f"{owner}: option {name!r} must be true or false, got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise listing them."""
+    if value not in choices:
+        raise OptionError(f"{owner}: option {name!r} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+    return value
+
+
+@dataclass
+class MechanismOptions:
+    """Base class of every mechanism's options. Subclasses are dataclasses whose fields all have defaults."""
+
+    mechanism: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field, defaults included."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return cls().to_dict()
+
+
+@dataclass
+class SoftmaxOptions(MechanismOptions):
+    """``a_ij = softmax_j(s_ij / temperature)`` over visible keys. ``temperature=1`` reproduces the model."""
+
+    mechanism: ClassVar[str] = "softmax"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.temperature = check_float("softmax", "temperature", self.temperature, minimum=0.0, strict=True)
+
+
+LENGTH_SCALES = ("visible", "fixed", "none")
+
+
+@dataclass
+class PolynomialOptions(MechanismOptions):
+    """``a_ij = c_i * s_ij**degree`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613).
+
+    ``length_scale``: ``"visible"`` -> ``c_i = 1/sqrt(N_i)`` (keys query i sees, cache-consistent);
+    ``"fixed"`` -> ``1/sqrt(fixed_length)``; ``"none"`` -> ``1``.
+    """
+
+    mechanism: ClassVar[str] = "polynomial"
+    degree: int = 3
+    length_scale: str = "visible"
+    fixed_length: int | None = None
+
+    def __post_init__(self) -> None:
+        self.degree = check_int("polynomial", "degree", self.degree, minimum=1)
+        self.length_scale = check_choice("polynomial", "length_scale", self.length_scale, LENGTH_SCALES)
+        if self.length_scale == "fixed":
+            if self.fixed_length is None:
+                raise OptionError(
+                    "polynomial: length_scale='fixed' needs option 'fixed_length' (the N in 1/sqrt(N), "
+                    "e.g. your training sequence length)."
+                )
+            self.fixed_length = check_int("polynomial", "fixed_length", self.fixed_length, minimum=1)
+        elif self.fixed_length is not None:
+            raise OptionError(
+                f"polynomial: option 'fixed_length' is only used with length_scale='fixed', "
+                f"but length_scale={self.length_scale!r}. Remove it or set length_scale='fixed'."
+            )
+
+
+LAMBDA_CONSTRAINTS = ("none", "nonneg")
+NEG_QUERY_PROJS = ("shared", "per_head")
+NEG_QUERY_INITS = ("neg_identity", "identity", "normal")
+
+
+@dataclass
+class DaGPAMOptions(MechanismOptions):
+    """daGPAM: ``P = (1+λ) softmax(Q⁺Kᵀ s) - λ softmax(Q⁻Kᵀ s)``, ``Q⁻ = ReLU(Q⁺) W⁻`` (arXiv 2410.15578).
+
+    - ``lambda_init`` (>= 0, default 0: the swapped model equals the original exactly).
+    - ``trainable_lambda``: λ is a trained parameter (default) or a fixed one.
+    - ``lambda_constraint``: ``"none"`` (λ is the parameter) or ``"nonneg"`` (λ = softplus(raw); needs
+      ``lambda_init > 0``, since softplus never reaches 0).
+    - ``tied_lambda``: one λ per head (rows sum to 1), or untied ``(1+λ⁺)S⁺ - λ⁻S⁻`` (rows sum to
+      ``1+λ⁺-λ⁻``, fixed per head).
+    - ``neg_query_proj``: ``"shared"`` (one ``d×d`` W⁻ per layer) or ``"per_head"``.
+    - ``neg_query_init``: ``"neg_identity"`` (``-I``), ``"identity"`` or ``"normal"`` (std ``1/sqrt(d)``).
+    """
+
+    mechanism: ClassVar[str] = "dagpam"
+    lambda_init: float = 0.0
+    trainable_lambda: bool = True
+    lambda_constraint: str = "none"
+    tied_lambda: bool = True
+    neg_query_proj: str = "shared"
+    neg_query_init: str = "neg_identity"
+
+    def __post_init__(self) -> None:
+        self.lambda_init = check_float("dagpam", "lambda_init", self.lambda_init, minimum=0.0)
+        self.trainable_lambda = check_bool("dagpam", "trainable_lambda", self.trainable_lambda)
+        self.lambda_constraint = check_choice("dagpam", "lambda_constraint", self.lambda_constraint, LAMBDA_CONSTRAINTS)
+        self.tied_lambda = check_bool("dagpam", "tied_lambda", self.tied_lambda)
+        self.neg_query_proj = check_choice("dagpam", "neg_query_proj", self.neg_query_proj, NEG_QUERY_PROJS)
+        self.neg_query_init = check_choice("dagpam", "neg_query_init", self.neg_query_init, NEG_QUERY_INITS)
+        if self.lambda_constraint == "nonneg" and self.lambda_init == 0.0:
+            raise OptionError(
+                "dagpam: lambda_constraint='nonneg' parameterises λ = softplus(raw), which can never be exactly 0, "
+                "so lambda_init=0 is impossible. Use lambda_init > 0 (e.g. 0.1), or lambda_constraint='none'."
+            )

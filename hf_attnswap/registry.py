@@ -1,0 +1,243 @@
+"""Mechanism registry: name -> spec, and registration of each name with Transformers.
+
+Registering a mechanism adds, under its name, an attention function to ``AttentionInterface`` and a mask
+function to ``AttentionMaskInterface`` that always materialises a boolean mask (causal, padding and
+KV-cache offset). Without the mask function Transformers passes ``attention_mask=None`` to a custom name.
+
+The same functions are also registered under a *persisted* name, the one written to ``config.json``:
+``"dagpam (needs the hf_attnswap plugin: pip install hf-attnswap, then import hf_attnswap)"``. Loading
+such a checkpoint without the plugin makes Transformers fail with that text in its message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .errors import NotSwappedError, OptionError, UnknownMechanismError
+from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
+from .options import MechanismOptions
+
+MechanismFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], tuple[torch.Tensor, torch.Tensor | None]]
+ParamsFactory = Callable[[int, int, Any], nn.Module]
+
+PERSIST_SUFFIX = " (needs the hf_attnswap plugin: pip install hf-attnswap, then import hf_attnswap)"
+OPTIONS_ATTR = "attnswap_options"  # plain attribute on each attention module: the parsed options
+PARAMS_ATTR = "attnswap"  # submodule on each attention module: the mechanism's parameters, if any
+ROPE_ATTR = "_attnswap_rope"  # (cos, sin) stashed by the rotary pre-hook for the current forward
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Everything hf_attnswap knows about one mechanism.
+
+    - ``forward``: the reference attention, ``(query, key, value, mask, ctx) -> (out, weights)`` with
+      query (B, H, Q, d), key/value (B, H, K, d) (K/V heads already repeated for GQA), mask (B|1, 1, Q, K)
+      bool, out (B, H, Q, d) and weights (B, H, Q, K) or None.
+    - ``options``: the options dataclass (a :class:`MechanismOptions` subclass).
+    - ``make_params``: ``(num_heads, head_dim, options) -> nn.Module`` for mechanisms that add parameters
+      to every attention layer, else ``None``.
+    - ``needs_rope``: the parameters act on the pre-rotary query (only supported architectures can).
+    """
+
+    name: str
+    forward: MechanismFn
+    options: type[MechanismOptions]
+    make_params: ParamsFactory | None = None
+    needs_rope: bool = False
+    description: str = ""
+
+    @property
+    def persisted_name(self) -> str:
+        return self.name + PERSIST_SUFFIX
+
+
+_REGISTRY: dict[str, Mechanism] = {}
+
+
+def register_mechanism(
+    name: str,
+    options: type[MechanismOptions] | None = None,
+    *,
+    make_params: ParamsFactory | None = None,
+    needs_rope: bool = False,
+    description: str = "",
+    overwrite: bool = False,
+) -> Callable[[MechanismFn], MechanismFn]:
+    """Decorator that registers an attention mechanism with hf_attnswap and with Transformers.
+
+    ```python
+    @dataclass
+    class SigmoidOptions(hf_attnswap.MechanismOptions):
+        bias: float = -2.0
+        def __post_init__(self):
+            self.bias = hf_attnswap.options.check_float("sigmoid", "bias", self.bias)
+
+    @hf_attnswap.register_mechanism("sigmoid", SigmoidOptions)
+    def sigmoid_attention(query, key, value, mask, ctx):  # (B,H,Q,d), (B,H,K,d), (B,H,K,d), (B|1,1,Q,K) bool
+        w = torch.sigmoid(query @ key.transpose(-1, -2) * ctx.scaling + ctx.options.bias) * mask
+        return w.to(value.dtype) @ value, w                # (B,H,Q,d), (B,H,Q,K)
+    ```
+    Then ``from_pretrained(..., attn_implementation="sigmoid", attnswap={"bias": -1.0})``.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise OptionError(f"mechanism name must be a Python identifier such as 'sigmoid', got {name!r}.")
+    options_cls = options or _empty_options(name)
+    if not (isinstance(options_cls, type) and issubclass(options_cls, MechanismOptions) and dataclasses.is_dataclass(options_cls)):
+        raise OptionError(f"options for mechanism {name!r} must be a @dataclass subclass of hf_attnswap.MechanismOptions.")
+    if name in ("eager", "sdpa", "flex_attention") or name.startswith("flash_attention") or "sdpa" in name or "flash" in name:
+        raise OptionError(f"mechanism name {name!r} clashes with a Transformers attention implementation; pick another.")
+
+    def decorator(fn: MechanismFn) -> MechanismFn:
+        if name in _REGISTRY and not overwrite and _REGISTRY[name].forward is not fn:
+            raise OptionError(f"mechanism {name!r} is already registered; pass overwrite=True to replace it.")
+        options_cls.mechanism = name
+        mech = Mechanism(name, fn, options_cls, make_params, needs_rope, description or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = mech
+        attention = partial(_attention_interface, mech)
+        for key in (name, mech.persisted_name):
+            AttentionInterface.register(key, attention)
+            AttentionMaskInterface.register(key, boolean_mask)
+        return fn
+
+    return decorator
+
+
+def boolean_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """Transformers' ``sdpa_mask`` with the causal skip forced off: always a boolean (B, 1, Q, K) mask with causal,
+    padding and KV-cache offset. (Only a bidirectional mask without padding may still come back as ``None``.)
+    ``create_causal_mask`` passes ``allow_is_causal_skip=True`` explicitly, so a ``partial`` would not do."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def _empty_options(name: str) -> type[MechanismOptions]:
+    return dataclasses.make_dataclass(f"{name.title()}Options", [], bases=(MechanismOptions,))
+
+
+def get_mechanism(name: str) -> Mechanism:
+    """The registered mechanism called ``name`` (its persisted name is accepted too)."""
+    if isinstance(name, str) and name.endswith(PERSIST_SUFFIX):
+        name = name[: -len(PERSIST_SUFFIX)]
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownMechanismError(
+            f"unknown attention mechanism {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}. "
+            "Register your own with @hf_attnswap.register_mechanism."
+        )
+    return _REGISTRY[name]
+
+
+def is_mechanism(name: Any) -> bool:
+    """Whether ``name`` (short or persisted) is a registered hf_attnswap mechanism."""
+    if not isinstance(name, str):
+        return False
+    return name.removesuffix(PERSIST_SUFFIX) in _REGISTRY
+
+
+def list_mechanisms() -> dict[str, dict[str, Any]]:
+    """Every registered mechanism: ``{name: {"description", "options": {field: default}, "adds_parameters"}}``."""
+    return {
+        name: {"description": m.description, "options": m.options.defaults(), "adds_parameters": m.make_params is not None}
+        for name, m in sorted(_REGISTRY.items())
+    }
+
+
+def parse_options(mechanism: str | Mechanism, options: dict[str, Any] | MechanismOptions | None) -> MechanismOptions:
+    """Validate ``options`` for ``mechanism`` and return its options dataclass (defaults filled in).
+
+    An unknown key is rejected; if it belongs to another mechanism the message says which.
+    """
+    mech = mechanism if isinstance(mechanism, Mechanism) else get_mechanism(mechanism)
+    if isinstance(options, mech.options):
+        return options
+    if isinstance(options, MechanismOptions):
+        raise OptionError(f"{type(options).__name__} are options for {options.mechanism!r}, not for {mech.name!r}.")
+    options = dict(options or {})
+    given = options.pop("mechanism", mech.name)
+    if given != mech.name:
+        raise OptionError(f"attnswap options say mechanism {given!r}, but the attention implementation is {mech.name!r}.")
+    allowed = mech.options.field_names()
+    for key in options:
+        if key not in allowed:
+            owners = [n for n, m in _REGISTRY.items() if key in m.options.field_names()]
+            where = f" It is an option of {', '.join(map(repr, owners))}." if owners else ""
+            raise OptionError(
+                f"unknown option {key!r} for mechanism {mech.name!r}.{where} "
+                f"Options of {mech.name!r}: {', '.join(allowed) or '(none)'}."
+            )
+    try:
+        return mech.options(**options)
+    except TypeError as err:  # a user dataclass without defaults, say
+        raise OptionError(f"bad options for mechanism {mech.name!r}: {err}") from None
+
+
+def options_to_config(opts: MechanismOptions) -> dict[str, Any]:
+    """What is stored in ``config.attnswap``: ``{"mechanism": name, **every option}``."""
+    return {"mechanism": opts.mechanism, **opts.to_dict()}
+
+
+def module_options(module: nn.Module, mech: Mechanism) -> MechanismOptions:
+    """The options an attention module runs with: set by swapping, else from ``module.config.attnswap``."""
+    opts = getattr(module, OPTIONS_ATTR, None)
+    if isinstance(opts, mech.options):
+        return opts
+    stored = getattr(getattr(module, "config", None), "attnswap", None)
+    if isinstance(stored, dict) and stored.get("mechanism") == mech.name:
+        opts = parse_options(mech, stored)
+    elif mech.make_params is None:
+        opts = mech.options()
+    else:
+        opts = None
+    if opts is None or (mech.make_params is not None and not isinstance(getattr(module, PARAMS_ATTR, None), nn.Module)):
+        raise NotSwappedError(
+            f"{type(module).__name__} runs attention {mech.name!r}, which needs its own parameters, but this layer has "
+            f"none. Swap with hf_attnswap.swap(model, {mech.name!r}, ...) (or load with "
+            f"attn_implementation={mech.name!r}) instead of model.set_attn_implementation()."
+        )
+    object.__setattr__(module, OPTIONS_ATTR, opts)
+    return opts
+
+
+def _attention_interface(
+    mech: Mechanism,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The function Transformers calls, with ``AttentionInterface``'s signature.
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d); attention_mask: (B|1, 1, Q, K) bool or additive float,
+    or None. Returns ``(output (B, Q, H, d), weights (B, H, Q, K) or None)``.
+    """
+    opts = module_options(module, mech)
+    batch, heads, q_len, head_dim = query.shape
+    k_len = key.shape[-2]
+    n_rep = heads // key.shape[1]
+    ctx = AttentionContext(
+        scaling=head_dim**-0.5 if scaling is None else scaling,
+        dropout=dropout if module.training else 0.0,
+        options=opts,
+        params=getattr(module, PARAMS_ATTR, None) if mech.make_params is not None else None,
+        rope=getattr(module, ROPE_ATTR, None),
+        module=module,
+        extra=kwargs,
+    )
+    mask = visible_mask(attention_mask, batch, q_len, k_len, query.device)
+    out, weights = mech.forward(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), mask, ctx)
+    return out.transpose(1, 2).contiguous(), weights

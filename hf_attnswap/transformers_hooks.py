@@ -1,0 +1,75 @@
+"""The one place where hf_attnswap touches Transformers internals.
+
+Transformers has no public hook for "a model was just built" nor for extra keyword arguments of
+``from_pretrained``/``from_config``. So, once, at import, this module wraps three methods of
+``PreTrainedModel``:
+
+- ``from_pretrained`` and ``_from_config`` (what ``AutoModel*.from_config`` calls) accept
+  ``attnswap={...}`` and hand it to the model being built, through a context variable;
+- ``post_init`` (run at the end of every model's ``__init__``, before weights are loaded) installs the
+  mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
+
+``tests/test_transformers_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from typing import Any
+
+from transformers import PreTrainedModel
+
+_PENDING: contextvars.ContextVar[Any] = contextvars.ContextVar("hf_attnswap_pending_options", default=None)
+_MARK = "__hf_attnswap_wrapped__"
+
+
+def _wrap_classmethod(name: str) -> None:
+    original = PreTrainedModel.__dict__[name].__func__
+
+    @functools.wraps(original)
+    def wrapper(cls: type, *args: Any, attnswap: Any = None, **kwargs: Any) -> Any:
+        if attnswap is None:
+            return original(cls, *args, **kwargs)
+        token = _PENDING.set(attnswap)
+        try:
+            return original(cls, *args, **kwargs)
+        finally:
+            _PENDING.reset(token)
+
+    setattr(wrapper, _MARK, original)
+    setattr(PreTrainedModel, name, classmethod(wrapper))
+
+
+def _wrap_post_init() -> None:
+    original = PreTrainedModel.post_init
+
+    @functools.wraps(original)
+    def post_init(self: PreTrainedModel) -> None:
+        original(self)
+        from .patching import apply_from_config
+
+        apply_from_config(self, _PENDING.get())
+
+    setattr(post_init, _MARK, original)
+    PreTrainedModel.post_init = post_init
+
+
+def install_hooks() -> None:
+    """Wrap ``from_pretrained``, ``_from_config`` and ``post_init`` once (idempotent)."""
+    for name in ("from_pretrained", "_from_config"):
+        if not hasattr(PreTrainedModel.__dict__[name].__func__, _MARK):
+            _wrap_classmethod(name)
+    if not hasattr(PreTrainedModel.post_init, _MARK):
+        _wrap_post_init()
+
+
+def hooks_installed() -> bool:
+    return all(
+        hasattr(f, _MARK)
+        for f in (
+            PreTrainedModel.__dict__["from_pretrained"].__func__,
+            PreTrainedModel.__dict__["_from_config"].__func__,
+            PreTrainedModel.post_init,
+        )
+    )
