@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from .errors import UnknownMechanismError
+
 _PENDING: contextvars.ContextVar[Any] = contextvars.ContextVar("hf_attnswap_pending_options", default=None)
 _MARK = "__hf_attnswap_wrapped__"
 
@@ -29,6 +31,7 @@ def _wrap_classmethod(name: str) -> None:
 
     @functools.wraps(original)
     def wrapper(cls: type, *args: Any, attnswap: Any = None, **kwargs: Any) -> Any:
+        check_attn_name(kwargs.get("attn_implementation"))
         if attnswap is None:
             return original(cls, *args, **kwargs)
         token = _PENDING.set(attnswap)
@@ -39,6 +42,24 @@ def _wrap_classmethod(name: str) -> None:
 
     setattr(wrapper, _MARK, original)
     setattr(PreTrainedModel, name, classmethod(wrapper))
+
+
+def check_attn_name(name: Any) -> None:
+    """Raise :class:`UnknownMechanismError` listing every available name if ``name`` is known neither to
+    hf_attnswap nor to Transformers (whose own error would not list the hf_attnswap mechanisms)."""
+    if not isinstance(name, str) or "|" in name or "/" in name:  # None, per-submodel dicts, paged|..., hub kernels
+        return
+    from transformers import AttentionInterface
+
+    from .registry import get_mechanism, is_mechanism
+
+    if name == "eager" or is_mechanism(name) or name in AttentionInterface().valid_keys():
+        return
+    try:
+        get_mechanism(name)
+    except UnknownMechanismError as err:
+        builtin = ["eager", "sdpa", "flex_attention", "flash_attention_2"]
+        raise UnknownMechanismError(f"{err} Transformers' own: {', '.join(builtin)}.") from None
 
 
 def _wrap_post_init() -> None:

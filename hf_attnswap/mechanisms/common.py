@@ -50,13 +50,19 @@ def visible_mask(
     return mask
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision inputs, the input dtype otherwise (float64 stays float64 for gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``softmax_j`` over visible keys, computed in float32. ``scores``: (B, H, Q, K); ``mask``: (B|1, 1, Q, K).
+    """``softmax_j`` over visible keys, in at least float32. ``scores``: (B, H, Q, K); ``mask``: (B|1, 1, Q, K).
 
     Hidden keys get exactly 0. A row with no visible key (a padding query) gets uniform weights, as in
     Transformers' eager attention, so that it stays finite; its output is never used.
     """
-    scores = scores.float().masked_fill(~mask, torch.finfo(torch.float32).min)
+    dtype = compute_dtype(scores.dtype)
+    scores = scores.to(dtype).masked_fill(~mask, torch.finfo(dtype).min)
     return torch.softmax(scores, dim=-1)  # exp(min - max) underflows to exactly 0 on hidden keys
 
 

@@ -115,8 +115,8 @@ def dagpam_attention(
     neg_query, lam_pos, lam_neg = negative_query(query, ctx)
     pos = softmax_weights(query, key, mask, ctx.scaling)
     neg = softmax_weights(neg_query, key, mask, ctx.scaling)
-    lam_pos = lam_pos.float().view(1, -1, 1, 1)
-    lam_neg = lam_neg.float().view(1, -1, 1, 1)
+    lam_pos = lam_pos.to(pos.dtype).view(1, -1, 1, 1)
+    lam_neg = lam_neg.to(pos.dtype).view(1, -1, 1, 1)
     weights = ((1 + lam_pos) * pos - lam_neg * neg).to(value.dtype)
     out = torch.matmul(attention_dropout(weights, ctx.dropout), value)
     return out, weights

@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..options import PolynomialOptions
-from .common import AttentionContext, attention_dropout
+from .common import AttentionContext, attention_dropout, compute_dtype
 
 
 def length_scale(mask: torch.Tensor, options: PolynomialOptions) -> torch.Tensor | float:
@@ -18,7 +18,7 @@ def length_scale(mask: torch.Tensor, options: PolynomialOptions) -> torch.Tensor
     """
     if options.length_scale == "visible":
         n = mask.sum(dim=-1, keepdim=True).clamp_min(1)
-        return n.to(torch.float32).rsqrt()
+        return n.to(torch.float32).rsqrt()  # promoted to float64 by float64 scores
     if options.length_scale == "fixed":
         return 1.0 / math.sqrt(options.fixed_length)
     return 1.0
@@ -28,9 +28,10 @@ def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tenso
     """Unnormalised weights ``c_i * (scale * q_i·k_j)**p`` with a multiplicative mask, in float32.
 
     query: (B, H, Q, d); key: (B, H, K, d); mask: (B|1, 1, Q, K) bool. Returns (B, H, Q, K).
-    Computed in float32 whatever the input dtype, so that half-precision inputs cannot overflow here.
+    Computed in float32 for half-precision inputs, so that they cannot overflow here.
     """
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
+    dtype = compute_dtype(query.dtype)
+    scores = torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * scale
     return scores.pow(options.degree) * mask * length_scale(mask, options)
 
 
@@ -45,7 +46,7 @@ def polynomial_attention(
     returning infinities.
     """
     weights = polynomial_weights(query, key, mask, ctx.scaling, ctx.options)
-    out = torch.matmul(attention_dropout(weights, ctx.dropout), value.float())
+    out = torch.matmul(attention_dropout(weights, ctx.dropout), value.to(weights.dtype))
     if value.dtype in (torch.float16, torch.bfloat16):
         limit = torch.finfo(value.dtype).max
         if not bool(torch.isfinite(out).all()) or bool(out.abs().max() > limit):

