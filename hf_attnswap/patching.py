@@ -175,7 +175,7 @@ def _write_config(model: PreTrainedModel, mech: Mechanism, opts: MechanismOption
         sub.attnswap = options_to_config(opts)
 
 
-def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa") -> PreTrainedModel:
+def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> PreTrainedModel:
     """Undo a swap: remove the parameters and hooks hf_attnswap added and go back to a Transformers attention."""
     if is_mechanism(attn_implementation):
         raise OptionError(f"{attn_implementation!r} is an hf_attnswap mechanism; use hf_attnswap.swap() for it.")
@@ -226,7 +226,7 @@ def _names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def swap(model: PreTrainedModel, mechanism: str, **options: Any) -> PreTrainedModel:
+def swap(model: PreTrainedModel, mechanism: str, /, **options: Any) -> PreTrainedModel:
     """Convert a loaded model, in place, to ``mechanism`` with ``options``; returns the model.
 
     Adds and initialises the mechanism's parameters (fresh ones, even if the model was swapped before),

@@ -32,6 +32,7 @@ def _wrap_classmethod(name: str) -> None:
     @functools.wraps(original)
     def wrapper(cls: type, *args: Any, attnswap: Any = None, **kwargs: Any) -> Any:
         check_attn_name(kwargs.get("attn_implementation"))
+        check_attn_name(getattr(kwargs.get("config"), "_attn_implementation", None))  # the Auto classes put it there
         if attnswap is None:
             return original(cls, *args, **kwargs)
         token = _PENDING.set(attnswap)

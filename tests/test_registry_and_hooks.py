@@ -1,0 +1,106 @@
+"""Registration with Transformers, user-defined mechanisms, and the internals adapter (fails loudly if
+Transformers changes what hf_attnswap relies on)."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers import AttentionInterface, AutoModelForCausalLM, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, create_causal_mask
+
+import hf_attnswap
+from hf_attnswap.options import check_float
+from hf_attnswap.registry import PERSIST_SUFFIX
+from hf_attnswap.transformers_hooks import hooks_installed
+from conftest import random_ids, tiny_config
+
+
+def test_list_mechanisms():
+    mechs = hf_attnswap.list_mechanisms()
+    assert {"softmax", "polynomial", "dagpam"} <= set(mechs)
+    assert mechs["dagpam"]["options"]["lambda_init"] == 0.0 and mechs["dagpam"]["adds_parameters"]
+    assert mechs["polynomial"]["options"] == {"degree": 3, "length_scale": "visible", "fixed_length": None}
+    assert mechs["softmax"]["options"] == {"temperature": 1.0}
+
+
+@pytest.mark.parametrize("name", ["softmax", "polynomial", "dagpam"])
+def test_registered_with_both_interfaces(name):
+    for key in (name, name + PERSIST_SUFFIX):
+        assert key in AttentionInterface._global_mapping and key in AttentionMaskInterface._global_mapping
+
+
+@pytest.mark.parametrize("name", ["softmax", "polynomial", "dagpam"])
+def test_mask_function_materialises_causal_padding_and_offset(name):
+    """Transformers' create_causal_mask would skip the causal mask for sdpa; ours must always be materialised."""
+    cfg = tiny_config("llama")
+    cfg._attn_implementation = name
+    embeds = torch.zeros(2, 3, 32)
+    plain = create_causal_mask(cfg, embeds, attention_mask=None, past_key_values=None, position_ids=torch.arange(3)[None])
+    assert plain.dtype == torch.bool and torch.equal(plain[0, 0], torch.tril(torch.ones(3, 3, dtype=torch.bool)))
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=cfg)
+    cache.update(torch.zeros(2, 2, 4, 8), torch.zeros(2, 2, 4, 8), 0)  # 4 tokens already cached
+    pad = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7])
+    mask = create_causal_mask(cfg, embeds, attention_mask=pad, past_key_values=cache, position_ids=torch.arange(4, 7)[None])
+    assert mask.shape == (2, 1, 3, 7)
+    assert not mask[0, 0, :, 0].any() and mask[1, 0, :, 0].all()  # padding
+    assert torch.equal(mask[1, 0], torch.tril(torch.ones(3, 7, dtype=torch.bool), diagonal=4))  # cache offset
+
+
+def test_transformers_internals_hf_attnswap_relies_on():
+    """If this fails, Transformers changed something hf_attnswap.transformers_hooks/patching depend on."""
+    assert hooks_installed()
+    for name in ("from_pretrained", "_from_config"):
+        assert isinstance(inspect.getattr_static(PreTrainedModel, name), classmethod), name
+    # _initialize_weights must call self._init_weights (our per-instance override initialises daGPAM).
+    assert "self._init_weights(module)" in inspect.getsource(PreTrainedModel._initialize_weights)
+    # config.json's public key `attn_implementation` is read back into `_attn_implementation`.
+    cfg = type(tiny_config("llama")).from_dict({**tiny_config("llama").to_dict(), "attn_implementation": "polynomial"})
+    assert cfg._attn_implementation == "polynomial"
+    # A custom mask function is found through this global mapping.
+    assert "dagpam" in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    # Attention classes are declared for output recording (used to find attention layers).
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+    assert GPT2LMHeadModel._can_record_outputs["attentions"] is not None
+    assert LlamaForCausalLM._can_record_outputs["attentions"] is not None
+    # Llama's attention gets position_embeddings as a keyword (the rotary pre-hook reads it).
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
+
+    assert "position_embeddings" in inspect.signature(LlamaAttention.forward).parameters
+    assert "position_embeddings=position_embeddings" in inspect.getsource(LlamaDecoderLayer.forward)
+
+
+@dataclass
+class ShiftedSigmoidOptions(hf_attnswap.MechanismOptions):
+    bias: float = -2.0
+
+    def __post_init__(self):
+        self.bias = check_float("shifted_sigmoid", "bias", self.bias)
+
+
+@hf_attnswap.register_mechanism("shifted_sigmoid", ShiftedSigmoidOptions)
+def shifted_sigmoid_attention(query, key, value, mask, ctx):
+    """Sigmoid attention with a bias (a user-defined mechanism, as in the README)."""
+    w = torch.sigmoid(query @ key.transpose(-1, -2) * ctx.scaling + ctx.options.bias) * mask
+    return w.to(value.dtype) @ value, w
+
+
+def test_user_defined_mechanism(tmp_path):
+    assert "shifted_sigmoid" in hf_attnswap.list_mechanisms()
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="shifted_sigmoid", attnswap={"bias": -1.0})
+    ids = random_ids(1, 6)
+    out = model(ids, output_attentions=True)
+    assert torch.isfinite(out.logits).all() and (out.attentions[0][0, 0].triu(1) == 0).all()
+    assert model.config.attnswap == {"mechanism": "shifted_sigmoid", "bias": -1.0}
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    with pytest.raises(hf_attnswap.OptionError, match="'bias' must be a number"):
+        AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="shifted_sigmoid", attnswap={"bias": "low"})
+    with pytest.raises(hf_attnswap.OptionError, match="unknown option 'scale'"):
+        hf_attnswap.swap(model, "shifted_sigmoid", scale=2)
