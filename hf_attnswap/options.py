@@ -60,6 +60,7 @@ class MechanismOptions:
     """Base class of every mechanism's options. Subclasses are dataclasses whose fields all have defaults."""
 
     mechanism: ClassVar[str] = ""
+    backends: ClassVar[tuple[str, ...]] = ("reference",)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field, defaults included."""
@@ -74,15 +75,25 @@ class MechanismOptions:
         return cls().to_dict()
 
 
+def check_backend(owner: str, value: Any, choices: tuple[str, ...]) -> str:
+    return check_choice(owner, "backend", value, choices)
+
+
 @dataclass
 class SoftmaxOptions(MechanismOptions):
-    """``a_ij = softmax_j(s_ij / temperature)`` over visible keys. ``temperature=1`` reproduces the model."""
+    """``a_ij = softmax_j(s_ij / temperature)`` over visible keys. ``temperature=1`` reproduces the model.
+
+    ``backend``: ``"auto"``, ``"reference"`` or ``"fused"`` (SDPA with scale ``scaling / temperature``).
+    """
 
     mechanism: ClassVar[str] = "softmax"
+    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused")
     temperature: float = 1.0
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         self.temperature = check_float("softmax", "temperature", self.temperature, minimum=0.0, strict=True)
+        self.backend = check_backend("softmax", self.backend, self.backends)
 
 
 LENGTH_SCALES = ("visible", "fixed", "none")
@@ -94,14 +105,19 @@ class PolynomialOptions(MechanismOptions):
 
     ``length_scale``: ``"visible"`` -> ``c_i = 1/sqrt(N_i)`` (keys query i sees, cache-consistent);
     ``"fixed"`` -> ``1/sqrt(fixed_length)``; ``"none"`` -> ``1``.
+    ``backend``: ``"auto"``, ``"reference"``, ``"fused"`` (blocked, O(n·block) memory, CPU and CUDA) or
+    ``"triton"`` (CUDA kernel; on CPU only with ``TRITON_INTERPRET=1``, for testing).
     """
 
     mechanism: ClassVar[str] = "polynomial"
+    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused", "triton")
     degree: int = 3
     length_scale: str = "visible"
     fixed_length: int | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        self.backend = check_backend("polynomial", self.backend, self.backends)
         self.degree = check_int("polynomial", "degree", self.degree, minimum=1)
         self.length_scale = check_choice("polynomial", "length_scale", self.length_scale, LENGTH_SCALES)
         if self.length_scale == "fixed":
@@ -135,17 +151,21 @@ class DaGPAMOptions(MechanismOptions):
       ``1+λ⁺-λ⁻``, fixed per head).
     - ``neg_query_proj``: ``"shared"`` (one ``d×d`` W⁻ per layer) or ``"per_head"``.
     - ``neg_query_init``: ``"neg_identity"`` (``-I``), ``"identity"`` or ``"normal"`` (std ``1/sqrt(d)``).
+    - ``backend``: ``"auto"``, ``"reference"`` or ``"fused"`` (two SDPA calls, no n×n matrix).
     """
 
     mechanism: ClassVar[str] = "dagpam"
+    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused")
     lambda_init: float = 0.0
     trainable_lambda: bool = True
     lambda_constraint: str = "none"
     tied_lambda: bool = True
     neg_query_proj: str = "shared"
     neg_query_init: str = "neg_identity"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        self.backend = check_backend("dagpam", self.backend, self.backends)
         self.lambda_init = check_float("dagpam", "lambda_init", self.lambda_init, minimum=0.0)
         self.trainable_lambda = check_bool("dagpam", "trainable_lambda", self.trainable_lambda)
         self.lambda_constraint = check_choice("dagpam", "lambda_constraint", self.lambda_constraint, LAMBDA_CONSTRAINTS)

@@ -11,9 +11,11 @@ such a checkpoint without the plugin makes Transformers fail with that text in i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -21,13 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from .errors import NotSwappedError, OptionError, UnknownMechanismError
+from .kernels.mask import AttentionMask
 from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
 from .options import MechanismOptions
+from .transformers_hooks import attention_weights_requested
 
 MechanismFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], tuple[torch.Tensor, torch.Tensor | None]]
+FastFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, AttentionContext], torch.Tensor]
 ParamsFactory = Callable[[int, int, Any], nn.Module]
 
 PERSIST_SUFFIX = " (needs the hf_attnswap plugin: pip install hf-attnswap, then import hf_attnswap)"
@@ -47,6 +52,9 @@ class Mechanism:
     - ``make_params``: ``(num_heads, head_dim, options) -> nn.Module`` for mechanisms that add parameters
       to every attention layer, else ``None``.
     - ``needs_rope``: the parameters act on the pre-rotary query (only supported architectures can).
+    - ``fast``: fast paths by backend name (``"fused"``, ``"triton"``), ``(query, key, value, mask, ctx) -> out``
+      with key/value *not* repeated (B, H_kv, K, d) and ``mask`` an :class:`AttentionMask`. Each must match
+      ``forward``; ``fast_supports`` may name a predicate ``(query, ctx) -> reason or None`` per backend.
     """
 
     name: str
@@ -55,6 +63,8 @@ class Mechanism:
     make_params: ParamsFactory | None = None
     needs_rope: bool = False
     description: str = ""
+    fast: dict[str, FastFn] = dataclasses.field(default_factory=dict)
+    fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] = dataclasses.field(default_factory=dict)
 
     @property
     def persisted_name(self) -> str:
@@ -71,6 +81,8 @@ def register_mechanism(
     make_params: ParamsFactory | None = None,
     needs_rope: bool = False,
     description: str = "",
+    fast: dict[str, FastFn] | None = None,
+    fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] | None = None,
     overwrite: bool = False,
 ) -> Callable[[MechanismFn], MechanismFn]:
     """Decorator that registers an attention mechanism with hf_attnswap and with Transformers.
@@ -101,7 +113,8 @@ def register_mechanism(
         if name in _REGISTRY and not overwrite and _REGISTRY[name].forward is not fn:
             raise OptionError(f"mechanism {name!r} is already registered; pass overwrite=True to replace it.")
         options_cls.mechanism = name
-        mech = Mechanism(name, fn, options_cls, make_params, needs_rope, description or (fn.__doc__ or "").strip().split("\n")[0])
+        doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+        mech = Mechanism(name, fn, options_cls, make_params, needs_rope, doc, dict(fast or {}), dict(fast_supports or {}))
         _REGISTRY[name] = mech
         attention = partial(_attention_interface, mech)
         for key in (name, mech.persisted_name):
@@ -112,12 +125,36 @@ def register_mechanism(
     return decorator
 
 
+CAUSAL_TAG = "_attnswap_causal_offset"
+
+
 def boolean_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     """Transformers' ``sdpa_mask`` with the causal skip forced off: always a boolean (B, 1, Q, K) mask with causal,
     padding and KV-cache offset. (Only a bidirectional mask without padding may still come back as ``None``.)
-    ``create_causal_mask`` passes ``allow_is_causal_skip=True`` explicitly, so a ``partial`` would not do."""
+    ``create_causal_mask`` passes ``allow_is_causal_skip=True`` explicitly, so a ``partial`` would not do.
+
+    When the mask is plain causal (no padding, no window), it is tagged with its offset so that fast paths can
+    skip masked blocks or use ``is_causal`` instead of reading it."""
     kwargs["allow_is_causal_skip"] = False
-    return sdpa_mask(*args, **kwargs)
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is not None and not args:
+        offset = _plain_causal_offset(**kwargs)
+        if offset is not None:
+            setattr(mask, CAUSAL_TAG, offset)
+    return mask
+
+
+def _plain_causal_offset(
+    q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0, mask_function: Any = None,
+    attention_mask: torch.Tensor | None = None, local_size: int | None = None, **_: Any,
+) -> int | None:
+    """``K - Q`` if the mask is bottom-right-aligned causal with nothing else, else None."""
+    if mask_function is not causal_mask_function or local_size is not None or kv_offset != 0:
+        return None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        return None
+    q_offset = int(q_offset)
+    return q_offset if q_offset + q_length == kv_length else None
 
 
 def _empty_options(name: str) -> type[MechanismOptions]:
@@ -238,6 +275,48 @@ def _attention_interface(
         module=module,
         extra=kwargs,
     )
-    mask = visible_mask(attention_mask, batch, q_len, k_len, query.device)
-    out, weights = mech.forward(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), mask, ctx)
+    need_weights = bool(kwargs.get("output_attentions")) or attention_weights_requested()
+    backend = select_backend(mech, opts, query, ctx, need_weights)
+    if backend == "reference":
+        mask = visible_mask(attention_mask, batch, q_len, k_len, query.device)
+        out, weights = mech.forward(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), mask, ctx)
+    else:
+        dense = None if attention_mask is None else visible_mask(attention_mask, batch, q_len, k_len, query.device)
+        amask = AttentionMask(dense, q_len, k_len, getattr(attention_mask, CAUSAL_TAG, None))
+        out, weights = mech.fast[backend](query, key, value, amask, ctx), None
     return out.transpose(1, 2).contiguous(), weights
+
+
+_FORCED_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("hf_attnswap_backend", default=None)
+
+
+@contextlib.contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Force a backend (e.g. ``"reference"`` for diagnostics that read weights) inside a ``with`` block."""
+    token = _FORCED_BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _FORCED_BACKEND.reset(token)
+
+
+def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor, ctx: AttentionContext, need_weights: bool) -> str:
+    """The path to run: ``"reference"`` when weights are needed, else the options' (or forced) backend.
+
+    ``"auto"`` takes the first fast path whose predicate accepts the call (``triton`` before ``fused``), else
+    the reference. An explicitly requested fast path that cannot run raises, naming why.
+    """
+    requested = _FORCED_BACKEND.get() or getattr(opts, "backend", "reference")
+    if need_weights or requested == "reference":
+        return "reference"
+    if requested == "auto":
+        for name in ("triton", "fused"):
+            if name in mech.fast and (name not in mech.fast_supports or mech.fast_supports[name](query, ctx) is None):
+                return name
+        return "reference"
+    if requested not in mech.fast:
+        raise OptionError(f"mechanism {mech.name!r} has no {requested!r} backend; available: reference, {', '.join(mech.fast)}.")
+    reason = mech.fast_supports[requested](query, ctx) if requested in mech.fast_supports else None
+    if reason is not None:
+        raise OptionError(f"{mech.name}: backend={requested!r} cannot run this call: {reason}. Use backend='auto'.")
+    return requested

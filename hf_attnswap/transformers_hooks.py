@@ -9,7 +9,10 @@ Transformers has no public hook for "a model was just built" nor for extra keywo
 - ``post_init`` (run at the end of every model's ``__init__``, before weights are loaded) installs the
   mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
 
-``tests/test_transformers_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
+It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
+(``output_attentions=True``), which GPT-2 does not pass down to the attention function.
+
+``tests/test_registry_and_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
 """
 
 from __future__ import annotations
@@ -95,3 +98,14 @@ def hooks_installed() -> bool:
             PreTrainedModel.post_init,
         )
     )
+
+
+def attention_weights_requested() -> bool:
+    """Whether the forward in progress collects attention weights (``output_attentions=True``)."""
+    from transformers.utils.output_capturing import _active_collector
+
+    try:
+        collected = _active_collector.get()
+    except LookupError:
+        return False
+    return bool(collected) and any("attentions" in key for key in collected)

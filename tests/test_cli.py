@@ -15,7 +15,7 @@ def test_list_prints_mechanisms_and_defaults(capsys):
 
 def test_list_json(capsys):
     assert main(["list", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["softmax"]["options"] == {"temperature": 1.0}
+    assert json.loads(capsys.readouterr().out)["softmax"]["options"] == {"temperature": 1.0, "backend": "auto"}
 
 
 def test_demo_on_a_missing_path_is_a_clear_error(tmp_path, capsys):

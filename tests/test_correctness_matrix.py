@@ -9,6 +9,8 @@ from conftest import ACTIVE_OPTIONS, ARCHS, MECHANISMS, PAD, random_ids
 
 matrix = pytest.mark.parametrize("arch", ARCHS)
 mechs = pytest.mark.parametrize("mech", MECHANISMS)
+# Every cell runs on the reference path and on the fused fast path.
+backends = pytest.mark.parametrize("backend", ["reference", "fused"])
 
 
 @matrix
@@ -38,8 +40,9 @@ def test_dagpam_lambda0_equals_base(load, arch):
 
 @matrix
 @mechs
-def test_kv_cache_matches_full_forward(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech])
+@backends
+def test_kv_cache_matches_full_forward(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech])
     ids = random_ids(2, 10, seed=1)
     full = model(ids).logits
     out = model(ids[:, :4], use_cache=True)
@@ -53,8 +56,9 @@ def test_kv_cache_matches_full_forward(load, arch, mech):
 
 @matrix
 @mechs
-def test_greedy_generate_cache_on_off(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech])
+@backends
+def test_greedy_generate_cache_on_off(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech])
     ids = random_ids(2, 5, seed=2)
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=PAD)
     with_cache = model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=True, **kw)
@@ -64,8 +68,9 @@ def test_greedy_generate_cache_on_off(load, arch, mech):
 
 @matrix
 @mechs
-def test_left_padded_batch_generation_equals_single(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech])
+@backends
+def test_left_padded_batch_generation_equals_single(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech])
     prompts = [random_ids(1, 7, seed=3)[0], random_ids(1, 4, seed=4)[0]]
     width = max(len(p) for p in prompts)
     ids = torch.full((2, width), PAD)
@@ -84,8 +89,9 @@ def test_left_padded_batch_generation_equals_single(load, arch, mech):
 
 @matrix
 @mechs
-def test_right_padding_changes_no_unpadded_position(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech])
+@backends
+def test_right_padding_changes_no_unpadded_position(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech])
     short, long = random_ids(1, 5, seed=5), random_ids(1, 9, seed=6)
     ids = torch.full((2, 9), PAD)
     ids[0, :5], ids[1] = short[0], long[0]
@@ -102,8 +108,9 @@ def test_right_padding_changes_no_unpadded_position(load, arch, mech):
 
 @matrix
 @mechs
-def test_backward_reaches_every_parameter(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech]).train()
+@backends
+def test_backward_reaches_every_parameter(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech]).train()
     ids = random_ids(2, 8, seed=7)
     model(ids, labels=ids).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
@@ -125,8 +132,9 @@ def test_dagpam_lambda_trains_away_from_zero(load, arch):
 
 @matrix
 @mechs
-def test_bf16_autocast_is_finite(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech])
+@backends
+def test_bf16_autocast_is_finite(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech])
     ids = random_ids(2, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(ids).logits
@@ -135,16 +143,18 @@ def test_bf16_autocast_is_finite(load, arch, mech):
 
 @matrix
 @mechs
-def test_bf16_weights_are_finite(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech]).to(torch.bfloat16)
+@backends
+def test_bf16_weights_are_finite(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech]).to(torch.bfloat16)
     logits = model(random_ids(2, 8)).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
 @matrix
 @mechs
-def test_output_attentions_are_the_mechanisms_weights(load, arch, mech):
-    model = load(arch, mech, **ACTIVE_OPTIONS[mech])
+@backends
+def test_output_attentions_are_the_mechanisms_weights(load, arch, mech, backend):
+    model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech])
     ids = random_ids(1, 8)
     attn = model(ids, output_attentions=True).attentions
     assert len(attn) == 2 and attn[0].shape == (1, 4, 8, 8)
@@ -164,11 +174,12 @@ def test_output_attentions_are_the_mechanisms_weights(load, arch, mech):
 
 @matrix
 @mechs
-def test_gradient_checkpointing_matches(load, arch, mech):
+@backends
+def test_gradient_checkpointing_matches(load, arch, mech, backend):
     ids = random_ids(2, 8, seed=9)
     grads = []
     for ckpt in (False, True):
-        model = load(arch, mech, **ACTIVE_OPTIONS[mech]).train()
+        model = load(arch, mech, backend=backend, **ACTIVE_OPTIONS[mech]).train()
         if ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model(ids, labels=ids).loss.backward()
@@ -180,12 +191,13 @@ def test_gradient_checkpointing_matches(load, arch, mech):
 
 @matrix
 @mechs
-def test_attention_dropout_in_train_mode(base_checkpoints, arch, mech):
+@backends
+def test_attention_dropout_in_train_mode(base_checkpoints, arch, mech, backend):
     from transformers import AutoModelForCausalLM
 
     key = "attn_pdrop" if arch == "gpt2" else "attention_dropout"
     model = AutoModelForCausalLM.from_pretrained(
-        base_checkpoints[arch], attn_implementation=mech, attnswap=ACTIVE_OPTIONS[mech], **{key: 0.5}
+        base_checkpoints[arch], attn_implementation=mech, attnswap={"backend": backend, **ACTIVE_OPTIONS[mech]}, **{key: 0.5}
     )
     ids = random_ids(1, 8)
     model.train()

@@ -22,8 +22,8 @@ def test_list_mechanisms():
     mechs = hf_attnswap.list_mechanisms()
     assert {"softmax", "polynomial", "dagpam"} <= set(mechs)
     assert mechs["dagpam"]["options"]["lambda_init"] == 0.0 and mechs["dagpam"]["adds_parameters"]
-    assert mechs["polynomial"]["options"] == {"degree": 3, "length_scale": "visible", "fixed_length": None}
-    assert mechs["softmax"]["options"] == {"temperature": 1.0}
+    assert mechs["polynomial"]["options"] == {"degree": 3, "length_scale": "visible", "fixed_length": None, "backend": "auto"}
+    assert mechs["softmax"]["options"] == {"temperature": 1.0, "backend": "auto"}
 
 
 @pytest.mark.parametrize("name", ["softmax", "polynomial", "dagpam"])
@@ -68,6 +68,16 @@ def test_transformers_internals_hf_attnswap_relies_on():
 
     assert GPT2LMHeadModel._can_record_outputs["attentions"] is not None
     assert LlamaForCausalLM._can_record_outputs["attentions"] is not None
+    # Requests for attention weights are visible to the attention function (fast paths step aside).
+    from hf_attnswap.transformers_hooks import attention_weights_requested
+    from transformers.utils.output_capturing import _active_collector
+
+    assert not attention_weights_requested()
+    token = _active_collector.set({"attentions": []})
+    try:
+        assert attention_weights_requested()
+    finally:
+        _active_collector.reset(token)
     # Llama's attention gets position_embeddings as a keyword (the rotary pre-hook reads it).
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
 

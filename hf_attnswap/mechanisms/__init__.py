@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from ..options import DaGPAMOptions, PolynomialOptions, SoftmaxOptions
 from ..registry import register_mechanism
-from .dagpam import dagpam_attention, make_dagpam_parameters
-from .polynomial import polynomial_attention
-from .softmax import softmax_attention
+from .dagpam import dagpam_attention, dagpam_attention_fused, make_dagpam_parameters
+from .polynomial import polynomial_attention, polynomial_attention_fused
+from .softmax import softmax_attention, softmax_attention_fused
 
 
 def register_builtins() -> None:
     """Register softmax, polynomial and dagpam (idempotent)."""
-    register_mechanism("softmax", SoftmaxOptions, description="Reference softmax attention with a temperature.")(
-        softmax_attention
-    )
     register_mechanism(
-        "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613)."
+        "softmax", SoftmaxOptions, description="Reference softmax attention with a temperature.",
+        fast={"fused": softmax_attention_fused},
+    )(softmax_attention)
+    register_mechanism(
+        "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
+        fast={"fused": polynomial_attention_fused},
     )(polynomial_attention)
     register_mechanism(
         "dagpam",
@@ -23,4 +25,5 @@ def register_builtins() -> None:
         make_params=make_dagpam_parameters,
         needs_rope=True,
         description="Difference of two softmax maps, rows sum to 1; λ=0 is the original model (arXiv 2410.15578).",
+        fast={"fused": dagpam_attention_fused},
     )(dagpam_attention)

@@ -14,6 +14,8 @@ from torch import nn
 from transformers import initialization as hf_init
 
 from ..options import DaGPAMOptions
+from ..kernels.mask import AttentionMask
+from ..kernels.sdpa import sdpa
 from .common import AttentionContext, apply_rope, attention_dropout, unapply_rope
 from .softmax import softmax_weights
 
@@ -120,3 +122,20 @@ def dagpam_attention(
     weights = ((1 + lam_pos) * pos - lam_neg * neg).to(value.dtype)
     out = torch.matmul(attention_dropout(weights, ctx.dropout), value)
     return out, weights
+
+
+def dagpam_attention_fused(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask, ctx: AttentionContext
+) -> torch.Tensor:
+    """Fused daGPAM: ``(1+λ⁺)·sdpa(Q⁺,K,V) − λ⁻·sdpa(Q⁻,K,V)``, two fused softmax calls, no n×n matrix.
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d) (not repeated). Returns (B, H, Q, d). With dropout,
+    each branch gets its own dropout mask (the reference drops entries of the combined ``P``); both keep
+    the expected output.
+    """
+    neg_query, lam_pos, lam_neg = negative_query(query, ctx)
+    pos = sdpa(query, key, value, mask, ctx.scaling, ctx.dropout)
+    neg = sdpa(neg_query, key, value, mask, ctx.scaling, ctx.dropout)
+    lam_pos = lam_pos.to(pos.dtype).view(1, -1, 1, 1)
+    lam_neg = lam_neg.to(pos.dtype).view(1, -1, 1, 1)
+    return torch.addcmul(pos + lam_pos * pos, lam_neg, neg, value=-1.0)

@@ -7,6 +7,8 @@ import math
 import torch
 
 from ..options import PolynomialOptions
+from ..kernels.mask import AttentionMask
+from ..kernels.polynomial_blocked import polynomial_attention_blocked
 from .common import AttentionContext, attention_dropout, compute_dtype
 
 
@@ -47,12 +49,40 @@ def polynomial_attention(
     """
     weights = polynomial_weights(query, key, mask, ctx.scaling, ctx.options)
     out = torch.matmul(attention_dropout(weights, ctx.dropout), value.to(weights.dtype))
-    if value.dtype in (torch.float16, torch.bfloat16):
-        limit = torch.finfo(value.dtype).max
-        if not bool(torch.isfinite(out).all()) or bool(out.abs().max() > limit):
+    return _checked_cast(out, value.dtype, ctx.options), weights.to(value.dtype)
+
+
+def _checked_cast(out: torch.Tensor, dtype: torch.dtype, options: PolynomialOptions) -> torch.Tensor:
+    """Cast a float32 result back to a half dtype, raising rather than returning infinities."""
+    if dtype in (torch.float16, torch.bfloat16):
+        if not bool(torch.isfinite(out).all()) or bool(out.abs().max() > torch.finfo(dtype).max):
             raise OverflowError(
-                f"polynomial attention (degree {ctx.options.degree}) produced values beyond the range of "
-                f"{value.dtype}. Run this model in float32 (or bfloat16, whose range is wider than float16), "
+                f"polynomial attention (degree {options.degree}) produced values beyond the range of "
+                f"{dtype}. Run this model in float32 (or bfloat16, whose range is wider than float16), "
                 "or keep length_scale='visible' so the weights stay O(1/sqrt(N))."
             )
-    return out.to(value.dtype), weights.to(value.dtype)
+    return out.to(dtype)
+
+
+def length_scale_vector(mask: AttentionMask, options: PolynomialOptions, device: torch.device) -> torch.Tensor:
+    """``c_i`` as a float32 tensor (B|1, 1, Q, 1), for the fast paths."""
+    if options.length_scale == "visible":
+        return mask.visible_counts(device).rsqrt()
+    value = 1.0 / math.sqrt(options.fixed_length) if options.length_scale == "fixed" else 1.0
+    return torch.full((1, 1, mask.q_len, 1), value, device=device)
+
+
+def polynomial_attention_fused(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask, ctx: AttentionContext
+) -> torch.Tensor:
+    """Blocked polynomial attention (O(n·block) memory, causal blocks skipped), CPU and CUDA.
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d). Half-precision inputs are
+    computed in float32. Attention dropout drops entries of the weights, as the reference does.
+    """
+    dtype = compute_dtype(query.dtype)
+    c = length_scale_vector(mask, ctx.options, query.device)
+    out = polynomial_attention_blocked(
+        query.to(dtype), key.to(dtype), value.to(dtype), mask, c, ctx.scaling, ctx.options.degree, dropout=ctx.dropout
+    )
+    return _checked_cast(out, query.dtype, ctx.options)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.mask import AttentionMask
+from ..kernels.sdpa import sdpa
 from .common import AttentionContext, attention_dropout, masked_softmax
 
 
@@ -26,3 +28,13 @@ def softmax_attention(
     weights = softmax_weights(query, key, mask, ctx.scaling / ctx.options.temperature).to(value.dtype)
     out = torch.matmul(attention_dropout(weights, ctx.dropout), value)
     return out, weights
+
+
+def softmax_attention_fused(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask, ctx: AttentionContext
+) -> torch.Tensor:
+    """Fused softmax with temperature: SDPA with scale ``scaling / T``; no n×n matrix, no K/V repeat.
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d).
+    """
+    return sdpa(query, key, value, mask, ctx.scaling / ctx.options.temperature, ctx.dropout)

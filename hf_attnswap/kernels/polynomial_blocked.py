@@ -1,0 +1,127 @@
+"""Blocked polynomial attention, ``out_i = Σ_j c_i · (scale · q_i·k_j)^p · M_ij · v_j``, in plain torch.
+
+Query and key blocks; blocks above the causal diagonal are skipped and blocks below it need no mask. The
+backward recomputes each block's scores instead of storing the n×n matrix, so memory is O(n · block).
+There is no row normalisation, hence no row statistics to carry between blocks. Reference:
+``hf_attnswap.mechanisms.polynomial.polynomial_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mask import AttentionMask
+
+DEFAULT_BLOCK = 512
+
+
+def _rows(x: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
+    """(B, H_kv, R, Q, d) -> rows ``q0:q1`` of every group member as one matrix (B, H_kv, R·(q1-q0), d)."""
+    b, h, r, _, d = x.shape
+    return x[:, :, :, q0:q1].reshape(b, h, r * (q1 - q0), d)
+
+
+def _unrows(x: torch.Tensor, r: int) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.view(b, h, r, n // r, d)
+
+
+def _factor(mask: AttentionMask, c: torch.Tensor, q0: int, q1: int, k0: int, k1: int, r: int, dtype: torch.dtype) -> torch.Tensor:
+    """``c_i · M_ij`` for one block, shaped to multiply (B, H_kv, R·Qb, Kb) scores: (B|1, 1|H_kv, R·Qb|Qb... )."""
+    cb = c[:, :, q0:q1]  # (B|1, 1, Qb, 1)
+    m = mask.block(q0, q1, k0, k1, c.device)
+    f = cb.to(dtype) if m is None else cb.to(dtype) * m.to(dtype)  # (B|1, 1, Qb, 1|Kb)
+    # Repeat over the R group members that share one K/V head: rows are (r, q) in that order.
+    return f.unsqueeze(2).expand(f.shape[0], 1, r, *f.shape[2:]).reshape(f.shape[0], 1, r * (q1 - q0), f.shape[-1])
+
+
+def _keep(shape: torch.Size, dropout: float, seed: int, q0: int, k0: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The dropout multiplier of one block (0 or ``1/(1-p)``), regenerated identically in the backward."""
+    gen = torch.Generator(device=device).manual_seed((seed + 1_000_003 * q0 + k0) % (2**63))
+    keep = torch.rand(shape, generator=gen, device=device) >= dropout
+    return keep.to(dtype).div_(1.0 - dropout)
+
+
+class PolynomialAttention(torch.autograd.Function):
+    """Autograd function; call through :func:`polynomial_attention_blocked`."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, c, mask: AttentionMask, scale: float, degree: int, block: int, dropout: float):
+        b, hkv, r, q_len, d = query.shape
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
+        out = query.new_zeros(*query.shape[:-1], value.shape[-1])
+        for q0 in range(0, q_len, block):
+            q1 = min(q0 + block, q_len)
+            rows = _rows(query, q0, q1)
+            acc = None
+            for k0 in range(0, mask.key_limit(q1), block):
+                k1 = min(k0 + block, mask.k_len)
+                s = torch.matmul(rows, key[:, :, k0:k1].transpose(-1, -2)).mul_(scale)
+                w = s.pow_(degree).mul_(_factor(mask, c, q0, q1, k0, k1, r, s.dtype))
+                if dropout > 0:
+                    w.mul_(_keep(w.shape, dropout, seed, q0, k0, w.device, w.dtype))
+                part = torch.matmul(w, value[:, :, k0:k1])
+                acc = part if acc is None else acc.add_(part)
+            if acc is not None:
+                out[:, :, :, q0:q1] = _unrows(acc, r)
+        ctx.save_for_backward(query, key, value, c)
+        ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed = mask, scale, degree, block, dropout, seed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, c = ctx.saved_tensors
+        mask, scale, p, block, dropout, seed = ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed
+        b, hkv, r, q_len, d = query.shape
+        grad_out = grad_out.contiguous()
+        dq = torch.zeros_like(query)
+        dk = torch.zeros_like(key)
+        dv = torch.zeros_like(value)
+        for q0 in range(0, q_len, block):
+            q1 = min(q0 + block, q_len)
+            rows, go = _rows(query, q0, q1), _rows(grad_out, q0, q1)
+            dq_rows = None
+            for k0 in range(0, mask.key_limit(q1), block):
+                k1 = min(k0 + block, mask.k_len)
+                kb, vb = key[:, :, k0:k1], value[:, :, k0:k1]
+                f = _factor(mask, c, q0, q1, k0, k1, r, rows.dtype)
+                if dropout > 0:
+                    f = f * _keep((b, hkv, rows.shape[2], k1 - k0), dropout, seed, q0, k0, f.device, f.dtype)
+                s = torch.matmul(rows, kb.transpose(-1, -2)).mul_(scale)
+                s_pm1 = s.pow(p - 1) if p > 1 else torch.ones_like(s)
+                w = s_pm1 * s * f  # (B, H_kv, R·Qb, Kb)
+                dv[:, :, k0:k1] += torch.matmul(w.transpose(-1, -2), go)
+                ds = torch.matmul(go, vb.transpose(-1, -2)).mul_(f).mul_(s_pm1).mul_(p * scale)
+                part = torch.matmul(ds, kb)
+                dq_rows = part if dq_rows is None else dq_rows.add_(part)
+                dk[:, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), rows)
+            if dq_rows is not None:
+                dq[:, :, :, q0:q1] = _unrows(dq_rows, r)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def polynomial_attention_blocked(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: AttentionMask,
+    c: torch.Tensor,
+    scale: float,
+    degree: int,
+    block: int | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Polynomial attention without an n×n matrix, forward and backward.
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d) (GQA: ``H = R·H_kv``, query head ``h`` uses K/V head
+    ``h // R``, as Transformers' ``repeat_kv``); ``c``: the length scale ``c_i``, (B|1, 1, Q, 1), no gradient.
+    ``dropout``: attention dropout on the weights; each block's mask comes from a seeded generator, so the
+    backward regenerates it instead of storing it.
+    Returns (B, H, Q, d) in the dtype of ``query``.
+    """
+    b, h, q_len, d = query.shape
+    hkv = key.shape[1]
+    block = block or DEFAULT_BLOCK
+    q5 = query.view(b, hkv, h // hkv, q_len, d)
+    out = PolynomialAttention.apply(q5, key, value, c.detach(), mask, float(scale), int(degree), int(block), float(dropout))
+    return out.view(b, h, q_len, value.shape[-1])
