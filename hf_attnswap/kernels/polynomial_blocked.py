@@ -1,9 +1,14 @@
-"""Blocked polynomial attention, ``out_i = Σ_j c_i · (scale · q_i·k_j)^p · M_ij · v_j``, in plain torch.
+"""Blocked polynomial attention, ``out_i = c_i · Σ_j (scale · q_i·k_j)^p · M_ij · v_j``, in plain torch.
 
 Query and key blocks; blocks above the causal diagonal are skipped and blocks below it need no mask. The
 backward recomputes each block's scores instead of storing the n×n matrix, so memory is O(n · block).
-There is no row normalisation, hence no row statistics to carry between blocks. Reference:
-``hf_attnswap.mechanisms.polynomial.polynomial_attention``.
+There is no row normalisation, hence no row statistics to carry between blocks, and the per-row factor
+``c_i`` and the constants ``scale`` and ``p`` are applied once per row, outside the block loops:
+
+    s = (scale·q) kᵀ,  w = s^p ⊙ M,  out = c ⊙ (w v)
+    g = c ⊙ dout:  dv = wᵀ g,  ds = p · s^(p-1) ⊙ M ⊙ (g vᵀ),  dq = scale · ds k,  dk = dsᵀ (scale·q)
+
+Reference: ``hf_attnswap.mechanisms.polynomial.polynomial_attention``.
 """
 
 from __future__ import annotations
@@ -26,16 +31,19 @@ def _unrows(x: torch.Tensor, r: int) -> torch.Tensor:
     return x.view(b, h, r, n // r, d)
 
 
-def _factor(mask: AttentionMask, c: torch.Tensor, q0: int, q1: int, k0: int, k1: int, r: int, dtype: torch.dtype) -> torch.Tensor:
-    """``c_i · M_ij`` for one block, shaped to multiply (B, H_kv, R·Qb, Kb) scores: (B|1, 1|H_kv, R·Qb|Qb... )."""
-    cb = c[:, :, q0:q1]  # (B|1, 1, Qb, 1)
-    m = mask.block(q0, q1, k0, k1, c.device)
-    f = cb.to(dtype) if m is None else cb.to(dtype) * m.to(dtype)  # (B|1, 1, Qb, 1|Kb)
-    # Repeat over the R group members that share one K/V head: rows are (r, q) in that order.
-    return f.unsqueeze(2).expand(f.shape[0], 1, r, *f.shape[2:]).reshape(f.shape[0], 1, r * (q1 - q0), f.shape[-1])
+def _block_mask(mask: AttentionMask, q0: int, q1: int, k0: int, k1: int, r: int, dtype: torch.dtype,
+                device: torch.device, keep: torch.Tensor | None) -> torch.Tensor | None:
+    """Multiplier for one block of (B, H_kv, R·Qb, Kb) scores: the visibility mask (repeated over the R group
+    members, rows ordered (r, q)) times the dropout multiplier; ``None`` if the block is fully visible."""
+    m = mask.block(q0, q1, k0, k1, device)
+    if m is not None:
+        m = m.to(dtype).unsqueeze(2).expand(m.shape[0], 1, r, q1 - q0, k1 - k0).reshape(m.shape[0], 1, r * (q1 - q0), k1 - k0)
+    if keep is None:
+        return m
+    return keep if m is None else keep * m
 
 
-def _keep(shape: torch.Size, dropout: float, seed: int, q0: int, k0: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _keep(shape: tuple[int, ...], dropout: float, seed: int, q0: int, k0: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The dropout multiplier of one block (0 or ``1/(1-p)``), regenerated identically in the backward."""
     gen = torch.Generator(device=device).manual_seed((seed + 1_000_003 * q0 + k0) % (2**63))
     keep = torch.rand(shape, generator=gen, device=device) >= dropout
@@ -49,55 +57,67 @@ class PolynomialAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, c, mask: AttentionMask, scale: float, degree: int, block: int, dropout: float):
         b, hkv, r, q_len, d = query.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
+        q_scaled = query * scale
         out = query.new_zeros(*query.shape[:-1], value.shape[-1])
         for q0 in range(0, q_len, block):
             q1 = min(q0 + block, q_len)
-            rows = _rows(query, q0, q1)
+            rows = _rows(q_scaled, q0, q1)
             acc = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
-                s = torch.matmul(rows, key[:, :, k0:k1].transpose(-1, -2)).mul_(scale)
-                w = s.pow_(degree).mul_(_factor(mask, c, q0, q1, k0, k1, r, s.dtype))
-                if dropout > 0:
-                    w.mul_(_keep(w.shape, dropout, seed, q0, k0, w.device, w.dtype))
+                s = torch.matmul(rows, key[:, :, k0:k1].transpose(-1, -2))
+                w = s.pow_(degree) if degree > 1 else s
+                keep = _keep(w.shape, dropout, seed, q0, k0, w.device, w.dtype) if dropout > 0 else None
+                m = _block_mask(mask, q0, q1, k0, k1, r, w.dtype, w.device, keep)
+                if m is not None:
+                    w.mul_(m)
                 part = torch.matmul(w, value[:, :, k0:k1])
                 acc = part if acc is None else acc.add_(part)
             if acc is not None:
                 out[:, :, :, q0:q1] = _unrows(acc, r)
-        ctx.save_for_backward(query, key, value, c)
+        out.mul_(c.to(out.dtype).unsqueeze(2))  # c: (B|1, 1, Q, 1) -> (B|1, 1, 1, Q, 1)
+        ctx.save_for_backward(q_scaled, key, value, c)
         ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed = mask, scale, degree, block, dropout, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, c = ctx.saved_tensors
+        q_scaled, key, value, c = ctx.saved_tensors
         mask, scale, p, block, dropout, seed = ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed
-        b, hkv, r, q_len, d = query.shape
-        grad_out = grad_out.contiguous()
-        dq = torch.zeros_like(query)
+        b, hkv, r, q_len, d = q_scaled.shape
+        g = grad_out * c.to(grad_out.dtype).unsqueeze(2)
+        dq = torch.zeros_like(q_scaled)
         dk = torch.zeros_like(key)
         dv = torch.zeros_like(value)
         for q0 in range(0, q_len, block):
             q1 = min(q0 + block, q_len)
-            rows, go = _rows(query, q0, q1), _rows(grad_out, q0, q1)
+            rows, go = _rows(q_scaled, q0, q1), _rows(g, q0, q1)
             dq_rows = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
                 kb, vb = key[:, :, k0:k1], value[:, :, k0:k1]
-                f = _factor(mask, c, q0, q1, k0, k1, r, rows.dtype)
-                if dropout > 0:
-                    f = f * _keep((b, hkv, rows.shape[2], k1 - k0), dropout, seed, q0, k0, f.device, f.dtype)
-                s = torch.matmul(rows, kb.transpose(-1, -2)).mul_(scale)
-                s_pm1 = s.pow(p - 1) if p > 1 else torch.ones_like(s)
-                w = s_pm1 * s * f  # (B, H_kv, R·Qb, Kb)
+                s = torch.matmul(rows, kb.transpose(-1, -2))
+                keep = _keep(s.shape, dropout, seed, q0, k0, s.device, s.dtype) if dropout > 0 else None
+                m = _block_mask(mask, q0, q1, k0, k1, r, s.dtype, s.device, keep)
+                if p == 1:
+                    dpow, w = None, s
+                else:
+                    dpow = s if p == 2 else s.pow(p - 1)  # s^(p-1)
+                    w = dpow * s
+                if m is not None:
+                    w.mul_(m)  # w is s itself only when p == 1, and s is not needed after this
                 dv[:, :, k0:k1] += torch.matmul(w.transpose(-1, -2), go)
-                ds = torch.matmul(go, vb.transpose(-1, -2)).mul_(f).mul_(s_pm1).mul_(p * scale)
+                ds = torch.matmul(go, vb.transpose(-1, -2))
+                if dpow is not None:
+                    ds.mul_(dpow)
+                if m is not None:
+                    ds.mul_(m)
                 part = torch.matmul(ds, kb)
                 dq_rows = part if dq_rows is None else dq_rows.add_(part)
                 dk[:, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), rows)
             if dq_rows is not None:
                 dq[:, :, :, q0:q1] = _unrows(dq_rows, r)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq.mul_(p * scale), dk.mul_(p), dv, None, None, None, None, None, None
 
 
 def polynomial_attention_blocked(
@@ -116,8 +136,7 @@ def polynomial_attention_blocked(
     query: (B, H, Q, d); key, value: (B, H_kv, K, d) (GQA: ``H = R·H_kv``, query head ``h`` uses K/V head
     ``h // R``, as Transformers' ``repeat_kv``); ``c``: the length scale ``c_i``, (B|1, 1, Q, 1), no gradient.
     ``dropout``: attention dropout on the weights; each block's mask comes from a seeded generator, so the
-    backward regenerates it instead of storing it.
-    Returns (B, H, Q, d) in the dtype of ``query``.
+    backward regenerates it instead of storing it. Returns (B, H, Q, d_v) in the dtype of ``query``.
     """
     b, h, q_len, d = query.shape
     hkv = key.shape[1]

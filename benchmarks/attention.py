@@ -1,0 +1,117 @@
+"""Attention-level benchmark: each mechanism x backend against native SDPA softmax, measured in the same run.
+
+    python benchmarks/attention.py [--lengths 512,1024,2048,4096,8192] [--repeats 3] [--json out.json]
+
+Causal, B=1, 12 heads, head size 64, fp32 (CPU) by default. Prints the time of forward and of
+forward+backward as a ratio to native ``scaled_dot_product_attention(is_causal=True)``, interleaved,
+median of repeats; and (``--memory``) the peak memory of forward+backward as a ratio to the same, each in a
+fresh process. Reference paths are skipped above ``--max-reference`` tokens (they need n² memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved, machine, peak_memory_subprocess, print_table, write_json  # noqa: E402
+
+import hf_attnswap  # noqa: E402,F401
+from hf_attnswap.kernels.mask import AttentionMask  # noqa: E402
+from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv  # noqa: E402
+from hf_attnswap.mechanisms.dagpam import DaGPAMParameters  # noqa: E402
+from hf_attnswap.registry import get_mechanism, parse_options  # noqa: E402
+
+CONFIGS = [("softmax", "fused"), ("softmax", "reference"), ("dagpam", "fused"), ("dagpam", "reference"),
+           ("polynomial", "fused"), ("polynomial", "reference")]
+OPTIONS = {"softmax": {}, "dagpam": {"lambda_init": 0.1}, "polynomial": {"degree": 3}}
+
+
+def make_call(mech: str, backend: str, T: int, heads: int, dim: int, device: str, dtype: torch.dtype, backward: bool):
+    """A zero-argument callable that runs one attention (and its backward) on fresh-gradient inputs."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, heads, T, dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    if mech == "native":
+        def run():
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if backward:
+                out.sum().backward()
+        return run
+    spec = get_mechanism(mech)
+    opts = parse_options(spec, {**OPTIONS[mech], "backend": backend})
+    params = DaGPAMParameters(heads, dim, opts).to(device=device, dtype=dtype) if mech == "dagpam" else None
+    ctx = AttentionContext(scaling=dim**-0.5, options=opts, params=params)
+    dense = torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))[None, None]
+
+    def run():
+        if backend == "reference":
+            out, _ = spec.forward(q, repeat_kv(k, 1), repeat_kv(v, 1), dense, ctx)
+        else:
+            out = spec.fast[backend](q, k, v, AttentionMask(None, T, T, 0), ctx)
+        if backward:
+            out.sum().backward()
+    return run
+
+
+MEMORY_SNIPPET = """
+import sys
+sys.path.insert(0, {bench!r})
+from attention import make_call
+make_call({mech!r}, {backend!r}, {T}, {heads}, {dim}, "cpu", torch.float32, True)()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="512,1024,2048,4096,8192")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--max-reference", type=int, default=4096, help="skip reference paths above this length")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory (fresh process per cell)")
+    parser.add_argument("--memory-lengths", default="8192")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lengths = [int(x) for x in args.lengths.split(",")]
+    info = machine()
+    print(f"machine: {info}")
+    results = []
+    for T in lengths:
+        cells = [("native", "sdpa")] + [c for c in CONFIGS if c[1] != "reference" or T <= args.max_reference]
+        for backward in (False, True):
+            calls = {f"{m}/{b}": make_call(m, b, T, args.heads, args.dim, device, torch.float32, backward) for m, b in cells}
+            times = interleaved(calls, args.repeats, device)
+            base = times["native/sdpa"]
+            for name, t in times.items():
+                results.append({"T": T, "cell": name, "pass": "fwd+bwd" if backward else "fwd", "seconds": t, "ratio": t / base})
+            print(f"T={T} {'fwd+bwd' if backward else 'fwd'}: " + ", ".join(f"{n} {t / base:.2f}x" for n, t in times.items()))
+    rows = []
+    for T in lengths:
+        for name in dict.fromkeys(r["cell"] for r in results if r["T"] == T):
+            get = {r["pass"]: r for r in results if r["T"] == T and r["cell"] == name}
+            rows.append([T, name, f"{get['fwd']['seconds'] * 1e3:.1f} ms", f"{get['fwd']['ratio']:.2f}x",
+                         f"{get['fwd+bwd']['seconds'] * 1e3:.1f} ms", f"{get['fwd+bwd']['ratio']:.2f}x"])
+    print_table("Attention time, ratio to native SDPA softmax (causal, B=1, 12 heads, d=64, fp32)",
+                ["T", "mechanism/backend", "fwd", "fwd ratio", "fwd+bwd", "fwd+bwd ratio"], rows)
+    memory = []
+    if args.memory and device == "cpu":
+        bench = str(Path(__file__).resolve().parent)
+        for T in [int(x) for x in args.memory_lengths.split(",")]:
+            cells = [("native", "sdpa"), ("softmax", "fused"), ("dagpam", "fused"), ("polynomial", "fused")]
+            peaks = {f"{m}/{b}": peak_memory_subprocess(MEMORY_SNIPPET.format(bench=bench, mech=m, backend=b, T=T, heads=args.heads, dim=args.dim)) for m, b in cells}
+            base = peaks["native/sdpa"]
+            for name, mib in peaks.items():
+                memory.append({"T": T, "cell": name, "peak_mib": mib, "ratio": None if not (mib and base) else mib / base})
+        print_table("Peak memory of fwd+bwd above the idle process, ratio to native SDPA",
+                    ["T", "mechanism/backend", "peak MiB", "ratio"],
+                    [[m["T"], m["cell"], f"{m['peak_mib']:.0f}" if m["peak_mib"] else "failed", f"{m['ratio']:.2f}x" if m["ratio"] else "-"] for m in memory])
+    write_json(args.json, {"machine": info, "args": vars(args), "time": results, "memory": memory})
+
+
+if __name__ == "__main__":
+    main()

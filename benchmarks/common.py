@@ -1,0 +1,96 @@
+"""Shared helpers for the benchmark scripts: interleaved timing, peak memory, machine description, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": "cpu",
+    }
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, measured round-robin (one call of each per round) so that machine
+    noise hits every candidate alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_memory_subprocess(code: str, timeout: int = 1800) -> float | None:
+    """Peak resident memory (MiB) of running ``code`` in a fresh Python, minus that of importing torch and
+    hf_attnswap alone; None if it failed (e.g. out of memory)."""
+    prelude = "import resource, torch, hf_attnswap\n"
+    probe = "\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    def run(body: str) -> float | None:
+        proc = subprocess.run([sys.executable, "-c", prelude + body + probe], capture_output=True, text=True, timeout=timeout)
+        for line in proc.stdout.splitlines():
+            if line.startswith("PEAK"):
+                return int(line.split()[1]) / 1024.0
+        return None
+    base, peak = run("pass"), run(code)
+    return None if base is None or peak is None else max(peak - base, 0.0)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A plain, aligned text table (readable in logs and pasteable into Markdown)."""
+    cells = [[str(c) for c in columns]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    print(f"\n{title}")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+        print(f"\nwrote {path}")
