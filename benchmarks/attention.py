@@ -58,10 +58,8 @@ def make_call(mech: str, backend: str, T: int, heads: int, dim: int, device: str
 
 
 MEMORY_SNIPPET = """
-import sys
-sys.path.insert(0, {bench!r})
 from attention import make_call
-make_call({mech!r}, {backend!r}, {T}, {heads}, {dim}, "cpu", torch.float32, True)()
+fn = make_call({mech!r}, {backend!r}, {T}, {heads}, {dim}, "cpu", torch.float32, True)
 """
 
 
@@ -100,10 +98,11 @@ def main() -> None:
                 ["T", "mechanism/backend", "fwd", "fwd ratio", "fwd+bwd", "fwd+bwd ratio"], rows)
     memory = []
     if args.memory and device == "cpu":
-        bench = str(Path(__file__).resolve().parent)
         for T in [int(x) for x in args.memory_lengths.split(",")]:
             cells = [("native", "sdpa"), ("softmax", "fused"), ("dagpam", "fused"), ("polynomial", "fused")]
-            peaks = {f"{m}/{b}": peak_memory_subprocess(MEMORY_SNIPPET.format(bench=bench, mech=m, backend=b, T=T, heads=args.heads, dim=args.dim)) for m, b in cells}
+            if T <= args.max_reference:
+                cells += [("dagpam", "reference"), ("polynomial", "reference")]
+            peaks = {f"{m}/{b}": peak_memory_subprocess(MEMORY_SNIPPET.format(mech=m, backend=b, T=T, heads=args.heads, dim=args.dim)) for m, b in cells}
             base = peaks["native/sdpa"]
             for name, mib in peaks.items():
                 memory.append({"T": T, "cell": name, "peak_mib": mib, "ratio": None if not (mib and base) else mib / base})

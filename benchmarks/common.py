@@ -63,19 +63,31 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: str = "
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def peak_memory_subprocess(code: str, timeout: int = 1800) -> float | None:
-    """Peak resident memory (MiB) of running ``code`` in a fresh Python, minus that of importing torch and
-    hf_attnswap alone; None if it failed (e.g. out of memory)."""
-    prelude = "import resource, torch, hf_attnswap\n"
-    probe = "\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    def run(body: str) -> float | None:
-        proc = subprocess.run([sys.executable, "-c", prelude + body + probe], capture_output=True, text=True, timeout=timeout)
-        for line in proc.stdout.splitlines():
-            if line.startswith("PEAK"):
-                return int(line.split()[1]) / 1024.0
-        return None
-    base, peak = run("pass"), run(code)
-    return None if base is None or peak is None else max(peak - base, 0.0)
+def _status_kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_memory_subprocess(setup: str, timeout: int = 1800) -> float | None:
+    """Peak resident memory (MiB) that calling ``fn()`` adds, in a fresh Python. ``setup`` must define ``fn``
+    (inputs it allocates are not counted). Linux only: the peak is reset through ``/proc/self/clear_refs``.
+    Returns None if the run failed (e.g. out of memory)."""
+    code = (
+        "import torch, hf_attnswap, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "from common import _status_kb\n"
+        + setup
+        + "\nopen('/proc/self/clear_refs', 'w').write('5')\nbase = _status_kb('VmRSS')\nfn()\n"
+        "print('PEAK', _status_kb('VmHWM') - base)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEAK"):
+            return int(line.split()[1]) / 1024.0
+    print(f"memory run failed: {proc.stderr[-500:]}", file=sys.stderr)
+    return None
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

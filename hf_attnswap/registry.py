@@ -311,6 +311,8 @@ def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor,
         return "reference"
     if requested == "auto":
         for name in ("triton", "fused"):
+            if name == "triton" and not query.is_cuda:
+                continue  # on CPU Triton only runs interpreted (TRITON_INTERPRET=1): a test path, never the fastest
             if name in mech.fast and (name not in mech.fast_supports or mech.fast_supports[name](query, ctx) is None):
                 return name
         return "reference"

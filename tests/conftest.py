@@ -6,6 +6,9 @@ import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # run the Triton kernels on CPU tensors (must be set before they are defined)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import hf_attnswap  # noqa: F401  (registers the mechanisms)

@@ -17,7 +17,7 @@ import torch
 
 from .mask import AttentionMask
 
-DEFAULT_BLOCK = 512
+DEFAULT_BLOCK = 256
 
 
 def _rows(x: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
@@ -57,11 +57,10 @@ class PolynomialAttention(torch.autograd.Function):
     def forward(ctx, query, key, value, c, mask: AttentionMask, scale: float, degree: int, block: int, dropout: float):
         b, hkv, r, q_len, d = query.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
-        q_scaled = query * scale
         out = query.new_zeros(*query.shape[:-1], value.shape[-1])
         for q0 in range(0, q_len, block):
             q1 = min(q0 + block, q_len)
-            rows = _rows(q_scaled, q0, q1)
+            rows = _rows(query, q0, q1).mul(scale)
             acc = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
@@ -76,22 +75,23 @@ class PolynomialAttention(torch.autograd.Function):
             if acc is not None:
                 out[:, :, :, q0:q1] = _unrows(acc, r)
         out.mul_(c.to(out.dtype).unsqueeze(2))  # c: (B|1, 1, Q, 1) -> (B|1, 1, 1, Q, 1)
-        ctx.save_for_backward(q_scaled, key, value, c)
+        ctx.save_for_backward(query, key, value, c)  # inputs only: nothing of size n×d is added for the backward
         ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed = mask, scale, degree, block, dropout, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q_scaled, key, value, c = ctx.saved_tensors
+        query, key, value, c = ctx.saved_tensors
         mask, scale, p, block, dropout, seed = ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed
-        b, hkv, r, q_len, d = q_scaled.shape
-        g = grad_out * c.to(grad_out.dtype).unsqueeze(2)
-        dq = torch.zeros_like(q_scaled)
+        b, hkv, r, q_len, d = query.shape
+        c5 = c.to(grad_out.dtype).unsqueeze(2)  # (B|1, 1, 1, Q, 1)
+        dq = torch.zeros_like(query)
         dk = torch.zeros_like(key)
         dv = torch.zeros_like(value)
         for q0 in range(0, q_len, block):
             q1 = min(q0 + block, q_len)
-            rows, go = _rows(q_scaled, q0, q1), _rows(g, q0, q1)
+            rows = _rows(query, q0, q1).mul(scale)
+            go = _rows(grad_out[:, :, :, q0:q1] * c5[:, :, :, q0:q1], 0, q1 - q0)  # g = c ⊙ dout, per block
             dq_rows = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from ..options import DaGPAMOptions, PolynomialOptions, SoftmaxOptions
 from ..registry import register_mechanism
 from .dagpam import dagpam_attention, dagpam_attention_fused, make_dagpam_parameters
-from .polynomial import polynomial_attention, polynomial_attention_fused
+from .polynomial import (
+    polynomial_attention,
+    polynomial_attention_fused,
+    polynomial_attention_triton,
+    polynomial_triton_supports,
+)
 from .softmax import softmax_attention, softmax_attention_fused
 
 
@@ -17,7 +22,8 @@ def register_builtins() -> None:
     )(softmax_attention)
     register_mechanism(
         "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
-        fast={"fused": polynomial_attention_fused},
+        fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton},
+        fast_supports={"triton": polynomial_triton_supports},
     )(polynomial_attention)
     register_mechanism(
         "dagpam",

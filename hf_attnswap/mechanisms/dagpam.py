@@ -136,6 +136,8 @@ def dagpam_attention_fused(
     neg_query, lam_pos, lam_neg = negative_query(query, ctx)
     pos = sdpa(query, key, value, mask, ctx.scaling, ctx.dropout)
     neg = sdpa(neg_query, key, value, mask, ctx.scaling, ctx.dropout)
+    if lam_pos is lam_neg:  # tied: (1+λ)·pos − λ·neg = lerp(pos, neg, −λ), one pass
+        return torch.lerp(pos, neg, -lam_neg.to(pos.dtype).view(1, -1, 1, 1))
     lam_pos = lam_pos.to(pos.dtype).view(1, -1, 1, 1)
     lam_neg = lam_neg.to(pos.dtype).view(1, -1, 1, 1)
     return torch.addcmul(pos + lam_pos * pos, lam_neg, neg, value=-1.0)

@@ -86,3 +86,31 @@ def polynomial_attention_fused(
         query.to(dtype), key.to(dtype), value.to(dtype), mask, c, ctx.scaling, ctx.options.degree, dropout=ctx.dropout
     )
     return _checked_cast(out, query.dtype, ctx.options)
+
+
+def polynomial_triton_supports(query: torch.Tensor, ctx: AttentionContext) -> str | None:
+    """Why the Triton kernel cannot run this call, or None."""
+    try:
+        from ..kernels.polynomial_triton import available_for
+    except ImportError:
+        return "Triton is not installed (pip install triton)"
+    head_dim = query.shape[-1]
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        return f"head size {head_dim} is not a power of two >= 16"
+    if ctx.dropout > 0:
+        return "attention dropout is not implemented in the Triton kernel"
+    return available_for(query)
+
+
+def polynomial_attention_triton(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask, ctx: AttentionContext
+) -> torch.Tensor:
+    """Polynomial attention with the Triton kernels (CUDA; CPU under ``TRITON_INTERPRET=1``), float32 accumulation.
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d).
+    """
+    from ..kernels.polynomial_triton import polynomial_attention_triton as kernel
+
+    c = length_scale_vector(mask, ctx.options, query.device)
+    out = kernel(query, key, value, mask, c, ctx.scaling, ctx.options.degree)
+    return _checked_cast(out.float(), query.dtype, ctx.options)
