@@ -306,7 +306,8 @@ def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor,
     ``"auto"`` takes the first fast path whose predicate accepts the call (``triton`` before ``fused``), else
     the reference. An explicitly requested fast path that cannot run raises, naming why.
     """
-    requested = _FORCED_BACKEND.get() or getattr(opts, "backend", "reference")
+    forced = None if torch.compiler.is_compiling() else _FORCED_BACKEND.get()  # dynamo cannot trace ContextVar.get
+    requested = forced or getattr(opts, "backend", "reference")
     if need_weights or requested == "reference":
         return "reference"
     if requested == "auto":
