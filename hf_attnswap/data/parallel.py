@@ -37,7 +37,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -47,13 +46,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import AttnSwapError
-from .assets import MARKER_FILE, cache_dir
+from .assets import MARKER_FILE, cache_dir, install_folder, staging_folder
 
 __all__ = [
     "DE_EN_NAME",
@@ -283,37 +281,6 @@ def _header(lines: Sequence[str]) -> list[str]:
     return out
 
 
-@contextlib.contextmanager
-def _staging(target: Path) -> Iterator[Path]:
-    """A hidden sibling folder of ``target`` to build into; removed on exit unless renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _install(staging: Path, target: Path, force: bool) -> None:
-    """Rename ``staging`` to ``target`` (the old folder is moved aside first, then removed)."""
-    if target.exists() or target.is_symlink():
-        if not force and is_de_en_prepared():
-            return  # a concurrent run finished first; keep its result
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-        try:
-            os.replace(staging, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-
-
 def _write_jsonl(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for de, en in pairs:
@@ -365,7 +332,7 @@ def prepare_de_en(force: bool = False, *, deb: str | os.PathLike[str] | None = N
         return target
     _require_tool("dpkg-deb")
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hf_attnswap-de-en-") as tmp, _staging(target) as staging:
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-de-en-") as tmp, staging_folder(target) as staging:
         tmp_dir = Path(tmp)
         # apt-get downloads as the unprivileged `_apt` user when it can reach the folder; 0700 would not let it
         os.chmod(tmp_dir, 0o755)
@@ -416,7 +383,7 @@ def prepare_de_en(force: bool = False, *, deb: str | os.PathLike[str] | None = N
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _install(staging, target, force)
+        install_folder(staging, target, keep_existing=not force and is_de_en_prepared())
     _log(f"{DE_EN_NAME}: {counts} saved to {target} ({time.monotonic() - start:.0f} s)")
     return target
 
