@@ -12,7 +12,6 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -25,6 +24,7 @@ from .registry import (
     Mechanism,
     get_mechanism,
     is_mechanism,
+    list_mechanisms,
     options_to_config,
     parse_options,
 )
@@ -205,7 +205,7 @@ def apply_from_config(model: PreTrainedModel, pending: dict[str, Any] | Mechanis
         if pending is not None:
             raise OptionError(
                 f"attnswap options were given, but attn_implementation={name!r} is not an hf_attnswap mechanism. "
-                f"Pass attn_implementation=one of {', '.join(_names())} as well."
+                f"Pass attn_implementation=one of {', '.join(list_mechanisms())} as well."
             )
         config.__dict__.pop("attnswap", None)  # a stale record from a checkpoint loaded with another attention
         return
@@ -220,12 +220,6 @@ def apply_from_config(model: PreTrainedModel, pending: dict[str, Any] | Mechanis
     install(model, mech, opts, reinit=False)
 
 
-def _names() -> list[str]:
-    from .registry import _REGISTRY
-
-    return sorted(_REGISTRY)
-
-
 def swap(model: PreTrainedModel, mechanism: str, /, **options: Any) -> PreTrainedModel:
     """Convert a loaded model, in place, to ``mechanism`` with ``options``; returns the model.
 
@@ -235,9 +229,6 @@ def swap(model: PreTrainedModel, mechanism: str, /, **options: Any) -> PreTraine
     """
     mech = get_mechanism(mechanism)
     opts = parse_options(mech, options)
-    check_supported(model, mech)
-    install(model, mech, opts, reinit=True)
-    with torch.no_grad():
-        model.set_attn_implementation(mech.name)
-    _write_config(model, mech, opts)
+    install(model, mech, opts, reinit=True)  # checks the model first; writes the config
+    model.set_attn_implementation(mech.name)
     return model
