@@ -131,7 +131,7 @@ def gpt2_tokenizer_path() -> Path:
     return _asset_path("gpt2-tokenizer")
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
+def read_marker(folder: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -146,7 +146,7 @@ def is_prepared(name: str) -> bool:
     files the asset needs. Raises ``ValueError`` for an unknown name.
     """
     folder = _asset_path(name)
-    marker = _read_marker(folder)
+    marker = read_marker(folder)
     if marker is None or marker.get("asset") != name or marker.get("format") != ASSET_FORMAT:
         return False
     return all((folder / f).is_file() for f in _REQUIRED_FILES[name])

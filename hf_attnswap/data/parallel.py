@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnSwapError
-from .assets import MARKER_FILE, cache_dir, install_folder, staging_folder
+from .assets import MARKER_FILE, read_marker, cache_dir, install_folder, staging_folder
 
 __all__ = [
     "DE_EN_NAME",
@@ -190,18 +190,10 @@ def de_en_path() -> Path:
     return cache_dir() / DE_EN_NAME
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def is_de_en_prepared() -> bool:
     """Return True when ``<cache>/de-en-ding`` holds a current-format marker and all three split files."""
     folder = de_en_path()
-    marker = _read_marker(folder)
+    marker = read_marker(folder)
     if marker is None or marker.get("asset") != DE_EN_NAME or marker.get("format") != DE_EN_FORMAT:
         return False
     return all((folder / f"{split}.jsonl").is_file() for split in SPLITS)
@@ -571,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    marker = _read_marker(path) or {}
+    marker = read_marker(path) or {}
     print(f"{DE_EN_NAME}: {path} {json.dumps(marker.get('splits', {}))}")
     return 0
 
