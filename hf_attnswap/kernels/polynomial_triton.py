@@ -45,6 +45,13 @@ def _scores(q, k, offs_m, offs_n, q_len, k_len, b, m_ptr, smb, smm, smn, causal_
 
 
 @triton.jit
+def _tile(ptr, b, h, offs, offs_d, sb, sh, sn, sd, n):
+    """Rows ``offs`` (masked to ``< n``) of head ``h`` of batch ``b`` of a (B, H, N, D) tensor, as float32."""
+    return tl.load(ptr + b * sb + h * sh + offs[:, None] * sn + offs_d[None, :] * sd,
+                   mask=offs[:, None] < n, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _pow(s, DEGREE: tl.constexpr):
     w = s
     for _ in tl.static_range(DEGREE - 1):
@@ -66,18 +73,15 @@ def _fwd_kernel(Q, K, V, C, M, O,
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=offs_m[:, None] < q_len, other=0.0).to(tl.float32) * scale
+    q = _tile(Q, b, h, offs_m, offs_d, sqb, sqh, sqm, sqd, q_len) * scale
     acc = tl.zeros([BM, DV], dtype=tl.float32)
     end_n = k_len
     if IS_CAUSAL:
         end_n = tl.minimum(k_len, (pid_m + 1) * BM + causal_offset)
     for start_n in range(0, end_n, BN):
         offs_n = start_n + tl.arange(0, BN)
-        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=offs_n[:, None] < k_len, other=0.0).to(tl.float32)
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=offs_n[:, None] < k_len, other=0.0).to(tl.float32)
+        k = _tile(K, b, hk, offs_n, offs_d, skb, skh, skn, skd, k_len)
+        v = _tile(V, b, hk, offs_n, offs_dv, svb, svh, svn, svd, k_len)
         s, valid = _scores(q, k, offs_m, offs_n, q_len, k_len, b, M, smb, smm, smn, causal_offset, HAS_MASK, IS_CAUSAL)
         w = tl.where(valid, _pow(s, DEGREE), 0.0)
         acc += tl.dot(w, v, input_precision="ieee")
@@ -100,20 +104,16 @@ def _bwd_dq_kernel(Q, K, V, G, M, DQ,
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=offs_m[:, None] < q_len, other=0.0).to(tl.float32) * scale
-    g = tl.load(G + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_dv[None, :] * sgd,
-                mask=offs_m[:, None] < q_len, other=0.0).to(tl.float32)
+    q = _tile(Q, b, h, offs_m, offs_d, sqb, sqh, sqm, sqd, q_len) * scale
+    g = _tile(G, b, h, offs_m, offs_dv, sgb, sgh, sgm, sgd, q_len)
     dq = tl.zeros([BM, D], dtype=tl.float32)
     end_n = k_len
     if IS_CAUSAL:
         end_n = tl.minimum(k_len, (pid_m + 1) * BM + causal_offset)
     for start_n in range(0, end_n, BN):
         offs_n = start_n + tl.arange(0, BN)
-        k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=offs_n[:, None] < k_len, other=0.0).to(tl.float32)
-        v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                    mask=offs_n[:, None] < k_len, other=0.0).to(tl.float32)
+        k = _tile(K, b, hk, offs_n, offs_d, skb, skh, skn, skd, k_len)
+        v = _tile(V, b, hk, offs_n, offs_dv, svb, svh, svn, svd, k_len)
         s, valid = _scores(q, k, offs_m, offs_n, q_len, k_len, b, M, smb, smm, smn, causal_offset, HAS_MASK, IS_CAUSAL)
         dw = tl.dot(g, tl.trans(v), input_precision="ieee")
         if DEGREE > 1:
@@ -137,10 +137,8 @@ def _bwd_dkdv_kernel(Q, K, V, G, M, DK, DV_,
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
-    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                mask=offs_n[:, None] < k_len, other=0.0).to(tl.float32)
-    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_dv[None, :] * svd,
-                mask=offs_n[:, None] < k_len, other=0.0).to(tl.float32)
+    k = _tile(K, b, hk, offs_n, offs_d, skb, skh, skn, skd, k_len)
+    v = _tile(V, b, hk, offs_n, offs_dv, svb, svh, svn, svd, k_len)
     dk = tl.zeros([BN, D], dtype=tl.float32)
     dv = tl.zeros([BN, DV], dtype=tl.float32)
     start_m = 0
@@ -150,10 +148,8 @@ def _bwd_dkdv_kernel(Q, K, V, G, M, DK, DV_,
         h = hk * n_rep + r
         for sm in range(start_m, q_len, BM):
             offs_m = sm + tl.arange(0, BM)
-            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                        mask=offs_m[:, None] < q_len, other=0.0).to(tl.float32) * scale
-            g = tl.load(G + b * sgb + h * sgh + offs_m[:, None] * sgm + offs_dv[None, :] * sgd,
-                        mask=offs_m[:, None] < q_len, other=0.0).to(tl.float32)
+            q = _tile(Q, b, h, offs_m, offs_d, sqb, sqh, sqm, sqd, q_len) * scale
+            g = _tile(G, b, h, offs_m, offs_dv, sgb, sgh, sgm, sgd, q_len)
             s, valid = _scores(q, k, offs_m, offs_n, q_len, k_len, b, M, smb, smm, smn, causal_offset, HAS_MASK, IS_CAUSAL)
             w = tl.where(valid, _pow(s, DEGREE), 0.0)
             dv += tl.dot(tl.trans(w), g, input_precision="ieee")

@@ -12,20 +12,6 @@ from ..kernels.polynomial_blocked import polynomial_attention_blocked
 from .common import AttentionContext, attention_dropout, compute_dtype
 
 
-def length_scale(mask: torch.Tensor, options: PolynomialOptions) -> torch.Tensor | float:
-    """The per-query factor ``c_i``: (B|1, 1, Q, 1) for ``"visible"``, a float otherwise.
-
-    ``"visible"``: ``1/sqrt(N_i)`` with ``N_i`` the number of keys query i sees (a query that sees none,
-    a padding query, gets ``N_i = 1``; its weights are all 0 anyway).
-    """
-    if options.length_scale == "visible":
-        n = mask.sum(dim=-1, keepdim=True).clamp_min(1)
-        return n.to(torch.float32).rsqrt()  # promoted to float64 by float64 scores
-    if options.length_scale == "fixed":
-        return 1.0 / math.sqrt(options.fixed_length)
-    return 1.0
-
-
 def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float, options: PolynomialOptions) -> torch.Tensor:
     """Unnormalised weights ``c_i * (scale * q_i·k_j)**p`` with a multiplicative mask, in float32.
 
@@ -34,7 +20,8 @@ def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tenso
     """
     dtype = compute_dtype(query.dtype)
     scores = torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * scale
-    return scores.pow(options.degree) * mask * length_scale(mask, options)
+    c = length_scale_vector(AttentionMask(mask, mask.shape[-2], mask.shape[-1]), options, mask.device)
+    return scores.pow(options.degree) * mask * c.to(scores.dtype)
 
 
 def polynomial_attention(
@@ -65,7 +52,12 @@ def _checked_cast(out: torch.Tensor, dtype: torch.dtype, options: PolynomialOpti
 
 
 def length_scale_vector(mask: AttentionMask, options: PolynomialOptions, device: torch.device) -> torch.Tensor:
-    """``c_i`` as a float32 tensor (B|1, 1, Q, 1), for the fast paths."""
+    """The per-query factor ``c_i`` as a float32 tensor (B|1, 1, Q, 1).
+
+    ``"visible"``: ``1/sqrt(N_i)`` with ``N_i`` the number of keys query i sees (a query that sees none, a
+    padding query, gets ``N_i = 1``; its weights are all 0 anyway); ``"fixed"``: ``1/sqrt(fixed_length)``;
+    ``"none"``: 1.
+    """
     if options.length_scale == "visible":
         return mask.visible_counts(device).rsqrt()
     value = 1.0 / math.sqrt(options.fixed_length) if options.length_scale == "fixed" else 1.0
