@@ -40,9 +40,15 @@ def push_to_hub(model: nn.Module, repo_id: str, **kwargs: Any) -> Any:
     return _push(model, repo_id, **kwargs)
 
 
+def is_mechanism_parameter(name: str) -> bool:
+    """Whether the parameter called ``name`` (as in ``model.named_parameters()``) was added by a mechanism
+    (daGPAM's λ and ``W⁻``), also under PEFT's wrappers. Recipes give these their own learning rate."""
+    return f".{PARAMS_ATTR}." in f".{name}"
+
+
 def parameter_overhead(model: nn.Module) -> dict[str, Any]:
     """Parameters hf_attnswap added to ``model``: ``{"added", "base", "total", "percent"}`` (percent of base)."""
-    added = sum(p.numel() for name, p in model.named_parameters() if f".{PARAMS_ATTR}." in f".{name}")
+    added = sum(p.numel() for name, p in model.named_parameters() if is_mechanism_parameter(name))
     total = sum(p.numel() for p in model.parameters())
     base = total - added
     return {"added": added, "base": base, "total": total, "percent": 100.0 * added / max(base, 1)}
@@ -62,6 +68,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "get_mechanism",
+    "is_mechanism_parameter",
     "list_mechanisms",
     "options",
     "parameter_overhead",

@@ -458,6 +458,19 @@ _PREPARERS = {"smollm2": prepare_smollm2, "gpt2-tokenizer": prepare_gpt2_tokeniz
               "de-en-ding": prepare_de_en}
 
 
+#: Names that recipes and the CLI accept in place of a path: the asset name, or its alias.
+ASSET_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "gpt2-tokenizer": "gpt2-tokenizer",
+                 "news-text": "news-text", "news-lee": "news-text", "de-en-ding": "de-en-ding"}
+
+
+def resolve_asset(name: str | os.PathLike[str] | None) -> Path | None:
+    """The local path of an offline asset named ``name`` (preparing it if needed), or ``None`` if ``name`` is not
+    an asset name (then it is a Hub name or a path, used as given). ``news-text`` resolves to its ``news.jsonl``."""
+    if name is None or not isinstance(name, str) or name not in ASSET_ALIASES:
+        return None
+    return _PREPARERS[ASSET_ALIASES[name]]()
+
+
 def prepare_all(force: bool = False) -> dict[str, Path]:
     """Prepare every asset; return ``{name: path}``."""
     return {name: prepare(force=force) for name, prepare in _PREPARERS.items()}

@@ -1,0 +1,249 @@
+"""Recipe arguments: dataclasses read by ``HfArgumentParser``, from a YAML file plus command-line overrides.
+
+One way only: ``--config file.yaml`` supplies values, any ``--field value`` on the command line overrides them,
+and every other field keeps its dataclass default::
+
+    python recipes/continue_pretrain.py --config recipes/configs/smollm2_dagpam.yaml --max_train_steps 50
+
+The names follow Hugging Face's ``run_clm_no_trainer.py`` (``model_name_or_path``, ``block_size``,
+``checkpointing_steps``, ``resume_from_checkpoint``, ``with_tracking`` ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import AttnSwapError
+
+__all__ = [
+    "DataArguments",
+    "LoraArguments",
+    "ModelArguments",
+    "RecipeConfigError",
+    "TrainArguments",
+    "TranslationArguments",
+    "parse_recipe_args",
+]
+
+T = TypeVar("T")
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+class RecipeConfigError(AttnSwapError):
+    """A recipe's configuration is wrong: unknown key, bad value, unreadable YAML, missing required field."""
+
+
+@dataclass
+class ModelArguments:
+    """What to train: a pretrained model, or a fresh one from a config, and the attention to swap in."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Hub name or local folder of a pretrained causal LM, or an offline asset name (smollm2). "
+                "Leave empty and set model_type to train from scratch."})
+    model_type: str | None = field(default=None, metadata={
+        "help": "From scratch: a Transformers model type (gpt2, llama, ...) whose default config is used."})
+    config_name: str | None = field(default=None, metadata={"help": "From scratch: a config name or path instead of model_type."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "From scratch: comma-separated key=value overrides of the config, e.g. n_layer=4,n_embd=256."})
+    tokenizer_name: str | None = field(default=None, metadata={
+        "help": "Tokenizer name or path (default: model_name_or_path); offline asset: gpt2-tokenizer."})
+    attn: str = field(default="sdpa", metadata={
+        "help": "Attention spec, as for `attnswap eval`: name or name:key=value:key=value, e.g. dagpam:lambda_init=0.1. "
+                "sdpa/eager keep the model's own softmax."})
+    torch_dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it is cut."""
+
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Hub dataset name, or an offline asset name (news-text, de-en-ding)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.jsonl/.csv/.parquet file (or glob)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file (default: split off the train data)."})
+    text_column: str = field(default="text", metadata={"help": "Column that holds the text."})
+    validation_split_percentage: float = field(default=5.0, metadata={
+        "help": "Without a validation file/split: this percentage of the documents (the last ones) is held out."})
+    block_size: int = field(default=512, metadata={"help": "Tokens per training example, after packing."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N documents for training."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation documents/pairs."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+
+@dataclass
+class TranslationArguments:
+    """Translation fine-tuning: the language pair and the prompt."""
+
+    source_lang: str = field(default="de", metadata={"help": "Source language code (a key of the pairs)."})
+    target_lang: str = field(default="en", metadata={"help": "Target language code."})
+    prompt_template: str | None = field(default=None, metadata={
+        "help": "Prompt with {source}; the target follows it. Default: the evaluation module's template for the pair."})
+    eval_num_beams: int = field(default=1, metadata={"help": "Beams when translating the validation split."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Longest generated translation."})
+
+
+@dataclass
+class LoraArguments:
+    """PEFT LoRA: adapters on the linear layers; the mechanism's own parameters stay fully trainable."""
+
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Comma-separated module names, or all-linear."})
+
+
+@dataclass
+class TrainArguments:
+    """Optimisation, schedule, checkpoints, logging and output."""
+
+    output_dir: str = field(default="runs/recipe", metadata={"help": "Where checkpoints, logs and the final model go."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Allow a fresh run in a folder that already holds checkpoints (they are deleted)."})
+    seed: int = field(default=42, metadata={"help": "Seed for model init, data order and dropout."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Micro-batch size per process."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the model's weights."})
+    attnswap_learning_rate: float | None = field(default=None, metadata={
+        "help": "Peak learning rate of the mechanism's new parameters (daGPAM's lambda and W-); default: learning_rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases, norms, embeddings' "
+                                                               "positions or the mechanism's parameters)."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": f"One of {', '.join(SCHEDULERS)}."})
+    num_warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
+    num_train_epochs: int = field(default=1, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
+    max_train_steps: int | None = field(default=None, metadata={"help": "Total optimiser steps (overrides epochs)."})
+    mixed_precision: str | None = field(default=None, metadata={
+        "help": "no, bf16 or fp16 (default: what `accelerate launch` / its config says, else no)."})
+    eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and at the end)."})
+    eval_before_training: bool = field(default=True, metadata={"help": "Evaluate once at step 0."})
+    checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a resumable checkpoint every N steps."})
+    checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "A checkpoint folder (output_dir/checkpoints/step_N) or 'latest'."})
+    logging_steps: int = field(default=1, metadata={"help": "Log loss/lr/tokens-per-second every N steps."})
+    with_tracking: bool = field(default=False, metadata={"help": "Log through Accelerate's trackers too."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker(s): tensorboard, wandb, all ..."})
+    disable_progress_bar: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the final model with a model card."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "owner/name for --push_to_hub."})
+    hub_private: bool = False
+    hub_endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: huggingface_hub's)."})
+    stop_after_steps: int | None = field(default=None, metadata={
+        "help": "Stop (as if interrupted) after this many steps in this process, without the final save. For "
+                "testing resumption; the schedule still follows max_train_steps."})
+
+
+def _yaml_values(path: str) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - pyyaml is a dependency of the train extra
+        raise RecipeConfigError("reading a YAML config needs PyYAML: pip install pyyaml") from exc
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeConfigError(f"config file not found: {p.resolve()}. Pass --config with a YAML file "
+                                f"(see recipes/configs/).")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise RecipeConfigError(f"{p} must hold a mapping of argument: value, got {type(values).__name__}.")
+    return values
+
+
+def parse_recipe_args(types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into one instance of each dataclass in ``types``.
+
+    ``--config FILE.yaml`` (anywhere in ``argv``) sets values; other ``--name value`` flags override them. Unknown
+    keys in the file or on the command line raise :class:`RecipeConfigError` naming them; so does a bad value.
+    """
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise RecipeConfigError("--config needs a YAML file path.")
+        config = argv[i + 1]
+        del argv[i:i + 2]
+    parser = HfArgumentParser(list(types))
+    known = {f.name for t in types for f in dataclasses.fields(t)}
+    if config is not None:
+        values = _yaml_values(config)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RecipeConfigError(f"{config}: unknown key(s) {', '.join(unknown)}. Valid keys: {', '.join(sorted(known))}.")
+        parser.set_defaults(**values)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except SystemExit as exc:  # argparse already printed the reason
+        if exc.code in (0, None):  # --help
+            raise
+        raise RecipeConfigError("invalid command-line arguments (see the message above); "
+                                "run with --help for the list.") from None
+    *objs, remaining = parsed
+    if remaining:
+        raise RecipeConfigError(f"unknown argument(s) {' '.join(remaining)}; run with --help for the list.")
+    for obj in objs:
+        _validate(obj)
+    return tuple(objs)
+
+
+def _validate(obj: Any) -> None:
+    def positive(name: str, allow_none: bool = False) -> None:
+        value = getattr(obj, name)
+        if value is None and allow_none:
+            return
+        if not isinstance(value, int) or value < 1:
+            raise RecipeConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+    if isinstance(obj, TrainArguments):
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "num_train_epochs", "logging_steps"):
+            positive(name)
+        for name in ("max_train_steps", "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "stop_after_steps"):
+            positive(name, allow_none=True)
+        if obj.learning_rate <= 0 or (obj.attnswap_learning_rate is not None and obj.attnswap_learning_rate < 0):
+            raise RecipeConfigError(f"learning rates must be > 0 (attnswap_learning_rate may be 0 to freeze the "
+                                    f"mechanism's parameters); got {obj.learning_rate}, {obj.attnswap_learning_rate}.")
+        if obj.lr_scheduler_type not in SCHEDULERS:
+            raise RecipeConfigError(f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}; got {obj.lr_scheduler_type!r}.")
+        if obj.mixed_precision is not None and obj.mixed_precision not in MIXED_PRECISION:
+            raise RecipeConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {obj.mixed_precision!r}.")
+        if obj.num_warmup_steps < 0 or obj.weight_decay < 0 or obj.max_grad_norm < 0:
+            raise RecipeConfigError("num_warmup_steps, weight_decay and max_grad_norm must be >= 0.")
+        if obj.push_to_hub and not obj.hub_model_id:
+            raise RecipeConfigError("--push_to_hub needs --hub_model_id owner/name.")
+    elif isinstance(obj, DataArguments):
+        positive("block_size")
+        positive("max_train_samples", allow_none=True)
+        positive("max_eval_samples", allow_none=True)
+        if not 0 <= obj.validation_split_percentage < 100:
+            raise RecipeConfigError(f"validation_split_percentage must be in [0, 100); got {obj.validation_split_percentage}.")
+    elif isinstance(obj, ModelArguments):
+        if obj.model_name_or_path is None and obj.model_type is None and obj.config_name is None:
+            raise RecipeConfigError("say what to train: model_name_or_path (pretrained), or model_type / config_name "
+                                    "(from scratch, with config_overrides).")
+        if obj.torch_dtype not in ("float32", "bfloat16", "float16"):
+            raise RecipeConfigError(f"torch_dtype must be float32, bfloat16 or float16; got {obj.torch_dtype!r}.")
+    elif isinstance(obj, LoraArguments):
+        if obj.lora:
+            positive("lora_r")
+            if not 0 <= obj.lora_dropout < 1:
+                raise RecipeConfigError(f"lora_dropout must be in [0, 1); got {obj.lora_dropout}.")
