@@ -25,7 +25,7 @@ from hf_attnswap.data.lm import load_lm_texts, pack_texts
 from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import DataArguments, LoraArguments, ModelArguments, TrainArguments, parse_recipe_args
 from hf_attnswap.training.loop import make_accelerator, run_recipe, save_final, train
-from hf_attnswap.training.model import build_model, check_block_size, load_tokenizer, parse_single_attn, wrap_lora
+from hf_attnswap.training.model import build_model, load_tokenizer, parse_single_attn, wrap_lora
 from hf_attnswap.training.report import push_final, write_results
 
 
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
 
     # --- model: pretrained or from scratch, swapped through the public API -----------------------------------
-    model, spec = build_model(model_args, tokenizer)
-    check_block_size(model, data_args.block_size)
+    model, spec = build_model(model_args, tokenizer, block_size=data_args.block_size)
     with accelerator.main_process_first():
         train_dataset = pack_texts(texts.train, tokenizer, data_args.block_size,
                                    num_proc=data_args.preprocessing_num_workers)

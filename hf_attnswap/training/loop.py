@@ -244,6 +244,8 @@ def train(
                                                  "evaluations": outcome.evaluations,
                                                  "total_steps": total_steps},
                         total_limit=args.checkpoints_total_limit)
+        if accelerator.is_main_process:
+            print(f"saved checkpoint {out / CHECKPOINTS_DIR}/step_{step:08d}", flush=True)
 
     step = state["step"]
     if step == 0 and args.eval_before_training:

@@ -57,12 +57,13 @@ def load_tokenizer(args: ModelArguments) -> Any:
     return tok
 
 
-def build_model(args: ModelArguments, tokenizer: Any) -> tuple[nn.Module, AttnSpec]:
+def build_model(args: ModelArguments, tokenizer: Any, *, block_size: int | None = None) -> tuple[nn.Module, AttnSpec]:
     """Load or create the causal LM with the attention of ``args.attn``; return ``(model, spec)``.
 
     Pretrained: ``from_pretrained(model_name_or_path, attn_implementation=..., attnswap=...)``; the mechanism's
     new parameters are initialised by the plugin. From scratch: ``model_type`` or ``config_name`` plus
     ``config_overrides``, initialised from the current torch seed. Embeddings grow to the tokenizer if needed.
+    ``block_size`` is checked against the model's positions from its config, before any weight is loaded.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -73,6 +74,8 @@ def build_model(args: ModelArguments, tokenizer: Any) -> tuple[nn.Module, AttnSp
         if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             raise ModelLoadError(f"model folder not found: {Path(name).expanduser().resolve()}. Check the path.")
         try:
+            if block_size is not None:
+                check_block_size(AutoConfig.from_pretrained(name), block_size)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **spec.load_kwargs())
         except OSError as exc:
             raise ModelLoadError(f"could not load the model {name!r}: {exc}. Pass a folder written by "
@@ -93,6 +96,8 @@ def build_model(args: ModelArguments, tokenizer: Any) -> tuple[nn.Module, AttnSp
                 raise RecipeConfigError(f"config_overrides {args.config_overrides!r}: {exc}") from None
         if getattr(config, "vocab_size", None) is not None and config.vocab_size < len(tokenizer):
             config.vocab_size = len(tokenizer)
+        if block_size is not None:
+            check_block_size(config, block_size)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **spec.load_kwargs())
     embeddings = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embeddings:
@@ -103,11 +108,14 @@ def build_model(args: ModelArguments, tokenizer: Any) -> tuple[nn.Module, AttnSp
     return model, spec
 
 
-def check_block_size(model: nn.Module, block_size: int) -> None:
-    """Raise :class:`RecipeConfigError` if ``block_size`` exceeds the model's position limit."""
+def check_block_size(model_or_config: Any, block_size: int) -> None:
+    """Raise :class:`RecipeConfigError` if ``block_size`` exceeds the position limit of a model or its config."""
+    from types import SimpleNamespace
+
     from ..evaluation.perplexity import model_max_positions
 
-    limit = model_max_positions(model)
+    config = getattr(model_or_config, "config", model_or_config)
+    limit = model_max_positions(SimpleNamespace(config=config))
     if limit is not None and block_size > limit:
         raise RecipeConfigError(f"block_size={block_size} is larger than the model's {limit} positions; "
                                 f"set block_size <= {limit}.")

@@ -85,11 +85,16 @@ def compare_runs(folders: list[str | os.PathLike[str]], *, title: str | None = N
 
 def push_final(output_dir: Path, args: TrainArguments, *, base_model: str | None,
                eval_results: list[dict[str, Any]] | None) -> str | Path:
-    """Push the saved model in ``output_dir`` (and its tokenizer) with a model card (:func:`hf_attnswap.push_to_hub`)."""
+    """Push the saved model in ``output_dir`` (and its tokenizer) with a model card (:func:`hf_attnswap.push_to_hub`).
+    ``base_model`` is linked on the card only when it is a Hub id (not a local folder or an offline asset)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..hub import push_to_hub
 
+    from ..data.assets import ASSET_ALIASES
+
+    if base_model is not None and (base_model in ASSET_ALIASES or Path(base_model).expanduser().exists()):
+        base_model = None  # a local folder or offline asset has no Hub id to link to
     model = AutoModelForCausalLM.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     url = push_to_hub(model, args.hub_model_id, tokenizer=tokenizer, base_model=base_model, eval_results=eval_results,
