@@ -6,6 +6,7 @@
     attnswap eval ppl --attn a,b,c [...]       perplexity side by side
     attnswap eval mt --attn a,b,c [...]        translation BLEU/chrF side by side
     attnswap push --model DIR --repo-id o/n    upload a swapped model with a model card (or --dry-run DIR)
+    attnswap probe --attn a,b,c --out DIR      attention diagnostics side by side: JSON + PNG plots
 
 ``--model`` defaults to the offline SmolLM2-135M; ``--dataset news-lee`` is the offline news text and
 ``--dataset de-en-ding`` the offline German-English pairs (see ``attnswap prepare-assets``).
@@ -167,6 +168,89 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import torch
+
+    import hf_attnswap
+
+    from .data.text import load_texts
+    from .diagnostics import ProbeError, probe_texts
+    from .diagnostics.collect import check_top_n
+    from .diagnostics.plots import write_plots
+    from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
+
+    specs = parse_attn_specs(args.attn)
+    if any(s.name == "sdpa" for s in specs):
+        raise ProbeError("'sdpa' returns no attention weights, so it cannot be probed; use 'eager' (Transformers' "
+                         "own softmax) or 'softmax' instead.")
+    top_n = check_top_n(_int_list(args.top_n, "--top-n"))
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").write_text("")
+        (out / ".write_test").unlink()
+    except OSError as err:
+        raise ProbeError(f"--out {out}: cannot write there ({err.strerror or err}); pick a writable folder.") from None
+    source: Any = args.dataset
+    if source in ("news", "news-lee"):
+        from .data.assets import prepare_news_text
+
+        source = prepare_news_text()
+    texts = load_texts(source, text_column=args.text_column, limit=args.max_texts)
+    if not 0 <= args.example < len(texts):
+        raise ProbeError(f"--example {args.example} is outside the {len(texts)} texts loaded.")
+    model = _default_model(args.model)
+    _quiet_transformers()
+    print(f"probing {model} on {args.dataset} ({len(texts)} texts, up to {args.max_length} tokens), "
+          f"hf_attnswap {hf_attnswap.__version__}", file=sys.stderr)
+    maps: list[Any] = []  # each mechanism's example attention map, in spec order
+
+    def evaluate(m: Any, tok: Any) -> dict[str, Any]:
+        torch.manual_seed(args.seed)
+        r = probe_texts(m, tok, texts, max_length=args.max_length, batch_size=args.batch_size, top_n=top_n,
+                        grad=not args.no_grad, example_index=args.example)
+        maps.append(r.attention_map)
+        d = r.to_dict()
+        summary = {name: _nanmean(d["layer_mean_over_heads"][name]) for name in
+                   ("entropy", "sink_strength", "negative_mass_share", "frobenius_ratio")}
+        return {"loss": d["loss"], "weights_convention": d["weights_convention"],
+                "sink_head_share": d["sink_head_share"]["overall"], **summary, "probe": d}
+
+    def reseed(row: dict[str, Any]) -> None:  # the next model's new parameters (e.g. daGPAM's W⁻) start alike
+        print(f"  {row['attn']}: loss {row['loss']}, entropy {row['entropy']} nats", file=sys.stderr)
+        torch.manual_seed(args.seed)
+
+    torch.manual_seed(args.seed)
+    rows = compare(model, specs, evaluate, on_result=reseed)
+    print_table(f"Attention diagnostics of {Path(model).name} on {args.dataset} (means over layers and heads)", rows, [
+        ("loss", "LM loss", "{:.4f}"), ("entropy", "entropy (nats)", "{:.3f}"), ("sink_strength", "sink", "{:.3f}"),
+        ("sink_head_share", "sink heads", "{:.0%}"), ("negative_mass_share", "neg. mass", "{:.3f}"),
+        ("frobenius_ratio", "|A|_F/sqrt(N)", "{:.3f}"), ("seconds", "s", "{:.1f}"),
+    ])
+    data = {"dataset": args.dataset, "text_column": args.text_column, "max_texts": args.max_texts, "texts": len(texts),
+            "max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed, "top_n": list(top_n),
+            "example": args.example, "gradients": not args.no_grad}
+    print(f"wrote {write_json(out / 'probe.json', 'probe', rows, data)}", file=sys.stderr)
+    runs = [(row["attn"], row["probe"]) for row in rows]
+    for path in write_plots(runs, {row["attn"]: m for row, m in zip(rows, maps)}, out, heads=args.heads):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    from .diagnostics import ProbeError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ProbeError(f"{flag} takes comma-separated integers such as 1,2,4,8; got {text!r}.") from None
+
+
+def _nanmean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return sum(finite) / len(finite) if finite else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnswap", description="Swap the attention of Transformers models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=None, help="Hub endpoint (default: huggingface_hub's)")
     p.add_argument("--dry-run", default=None, metavar="DIR", help="write exactly what would be uploaded to DIR; upload nothing")
     p.set_defaults(func=_push)
+
+    p = sub.add_parser("probe", help="attention diagnostics (SCIENCE.md) under several mechanisms: JSON + PNG plots")
+    p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
+    p.add_argument("--attn", default="softmax,dagpam,polynomial",
+                   help="comma-separated specs, as for `eval ppl` (eager, softmax, dagpam:lambda_init=0.1, ...; not sdpa)")
+    p.add_argument("--dataset", default="news-lee",
+                   help="news (offline news text), a Hub dataset name, local .txt/.json/.jsonl/.parquet/.csv files, "
+                        "or a save_to_disk folder")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--out", required=True, help="folder for probe.json and the PNG plots")
+    p.add_argument("--max-texts", type=int, default=8, help="first N texts (default 8)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text, cut (default 128)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="torch seed set before each model is loaded and probed")
+    p.add_argument("--top-n", default="1,2,4,8,16,32,64", help="N for the top-N mass and value separation")
+    p.add_argument("--example", type=int, default=0, help="text whose attention maps are drawn")
+    p.add_argument("--heads", type=int, default=4, help="heads per attention-map grid")
+    p.add_argument("--no-grad", action="store_true", help="skip the backward pass (no query-gradient norms)")
+    p.set_defaults(func=_probe)
     return parser
 
 
