@@ -19,7 +19,9 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from hf_attnswap.training.arguments import DataArguments, ModelArguments, RecipeConfigError, TrainArguments, parse_recipe_args
 from hf_attnswap.training.loop import run_recipe
+from hf_attnswap.errors import AttnSwapError
 from hf_attnswap.training.optim import parameter_groups
+from hf_attnswap.training.report import compare_runs
 
 from conftest import tiny_config
 
@@ -90,6 +92,10 @@ def test_run_saves_model_with_mechanism_tokenizer_logs_and_results(assets, tmp_p
     assert train[0]["lr/attnswap"] == pytest.approx(1e-2) and train[0]["lr/decay"] == pytest.approx(1e-3)
     assert all(r["tokens_per_second"] > 0 for r in train)
     assert list((out / "tracking").rglob("events.out.tfevents.*")), "TensorBoard event file"
+    rows = compare_runs([out, out])
+    assert rows[0]["first"] == results["first_eval"] and rows[0]["final"] == results["final_eval"]
+    with pytest.raises(AttnSwapError, match="not a finished recipe run"):
+        compare_runs([out / "checkpoints"])
 
 
 def test_resume_after_interruption_gives_the_same_weights(assets, tmp_path):
