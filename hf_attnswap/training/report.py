@@ -76,7 +76,7 @@ def compare_runs(folders: list[str | os.PathLike[str]], *, title: str | None = N
                      "tokens_per_second": r["tokens_seen"] / max(r["seconds"], 1e-9), "metric": r["metric"]})
     metric = rows[0]["metric"] if rows else "ppl"
     print_table(title or f"Validation {metric} before and after training", rows, [
-        ("attn", "attention", "{}"), ("first", f"{metric} at step 0", "{:.4g}"), ("final", f"{metric} at the end", "{:.4g}"),
+        ("run", "run", "{}"), ("first", f"{metric} at step 0", "{:.4g}"), ("final", f"{metric} at the end", "{:.4g}"),
         ("steps", "steps", "{:,}"), ("tokens", "train tokens", "{:,}"), ("tokens_per_second", "train tok/s", "{:.0f}"),
         ("seconds", "s", "{:.0f}"),
     ])
