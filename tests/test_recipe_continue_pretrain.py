@@ -256,6 +256,7 @@ def test_push_to_hub_after_training(assets, tmp_path, monkeypatch):
     from _hub_server import LocalHub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the loopback hub is reachable
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     token = "hf_recipeFAKEtoken"
     monkeypatch.setenv("HF_TOKEN", token)
