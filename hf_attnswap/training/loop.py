@@ -44,14 +44,22 @@ def _env_flag(name: str) -> bool:
 
 def check_launch(mixed_precision: str | None) -> None:
     """Raise :class:`LaunchError` before any compute if what ``accelerate launch`` (or its config file) asks for
-    cannot run here: GPU processes without CUDA, more processes per node than GPUs, fp16 without CUDA, DeepSpeed
-    not installed. Reads the environment that ``accelerate launch`` sets."""
+    cannot run here: GPU processes without CUDA, more processes per node than GPUs, a CPU launch that asked for N
+    processes but started one, fp16 without CUDA, DeepSpeed not installed. Reads the environment that
+    ``accelerate launch`` sets."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     use_cpu = _env_flag("ACCELERATE_USE_CPU")
     gpus = torch.cuda.device_count()
-    fix = ("Use recipes/configs/accelerate/cpu.yaml (or `accelerate launch --cpu --num_processes N`) on a machine "
-           "without GPUs, or run where the GPUs are.")
+    fix = ("On a machine without GPUs run `ACCELERATE_USE_CPU=1 accelerate launch --config_file "
+           "recipes/configs/accelerate/cpu.yaml ...` (or `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`), "
+           "or run where the GPUs are.")
+    if use_cpu and world == 1 and os.environ.get("MASTER_ADDR") and not any(
+            os.environ.get(v) for v in ("LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        # Accelerate's simple launcher sets MASTER_ADDR for num_processes > 1 but, without mpirun, starts one process
+        raise LaunchError("`accelerate launch --cpu --num_processes N` (or a MULTI_CPU config without mpirun) starts "
+                          "only ONE process, which would train with 1/N of the global batch. " + fix +
+                          " (For a single process, unset MASTER_ADDR.)")
     if world > 1 and not use_cpu and gpus == 0:
         raise LaunchError(f"this launch asks for {world} GPU processes, but this machine has no CUDA device. {fix}")
     if not use_cpu and gpus > 0 and local_world > gpus:

@@ -77,6 +77,7 @@ def build_model(args: ModelArguments, tokenizer: Any, *, block_size: int | None 
             if block_size is not None:
                 check_block_size(AutoConfig.from_pretrained(name), block_size)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **spec.load_kwargs())
+            _materialize_meta_parameters(model)
         except OSError as exc:
             raise ModelLoadError(f"could not load the model {name!r}: {exc}. Pass a folder written by "
                                  f"save_pretrained, a Hub name (needs the Hub), or an offline asset name (smollm2).") from None
@@ -106,6 +107,21 @@ def build_model(args: ModelArguments, tokenizer: Any, *, block_size: int | None 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model, spec
+
+
+def _materialize_meta_parameters(model: nn.Module) -> None:
+    """FSDP with ``cpu_ram_efficient_loading``: on local ranks > 0 Transformers loads the checkpoint as empty CPU
+    tensors but leaves the parameters that are not in it (the mechanism's new W- and lambda) on the meta device.
+    Accelerate's FSDP2 ``prepare`` maps the optimizer's parameters to their shards by ``data_ptr()``, which is 0 for
+    every meta tensor, so they would collapse into one: rank > 0 would update one shard several times and never the
+    others (and saving a checkpoint fails). Give them uninitialised CPU storage; their values come from rank 0."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):
+        return
+    for module in model.modules():
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
 
 
 def check_block_size(model_or_config: Any, block_size: int) -> None:
