@@ -234,7 +234,10 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact_and_resumable(assets, tmp_path
     argv = _argv(assets, out, "--max_train_steps", "400", "--checkpointing_steps", "2")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(RECIPE), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, cwd=ROOT)
+                            text=True, env=env, cwd=ROOT,
+                            # a shell's background job inherits SIGINT ignored, and Python then never raises
+                            # KeyboardInterrupt: give the child the default disposition, as a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
