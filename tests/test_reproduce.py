@@ -1,0 +1,168 @@
+"""The table and verdict code of benchmarks/reproduce.py on synthetic numbers (no training, no models)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+_spec = importlib.util.spec_from_file_location("reproduce_under_test", _PATH)
+R = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = R
+_spec.loader.exec_module(R)
+
+
+def test_mean_std_is_sample_std_and_skips_non_finite():
+    m, s, n = R.mean_std([1.0, 2.0, 3.0])
+    assert (m, n) == (2.0, 3) and s == pytest.approx(1.0)  # n-1
+    assert R.mean_std([4.0]) == (4.0, 0.0, 1)
+    m, s, n = R.mean_std([1.0, None, float("nan"), float("inf"), 3.0])
+    assert (m, n) == (2.0, 2) and s == pytest.approx(math.sqrt(2))
+    m, s, n = R.mean_std([])
+    assert math.isnan(m) and math.isnan(s) and n == 0
+
+
+def test_formatting():
+    assert R.fmt_pm([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert R.fmt_pm([0.5]) == "0.500"
+    assert R.fmt_pm([1.0, float("nan"), 3.0]) == "2.00 ± 1.41 (1 of 3 not finite)"
+    assert R.fmt_pm([None, None]) == "n/a (2 of 2 not finite)"
+    assert R.fmt_num(1.32e9) == "1.32e+09"
+    assert R.fmt_num(0.0) == "0" and R.fmt_num(float("inf")) == "inf" and R.fmt_num(None) == "n/a"
+    assert R.fmt_num(123.456) == "123.5" and R.fmt_num(2e-6) == "2.00e-06"
+    md = R.table(["a", "b"], [[1, "x"]])
+    assert md.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | x |"]
+
+
+def test_welch_t_and_separation():
+    assert R.welch_t([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 0.0
+    t = R.welch_t([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+    assert t == pytest.approx(3.0 / math.sqrt(2 / 3))
+    assert math.isnan(R.welch_t([1.0], [2.0, 3.0]))
+    assert R.welch_t([2.0, 2.0], [1.0, 1.0]) == math.inf
+    assert R.separated([4, 5, 6], [1, 2, 3]) == 1
+    assert R.separated([1, 2, 3], [4, 5, 6]) == -1
+    assert R.separated([1, 5], [2, 3]) == 0
+
+
+def test_measurable_difference():
+    big = R.measurable_difference([10.0, 10.1, 10.2], [5.0, 5.1, 5.2])
+    assert big["measurable"] and big["separated"] == 1 and big["gap"] == pytest.approx(5.0)
+    overlap = R.measurable_difference([1.0, 3.0, 5.0], [2.0, 4.0, 6.0])
+    assert not overlap["measurable"]
+    # separated, but the gap is small against the spread
+    noisy = R.measurable_difference([1.0, 1.1, 2.0], [0.9, 0.95, 0.99])
+    assert noisy["separated"] == 1 and not noisy["measurable"]
+    # statistically clear but negligible (below MIN_RELATIVE_GAP of the value)
+    tiny = R.measurable_difference([2.5501, 2.5502, 2.5503], [2.5500, 2.54995, 2.54990])
+    assert tiny["separated"] == 1 and tiny["gap_in_stds"] > 2 and not tiny["measurable"]
+    # one seed per group is never enough
+    assert not R.measurable_difference([10.0], [1.0])["measurable"]
+
+
+def test_combine_and_claim1():
+    assert R.combine([True, True]) == "yes" and R.combine([True, False]) == "partly" and R.combine([False]) == "no"
+    assert R.verdict_claim1([0.0, 3e-6, 1e-5]) == "yes"
+    assert R.verdict_claim1([0.0, 2e-5]) == "partly"
+    assert R.verdict_claim1([1e-3, float("nan")]) == "no"
+    assert R.verdict_claim1([]) == "not run"
+
+
+def test_claim2_verdicts():
+    soft_ppl, dag_ppl = [500.0, 510.0, 505.0], [498.0, 507.0, 503.0]
+    res_s, res_d = [0.50, 0.51, 0.50], [0.60, 0.61, 0.62]
+    cos_s, cos_d = [0.70, 0.71, 0.72], [0.50, 0.51, 0.52]
+    v = R.verdict_claim2(dag_ppl, soft_ppl, res_d, res_s, cos_d, cos_s)
+    assert v["verdict"] == "yes" and v["ppl_no_worse"] and v["higher_residual"] and v["lower_cosine"]
+    # clearly worse perplexity, collapse the other way round
+    v = R.verdict_claim2([600.0, 601.0, 602.0], soft_ppl, res_s, res_d, cos_s, cos_d)
+    assert v["verdict"] == "no" and not v["ppl_no_worse"]
+    # slightly worse but within the noise counts as "no worse"; no collapse difference -> partly
+    v = R.verdict_claim2([505.0, 515.0, 508.0], soft_ppl, res_s, res_s, cos_s, cos_s)
+    assert v["ppl_no_worse"] and v["verdict"] == "partly"
+
+
+def test_moving_average():
+    assert R.moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    assert R.moving_average([1.0, 5.0], 1) == [1.0, 5.0]
+    assert R.moving_average([], 3) == []
+
+
+def test_loss_health():
+    h = R.loss_health([10.0, 8.0, 7.0, 7.2, 6.5], window=1)
+    assert h["stable"] and h["nonfinite_steps"] == 0 and h["max_spike"] == pytest.approx(0.2)
+    h = R.loss_health([10.0, 6.0, 9.5, 6.0], window=1)
+    assert h["blew_up"] and not h["stable"] and h["max_spike"] == pytest.approx(3.5)
+    # one noisy batch is smoothed away by the moving average; a sustained rise is not
+    noisy = [7.0] * 20 + [9.5] + [7.0] * 20
+    h = R.loss_health(noisy, window=10)
+    assert h["max_raw_spike"] == pytest.approx(2.5) and h["max_spike"] == pytest.approx(0.25) and h["stable"]
+    h = R.loss_health([7.0] * 20 + [9.0] * 20, window=10)
+    assert h["blew_up"] and h["max_spike"] == pytest.approx(2.0)
+    h = R.loss_health([10.0, float("nan"), None, 9.0])
+    assert h["nonfinite_steps"] == 2 and not h["stable"]
+    assert R.run_stable(R.loss_health([10.0, 9.0]), 100.0, 50.0)
+    assert not R.run_stable(R.loss_health([10.0, 9.0]), 100.0, 150.0)  # ended worse than it started
+    assert not R.run_stable(R.loss_health([10.0, 9.0]), 100.0, float("nan"))
+
+
+def _runs(ppls, stable=True):
+    return [{"stable": stable, "final_ppl": p} for p in ppls]
+
+
+def test_claim3_verdicts():
+    scaled = _runs([300.0, 310.0, 305.0])
+    assert R.verdict_claim3(scaled, _runs([900.0, 950.0, 1000.0]))["verdict"] == "yes"  # much worse, stable
+    v = R.verdict_claim3(scaled, _runs([float("nan")] * 3, stable=False))
+    assert v["verdict"] == "yes" and v["unscaled_diverged_runs"] == 3
+    v = R.verdict_claim3(scaled, _runs([301.0, 309.0, 306.0]))  # the same: unscaled is fine
+    assert v["verdict"] == "partly" and not v["unscaled_much_worse"]
+    v = R.verdict_claim3(_runs([300.0, 310.0, 305.0], stable=False), _runs([301.0, 309.0, 306.0]))
+    assert v["verdict"] == "no"
+    # 1.5x worse on average but the seeds overlap: not "much worse"
+    v = R.verdict_claim3(scaled, _runs([200.0, 600.0, 600.0]))
+    assert not v["unscaled_much_worse"]
+
+
+def test_claim4_gap_and_verdicts():
+    assert R.gap_recovered(3.0, 21.0, 12.0) == pytest.approx(0.5)
+    assert R.gap_recovered(3.0, 21.0, 3.0) == pytest.approx(1.0)
+    assert R.gap_recovered(3.0, 21.0, 22.0) < 0
+    assert math.isnan(R.gap_recovered(3.0, 3.0, 3.0))
+    base = math.log(30.0)
+    near = [base + 0.3] * 3  # final ppl 1.35x the base
+    assert R.verdict_claim4(base, [21.0] * 3, near)["verdict"] == "yes"
+    v = R.verdict_claim4(base, [21.0] * 3, [6.0, 6.5, 7.0])  # most of the gap in nats, still >2x the base ppl
+    assert v["verdict"] == "partly" and v["recovered_mean"] > 0.5
+    assert R.verdict_claim4(base, [21.0] * 3, [18.0] * 3)["verdict"] == "partly"  # some recovery
+    assert R.verdict_claim4(base, [21.0] * 3, [21.5] * 3)["verdict"] == "no"  # none
+    assert R.verdict_claim4(base, [base - 0.1] * 3, [base - 0.2] * 3)["verdict"] == "no"  # swap did not raise ppl
+
+
+def test_claim5_verdict():
+    yes = {"measurable": True}
+    no = {"measurable": False}
+    assert R.verdict_claim5({"a vs b": {"sink": yes, "entropy": yes}, "a vs c": {"sink": yes, "entropy": yes}}) == "yes"
+    assert R.verdict_claim5({"a vs b": {"sink": yes, "entropy": no}}) == "partly"
+    assert R.verdict_claim5({"a vs b": {"sink": no, "entropy": no}}) == "no"
+    assert R.verdict_claim5({}) == "not run"
+
+
+def test_headline_and_deep_layers():
+    assert R.deep_hidden_states(6) == [4, 5, 6]
+    assert R.deep_hidden_states(2) == [2]
+    analysis = {"claim1": {"verdict": "yes", "per_pair": {
+        "smollm2/fused_vs_sdpa": {"model": "smollm2", "values": [0.0, 1e-6], "max": 1e-6},
+        "tiny_gpt2/fused_vs_sdpa": {"model": "tiny_gpt2", "values": [0.0], "max": 0.0},
+        "tiny_llama/fused_vs_sdpa": {"model": "tiny_llama", "values": [0.0], "max": 0.0}}}}
+    rows = R.headline({1}, analysis)
+    assert rows[0][1] == "yes" and "smollm2 1.00e-06" in rows[0][2]
+
+
+def test_clean_json_has_no_nan():
+    assert R._clean({"a": float("nan"), "b": [float("inf"), 1.0]}) == {"a": None, "b": ["inf", 1.0]}
+    assert math.isinf(R._num("inf")) and math.isnan(R._num(None))
