@@ -14,6 +14,7 @@ from torch import nn
 from transformers import initialization as hf_init
 
 from ..options import DaGPAMOptions
+from ..kernels import dagpam_cpu
 from ..kernels.mask import AttentionMask
 from ..kernels.sdpa import sdpa
 from .common import AttentionContext, apply_rope, attention_dropout, unapply_rope
@@ -132,7 +133,15 @@ def dagpam_attention_fused(
     query: (B, H, Q, d); key, value: (B, H_kv, K, d) (not repeated). Returns (B, H, Q, d). With dropout,
     each branch gets its own dropout mask (the reference drops entries of the combined ``P``); both keep
     the expected output.
+
+    On CPU (fp32/fp64, no attention dropout, not under ``torch.compile``, plain ``DaGPAMParameters``) the same
+    computation runs as one autograd function over the flash CPU kernels (``kernels/dagpam_cpu.py``), which
+    recomputes ``Q⁻`` and works head-chunk by head-chunk: about half the peak memory of this autograd path.
     """
+    if cpu_kernel_reason(query, key, value, mask, ctx) is None:
+        lam_pos, lam_neg = ctx.params.lambdas()
+        return dagpam_cpu.dagpam_attention_cpu(query, key, value, ctx.params.neg_query_weight, lam_pos, lam_neg, mask,
+                                               ctx.scaling, ctx.rope)
     neg_query, lam_pos, lam_neg = negative_query(query, ctx)
     pos = sdpa(query, key, value, mask, ctx.scaling, ctx.dropout)
     neg = sdpa(neg_query, key, value, mask, ctx.scaling, ctx.dropout)
@@ -141,3 +150,24 @@ def dagpam_attention_fused(
     lam_pos = lam_pos.to(pos.dtype).view(1, -1, 1, 1)
     lam_neg = lam_neg.to(pos.dtype).view(1, -1, 1, 1)
     return torch.addcmul(pos + lam_pos * pos, lam_neg, neg, value=-1.0)
+
+
+def cpu_kernel_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask,
+                      ctx: AttentionContext) -> str | None:
+    """Why :func:`dagpam_attention_fused` cannot use the low-memory CPU kernel for this call (``None``: it can).
+
+    The kernel reads ``W⁻`` and λ directly, so it needs the plain parameter module: a wrapped one (PEFT's
+    ``modules_to_save``), a subclass with its own ``forward``/``lambdas``, or forward hooks on it take the
+    autograd path, which goes through the module's ``forward``.
+    """
+    if torch.compiler.is_compiling():  # checked first: nothing below needs tracing
+        return "under torch.compile"
+    params = ctx.params
+    if not isinstance(params, DaGPAMParameters):
+        return "parameters are not a plain DaGPAMParameters (e.g. wrapped by PEFT)"
+    if type(params).forward is not DaGPAMParameters.forward or type(params).lambdas is not DaGPAMParameters.lambdas:
+        return "DaGPAMParameters subclass with its own forward/lambdas"
+    if params._forward_hooks or params._forward_pre_hooks or nn.modules.module._global_forward_hooks \
+            or nn.modules.module._global_forward_pre_hooks:
+        return "forward hooks on the parameter module"
+    return dagpam_cpu.unsupported_reason(query, key, value, mask, ctx.dropout, ctx.rope)

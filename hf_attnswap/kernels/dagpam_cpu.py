@@ -1,0 +1,273 @@
+"""daGPAM on CPU with low memory: one ``autograd.Function`` over the flash-attention CPU kernels.
+
+    Q⁻ = rope(ReLU(unrope(Q⁺)) W⁻)                          (no rope: Q⁻ = ReLU(Q⁺) W⁻)
+    pos, lse⁺ = flash(Q⁺, K, V);  neg, lse⁻ = flash(Q⁻, K, V)
+    out = (1+λ⁺)·pos − λ⁻·neg                                (tied: λ⁺ = λ⁻ = λ, a lerp)
+
+The autograd path through two SDPA calls keeps, per layer, ``Q⁻``, ``ReLU(Q⁺)``, both branch outputs and
+the output, and its backward holds both branches' gradients at once. This function instead:
+
+- forward: works on chunks of heads (whole KV groups) and writes ``out`` in place; it keeps only ``neg``
+  and the two log-sum-exps (``out`` is the output, which the caller holds anyway). ``Q⁻`` and ``ReLU(Q⁺)``
+  exist one chunk at a time.
+- backward: recovers ``pos = (out + λ⁻·neg) / (1+λ⁺)`` (only when that is well conditioned,
+  ``|λ⁻| ≤ RECOVER_LIMIT·|1+λ⁺|`` for every head; otherwise ``pos`` is kept by the forward), recomputes
+  ``ReLU(Q⁺)`` and ``Q⁻``, and runs the two flash backwards chunk by chunk, writing into preallocated
+  ``dq, dk, dv``. A chunk whose λ⁻ are all exactly 0 skips the negative branch (its gradients are exactly 0).
+
+Gradients: ``q, k, v``; ``W⁻`` (d×d shared or (H, d, d) per head); ``λ⁺, λ⁻`` per head
+(``dλ⁺_h = Σ g·pos``, ``dλ⁻_h = −Σ g·neg``; pass the same tensor twice for tied λ, autograd adds them).
+GQA: K/V keep their ``H_kv`` heads; the flash kernel maps query head ``h`` to KV head ``h // (H / H_kv)``.
+
+Masks: plain causal (``is_causal``), none, or a dense boolean mask (converted once per pass to the additive
+float mask the kernel takes). A query that sees no key gets 0, as with SDPA. No attention dropout.
+Reference: ``hf_attnswap.mechanisms.dagpam.dagpam_attention``; the autograd version is
+``dagpam_attention_fused``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mask import AttentionMask
+
+ENABLED = True  # set False to route every call to the autograd (two-SDPA) path
+CHUNK_BYTES = 2 << 20  # target size of one chunk's (B, heads, Q, d) slice
+CHUNK_ABOVE_BYTES = 16 << 20  # smaller calls are not chunked (each chunk costs ~20 more kernel launches)
+RECOVER_LIMIT = 4.0  # recover pos from out only if max_h |λ⁻_h| / |1+λ⁺_h| is at most this
+DTYPES = (torch.float32, torch.float64)
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+
+def unsupported_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask,
+                       dropout: float, rope: tuple[torch.Tensor, torch.Tensor] | None) -> str | None:
+    """Why :func:`dagpam_attention_cpu` cannot run this call, or ``None`` if it can."""
+    if not ENABLED:
+        return "disabled"
+    if torch.compiler.is_compiling():
+        return "under torch.compile"
+    if any(t.device.type != "cpu" for t in (query, key, value)):
+        return "not on CPU"
+    if query.dtype not in DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
+        return f"dtype {query.dtype} (supported: float32, float64)"
+    if dropout > 0:
+        return "attention dropout"
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4 or query.numel() == 0 or key.numel() == 0:
+        return "empty or not 4-D"
+    if value.shape[-1] != query.shape[-1] or query.shape[1] % key.shape[1] != 0:
+        return "value head size differs from query head size, or heads not a multiple of KV heads"
+    if rope is not None and (rope[0].requires_grad or rope[1].requires_grad):
+        return "rotary tables require grad"
+    attn_mask, _ = mask.sdpa_args()
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        return "non-boolean mask"
+    return None
+
+
+def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Boolean visibility (B|1, 1, Q, K) -> additive float mask (0 visible, -inf hidden), batch broadcast kept."""
+    if mask is None:
+        return None
+    if mask.shape[0] > 1 and mask.stride(0) == 0:  # expanded over the batch: one copy is enough
+        mask = mask[:1]
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """``x·cos ± rotate_half(x)·sin`` with cos/sin (B, 1, Q, d): apply (+) or undo (−) the rotation."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rot = torch.cat((-x2, x1), dim=-1)
+    return torch.addcmul(x * cos, rot, sin, value=-1.0 if inverse else 1.0)
+
+
+def _rope_adjoint(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Transpose of :func:`_rope` (``rotate_half`` is antisymmetric): ``g·cos ∓ rotate_half(g·sin)``."""
+    gs = g * sin
+    g1, g2 = gs.chunk(2, dim=-1)
+    rot = torch.cat((-g2, g1), dim=-1)
+    return torch.add(g * cos, rot, alpha=1.0 if inverse else -1.0)
+
+
+def _relu_query(q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``ReLU`` of the pre-rotary query."""
+    return torch.relu(q if rope is None else _rope(q, *rope, inverse=True))
+
+
+def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``Q⁻`` for one chunk; ``w``: (d, d) or the chunk's (h, d, d)."""
+    neg = relu_q @ w if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
+    return neg if rope is None else _rope(neg, *rope)
+
+
+def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: int, itemsize: int) -> list[tuple[slice, slice]]:
+    """(query-head slice, KV-head slice) per chunk: whole KV groups, evenly split, about ``CHUNK_BYTES`` per chunk
+    slice; a call whose (B, H, max(Q, K), d) tensors are under ``CHUNK_ABOVE_BYTES`` is one chunk."""
+    rep = heads // kv_heads
+    per_kv = batch * max(rep * q_len, k_len) * dim * itemsize
+    if per_kv * kv_heads < CHUNK_ABOVE_BYTES:
+        n = 1
+    else:
+        n = min(kv_heads, -(-per_kv * kv_heads // CHUNK_BYTES))
+    step = -(-kv_heads // n)
+    return [(slice(k0 * rep, min(k0 + step, kv_heads) * rep), slice(k0, min(k0 + step, kv_heads)))
+            for k0 in range(0, kv_heads, step)]
+
+
+class DaGPAMCPU(torch.autograd.Function):
+    """Autograd function; call through :func:`dagpam_attention_cpu`."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, weight, lam_pos, lam_neg, cos, sin, bool_mask, is_causal: bool, scale: float,
+                needs_grad: bool):
+        b, h, q_len, d = query.shape
+        dtype = query.dtype
+        rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        w = weight.to(dtype)
+        lp = lam_pos.detach().to(dtype)
+        ln = lam_neg.detach().to(dtype)
+        tied = lam_pos is lam_neg
+        fmask = _float_mask(bool_mask, dtype)
+        chunks = _chunks(b, h, key.shape[1], q_len, key.shape[2], d, query.element_size())
+        # pos = (out + λ⁻ neg) / (1+λ⁺) loses about log2(1 + |λ⁻|/|1+λ⁺|) bits; keep pos itself when that is large
+        ratio = (ln.abs() / (1 + lp).abs()).max()
+        recover = bool(torch.isfinite(ratio)) and float(ratio) <= RECOVER_LIMIT
+        # With several chunks, everything that outlives a chunk lives in whole-tensor buffers allocated up front and
+        # the chunk's temporaries are all freed before the next chunk: long-lived chunk-sized tensors mixed with
+        # temporaries fragment the malloc heap (glibc's dynamic mmap threshold puts chunk-sized blocks there),
+        # which showed up as up to 60 MiB of extra peak RSS at T=8192, varying from run to run. With one chunk
+        # the kernel outputs are kept as they are (no copies).
+        single = len(chunks) == 1
+        out = torch.empty_like(query)
+        saved_neg = torch.empty_like(query) if needs_grad and not single else None
+        saved_pos = torch.empty_like(query) if needs_grad and not single and not recover else None
+        lse_pos = lse_neg = None
+        for qs, ks in chunks:
+            q_c, k_c, v_c = query[:, qs], key[:, ks], value[:, ks]
+            pos, lse_p = _flash(q_c, k_c, v_c, 0.0, is_causal, attn_mask=fmask, scale=scale)
+            w_c = w if w.dim() == 2 else w[qs]
+            qn = _neg_query(_relu_query(q_c, rope), w_c, rope)
+            neg, lse_n = _flash(qn, k_c, v_c, 0.0, is_causal, attn_mask=fmask, scale=scale)
+            del qn
+            lam_p = lp[qs].view(1, -1, 1, 1)
+            lam_n = ln[qs].view(1, -1, 1, 1)
+            if tied:
+                torch.lerp(pos, neg, -lam_n, out=out[:, qs])
+            else:
+                torch.mul(pos, 1 + lam_p, out=out[:, qs]).addcmul_(lam_n, neg, value=-1.0)
+            if needs_grad and single:
+                saved_neg, lse_pos, lse_neg = neg, lse_p, lse_n
+                saved_pos = None if recover else pos
+            elif needs_grad:
+                if lse_pos is None:
+                    lse_pos = lse_p.new_empty((b, h, q_len))
+                    lse_neg = lse_p.new_empty((b, h, q_len))
+                saved_neg[:, qs] = neg
+                lse_pos[:, qs] = lse_p
+                lse_neg[:, qs] = lse_n
+                if saved_pos is not None:
+                    saved_pos[:, qs] = pos
+            del pos, neg, lse_p, lse_n
+        ctx.chunks, ctx.is_causal, ctx.scale, ctx.tied = chunks, is_causal, scale, tied
+        if needs_grad:
+            ctx.save_for_backward(query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask,
+                                  saved_neg, lse_pos, lse_neg, saved_pos)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask, negs, lse_pos, lse_neg, poses = \
+            ctx.saved_tensors
+        dtype = query.dtype
+        rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        w = weight.to(dtype)
+        lp = lam_pos.to(dtype)
+        ln = lam_neg.to(dtype)
+        tied = ctx.tied  # the same tensor for λ⁺ and λ⁻: its gradient is returned once
+        fmask = _float_mask(bool_mask, dtype)
+        need_w, need_lp, need_ln = ctx.needs_input_grad[3:6]
+        # Gradient buffers laid out like the inputs, so that AccumulateGrad takes them as they are (the kernel's
+        # own outputs are laid out (B, Q, H, d), which it would copy for inputs laid out (B, H, Q, d)).
+        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        dw = torch.zeros_like(w) if need_w else None
+        dlp = torch.empty_like(lp) if need_lp else None
+        dln = torch.empty_like(ln) if need_ln and not tied else None
+        skip_neg = (ln == 0).tolist()
+        for qs, ks in ctx.chunks:
+            g = grad_out[:, qs]
+            q_c, k_c, v_c = query[:, qs], key[:, ks], value[:, ks]
+            lam_p = lp[qs].view(1, -1, 1, 1)
+            lam_n = ln[qs].view(1, -1, 1, 1)
+            neg = negs[:, qs]
+            if poses is not None:
+                pos = poses[:, qs]
+            elif tied:  # (out + λ neg) / (1+λ) = lerp(out, neg, λ/(1+λ))
+                pos = torch.lerp(out[:, qs], neg, lam_n / (1 + lam_p))
+            else:
+                pos = torch.addcmul(out[:, qs], lam_n, neg).div_(1 + lam_p)
+            if tied and need_lp:  # one λ: Σ g·(pos − neg), returned once
+                dlp[qs] = torch.sum(g * torch.sub(pos, neg), dim=(0, 2, 3))
+            else:
+                if need_lp:
+                    dlp[qs] = torch.sum(g * pos, dim=(0, 2, 3))
+                if need_ln:
+                    dln[qs] = torch.sum(g * neg, dim=(0, 2, 3)).neg_()
+            dq_c, dk_c, dv_c = _flash_backward(g * (1 + lam_p), q_c, k_c, v_c, pos, lse_pos[:, qs], 0.0, ctx.is_causal,
+                                               attn_mask=fmask, scale=ctx.scale)
+            del pos
+            dq[:, qs] = dq_c
+            dk[:, ks] = dk_c
+            dv[:, ks] = dv_c
+            del dq_c, dk_c, dv_c
+            if all(skip_neg[qs]):  # λ⁻ = 0: the negative branch contributes exactly 0 to q, k, v and W⁻
+                continue
+            w_c = w if w.dim() == 2 else w[qs]
+            qn = _neg_query(_relu_query(q_c, rope), w_c, rope)
+            dqn, dk_c, dv_c = _flash_backward(g * (-lam_n), qn, k_c, v_c, neg, lse_neg[:, qs], 0.0, ctx.is_causal,
+                                              attn_mask=fmask, scale=ctx.scale)
+            del qn
+            dk[:, ks] += dk_c
+            dv[:, ks] += dv_c
+            del dk_c, dv_c
+            if rope is not None:
+                dqn = _rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
+            # recomputed rather than held through the flash backward; without rope and W⁻ grad, q itself will do
+            relu_q = _relu_query(q_c, rope) if need_w or rope is not None else q_c
+            if need_w:
+                if w.dim() == 2:
+                    dw += torch.tensordot(relu_q, dqn, dims=([0, 1, 2], [0, 1, 2]))
+                else:
+                    dw[qs] += torch.einsum("bhqd,bhqe->hde", relu_q, dqn)
+            dr = dqn @ w_c.mT if w_c.dim() == 2 else torch.einsum("bhqe,hde->bhqd", dqn, w_c)
+            del dqn
+            dr = torch.ops.aten.threshold_backward(dr, relu_q, 0)  # ReLU backward: dr where ReLU's input > 0
+            del relu_q
+            if rope is not None:
+                dr = _rope_adjoint(dr, *rope, inverse=True)
+            dq[:, qs] += dr
+            del dr
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
+                None if dw is None else dw.to(weight.dtype),
+                None if dlp is None else dlp.to(lam_pos.dtype), None if dln is None else dln.to(lam_neg.dtype),
+                None, None, None, None, None, None)
+
+
+def dagpam_attention_cpu(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, lam_pos: torch.Tensor,
+    lam_neg: torch.Tensor, mask: AttentionMask, scale: float, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``(1+λ⁺)·softmax(Q⁺Kᵀs)V − λ⁻·softmax(Q⁻Kᵀs)V`` with ``Q⁻ = rope(ReLU(unrope(Q⁺)) W⁻)``.
+
+    query: (B, H, Q, d) (rotated, as the model passes it); key, value: (B, H_kv, K, d), not repeated;
+    weight: W⁻, (d, d) or (H, d, d); lam_pos, lam_neg: (H,), the *same* tensor for tied λ; rope: ``(cos, sin)``
+    (B, Q, d) or None. Check :func:`unsupported_reason` first. Returns (B, H, Q, d), laid out like ``query``.
+    """
+    attn_mask, is_causal = mask.sdpa_args()
+    cos, sin = rope if rope is not None else (None, None)
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (query, key, value, weight, lam_pos, lam_neg))
+    return DaGPAMCPU.apply(query, key, value, weight, lam_pos, lam_neg, cos, sin, attn_mask, is_causal, float(scale),
+                           needs_grad)
