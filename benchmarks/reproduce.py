@@ -2,7 +2,7 @@
 """Reproduce the five "Reproducible claims" of SCIENCE.md at a scale a 2-core CPU finishes in under an hour.
 
     python benchmarks/reproduce.py --out docs/results/reproduce                 # everything, seeds 0,1,2
-    python benchmarks/reproduce.py --out /tmp/repro --quick                     # toy scale smoke test (~3 min)
+    python benchmarks/reproduce.py --out /tmp/repro --quick                     # toy scale, seeds 0,1 (~3 min)
     python benchmarks/reproduce.py --out docs/results/reproduce --claims 1,4 --seeds 0,1,2
 
 Every training run is a subprocess of ``recipes/continue_pretrain.py`` (its YAML config plus command-line
@@ -1400,8 +1400,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/results/reproduce", help="folder for reproduce.json and the PNG plots")
     p.add_argument("--claims", default="1,2,3,4,5", help="comma-separated claim numbers (1-5)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (at least 3 for the spec)")
-    p.add_argument("--quick", action="store_true", help="toy scale: a couple of steps, tiny models (smoke test)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; with --quick 0,1)")
+    p.add_argument("--quick", action="store_true",
+                   help="toy scale: a couple of steps, tiny models, seeds 0,1 unless --seeds (smoke test, ~3 min)")
     p.add_argument("--runs-dir", default=None, help="where runs are cached (default runs/reproduce[_quick])")
     p.add_argument("--md", default=None, help="the Markdown report (default docs/results.md; --quick: <out>/results.md)")
     p.add_argument("--jobs", type=int, default=2, help="subprocesses at once (default 2, one per core)")
@@ -1421,6 +1422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not claims or not claims <= {1, 2, 3, 4, 5}:
         print("error: --claims takes numbers from 1 to 5, e.g. --claims 1,3", file=sys.stderr)
         return 2
+    if args.seeds is None:
+        args.seeds = "0,1" if args.quick else "0,1,2"
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if len(set(seeds)) != len(seeds) or not seeds:
         print("error: --seeds takes distinct integers, e.g. --seeds 0,1,2", file=sys.stderr)
@@ -1454,7 +1457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
     command = "python benchmarks/reproduce.py " + " ".join(
         [f"--out {args.out}"] + ([f"--claims {args.claims}"] if claims != {1, 2, 3, 4, 5} else [])
-        + ([f"--seeds {args.seeds}"] if seeds != [0, 1, 2] else []) + (["--quick"] if args.quick else [])
+        + ([f"--seeds {args.seeds}"] if seeds != ([0, 1] if args.quick else [0, 1, 2]) else []) + (["--quick"] if args.quick else [])
         + ([f"--runs-dir {args.runs_dir}"] if args.runs_dir else []) + ([f"--md {args.md}"] if args.md else []))
     examples = []
     rel_runs = os.path.relpath(runs, REPO)
