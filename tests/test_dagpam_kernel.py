@@ -158,8 +158,8 @@ def test_lambda_zero_gives_exactly_zero_w_gradient(tied, calls, chunked):
 @pytest.mark.parametrize("chunks", ["one", "per_kv_head"])
 @pytest.mark.parametrize("lam", [-0.9, -1.0, -1.5, 7.0, (0.5, -0.95), (-1.0, 0.2), 0.3, (0.3, 0.6)])
 def test_lambdas_where_pos_cannot_be_recovered_from_out(lam, chunks, calls, chunked, monkeypatch):
-    """|λ⁻| / |1+λ⁺| > RECOVER_LIMIT (or 1+λ⁺ = 0): the forward keeps pos instead of recovering it. The last two
-    λ are recoverable; RECOVER_LIMIT = 0 makes the kernel keep pos for them too."""
+    """|λ⁻| / |1+λ⁺| > RECOVER_LIMIT (or 1+λ⁺ = 0): the forward keeps pos instead of recovering it. The last
+    two λ are recoverable; RECOVER_LIMIT = 0 makes the kernel keep pos for them too."""
     if chunks == "per_kv_head":
         chunked(1)
     if lam in (0.3, (0.3, 0.6)):
@@ -250,7 +250,8 @@ class _Wrapper(torch.nn.Module):  # stands for PEFT's ModulesToSaveWrapper: same
         return self.inner(x)
 
 
-@pytest.mark.parametrize("why", ["dropout", "bfloat16", "float16", "wrapped", "hooked", "rope_grad", "disabled", "compiling"])
+@pytest.mark.parametrize("why", ["dropout", "bfloat16", "float16", "wrapped", "hooked", "rope_grad", "disabled",
+                                 "compiling"])
 def test_fallbacks_take_the_autograd_path(why, calls, monkeypatch):
     kwargs = {}
     if why == "dropout":

@@ -7,17 +7,23 @@
 The autograd path through two SDPA calls keeps, per layer, ``Q⁻``, ``ReLU(Q⁺)``, both branch outputs and
 the output, and its backward holds both branches' gradients at once. This function instead:
 
-- forward: works on chunks of heads (whole KV groups) and writes ``out`` in place; it keeps only ``neg``
-  and the two log-sum-exps (``out`` is the output, which the caller holds anyway). ``Q⁻`` and ``ReLU(Q⁺)``
-  exist one chunk at a time.
+- forward: keeps only ``neg`` and the two log-sum-exps (``out`` is the output, which the caller holds
+  anyway); ``Q⁻``, ``ReLU(Q⁺)`` and ``pos`` are temporaries.
 - backward: recovers ``pos = (out + λ⁻·neg) / (1+λ⁺)`` (only when that is well conditioned,
-  ``|λ⁻| ≤ RECOVER_LIMIT·|1+λ⁺|`` for every head; otherwise ``pos`` is kept by the forward), recomputes
-  ``ReLU(Q⁺)`` and ``Q⁻``, and runs the two flash backwards chunk by chunk, writing into preallocated
-  ``dq, dk, dv``. A chunk whose λ⁻ are all exactly 0 skips the negative branch (its gradients are exactly 0).
+  ``|λ⁻| ≤ RECOVER_LIMIT·|1+λ⁺|`` for every head; otherwise the forward keeps ``pos`` too), recomputes
+  ``ReLU(Q⁺)`` and ``Q⁻``, runs the positive then the negative flash backward, and accumulates into
+  ``dq, dk, dv`` buffers laid out like the inputs. A chunk whose λ⁻ are all exactly 0 skips the negative
+  branch (its contributions, W⁻'s gradient included, are exactly 0).
+- chunks: large calls (``(B, H, max(Q, K), d)`` of at least ``CHUNK_ABOVE_BYTES``) run both passes on
+  chunks of whole KV groups of about ``CHUNK_BYTES``, so each branch's temporaries (about five chunk-sized
+  tensors at the peak of the backward) are small; smaller calls run as one chunk, since every chunk costs
+  some 20 more kernel launches, which on a busy 2-core machine cost more than the attention itself at
+  T ≤ 4096.
 
 Gradients: ``q, k, v``; ``W⁻`` (d×d shared or (H, d, d) per head); ``λ⁺, λ⁻`` per head
-(``dλ⁺_h = Σ g·pos``, ``dλ⁻_h = −Σ g·neg``; pass the same tensor twice for tied λ, autograd adds them).
-GQA: K/V keep their ``H_kv`` heads; the flash kernel maps query head ``h`` to KV head ``h // (H / H_kv)``.
+(``dλ⁺_h = Σ g·pos``, ``dλ⁻_h = −Σ g·neg``; tied λ is one tensor passed twice, whose gradient
+``Σ g·(pos − neg)`` is returned once). GQA: K/V keep their ``H_kv`` heads; the flash kernel maps query head
+``h`` to KV head ``h // (H / H_kv)``.
 
 Masks: plain causal (``is_causal``), none, or a dense boolean mask (converted once per pass to the additive
 float mask the kernel takes). A query that sees no key gets 0, as with SDPA. No attention dropout.
@@ -101,7 +107,8 @@ def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, 
     return neg if rope is None else _rope(neg, *rope)
 
 
-def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: int, itemsize: int) -> list[tuple[slice, slice]]:
+def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: int,
+            itemsize: int) -> list[tuple[slice, slice]]:
     """(query-head slice, KV-head slice) per chunk: whole KV groups, evenly split, about ``CHUNK_BYTES`` per chunk
     slice; a call whose (B, H, max(Q, K), d) tensors are under ``CHUNK_ABOVE_BYTES`` is one chunk."""
     rep = heads // kv_heads
@@ -130,7 +137,8 @@ class DaGPAMCPU(torch.autograd.Function):
         tied = lam_pos is lam_neg
         fmask = _float_mask(bool_mask, dtype)
         chunks = _chunks(b, h, key.shape[1], q_len, key.shape[2], d, query.element_size())
-        # pos = (out + λ⁻ neg) / (1+λ⁺) loses about log2(1 + |λ⁻|/|1+λ⁺|) bits; keep pos itself when that is large
+        # pos = (out + λ⁻ neg) / (1+λ⁺) loses about log2(1 + |λ⁻|/|1+λ⁺|) bits;
+        # keep pos itself when that is large
         ratio = (ln.abs() / (1 + lp).abs()).max()
         recover = bool(torch.isfinite(ratio)) and float(ratio) <= RECOVER_LIMIT
         # With several chunks, everything that outlives a chunk lives in whole-tensor buffers allocated up front and
