@@ -136,9 +136,12 @@ def test_kernel_options_match_reference(tied, proj, rotary, constraint, calls, c
     assert_match(ref, fast, g_ref, g_fast, torch.float64)
 
 
+@pytest.mark.parametrize("chunks", ["one", "per_kv_head"])
 @pytest.mark.parametrize("case", ["causal", "cache_chunk"])
-def test_kernel_with_transformers_layout(case, calls, chunked):
-    chunked(1)
+def test_kernel_with_transformers_layout(case, chunks, calls, chunked):
+    """Queries laid out (B, Q, H, d), as Transformers passes them (one chunk: the kernel's dq is used as is)."""
+    if chunks == "per_kv_head":
+        chunked(1)
     ref, fast, g_ref, g_fast = run(case, layout_bthd=True, rotary=True)
     assert len(calls) == 1
     assert_match(ref, fast, g_ref, g_fast, torch.float64)
@@ -299,3 +302,24 @@ def test_model_gradients_match_the_autograd_path(arch, load, monkeypatch, calls)
     assert grads[0].keys() == grads[1].keys() and any(".attnswap." in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize(("threads", "batch", "kv_heads", "want"), [
+    (1, 1, 12, [1] * 12),  # 2 MiB per head at T=8192: one head per chunk
+    (2, 1, 12, [2] * 6),  # ... but at least one head per thread, as the flash backward splits work over heads
+    (4, 1, 12, [4] * 3),
+    (2, 2, 12, [1] * 12),  # two batch rows already give each thread a (row, head) pair
+    (32, 1, 12, [12]),  # more threads than heads: one chunk
+])
+def test_chunks_give_every_thread_a_head(monkeypatch, threads, batch, kv_heads, want):
+    monkeypatch.setattr(dagpam_cpu, "CHUNK_ABOVE_BYTES", 16 << 20)
+    monkeypatch.setattr(dagpam_cpu, "CHUNK_BYTES", 2 << 20)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    chunks = dagpam_cpu._chunks(batch, 12, kv_heads, 8192, 8192, 64, 4)
+    assert [qs.stop - qs.start for qs, _ in chunks] == want
+    assert chunks[0][0].start == 0 and chunks[-1][0].stop == 12
+    assert all(a[0].stop == b[0].start for a, b in zip(chunks, chunks[1:]))
+
+
+def test_small_calls_are_one_chunk():
+    assert len(dagpam_cpu._chunks(1, 12, 12, 4096, 4096, 64, 4)) == 1  # 12 MiB < CHUNK_ABOVE_BYTES

@@ -15,7 +15,7 @@ the output, and its backward holds both branches' gradients at once. This functi
   ``dq, dk, dv`` buffers laid out like the inputs. A chunk whose λ⁻ are all exactly 0 skips the negative
   branch (its contributions, W⁻'s gradient included, are exactly 0).
 - chunks: large calls (``(B, H, max(Q, K), d)`` of at least ``CHUNK_ABOVE_BYTES``) run both passes on
-  chunks of whole KV groups of about ``CHUNK_BYTES``, so each branch's temporaries (about five chunk-sized
+  chunks of whole KV groups of about ``CHUNK_BYTES`` (but at least one head per thread), so each branch's temporaries (about five chunk-sized
   tensors at the peak of the backward) are small; smaller calls run as one chunk, since every chunk costs
   some 20 more kernel launches, which on a busy 2-core machine cost more than the attention itself at
   T ≤ 4096.
@@ -96,6 +96,29 @@ def _rope_adjoint(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse
     return torch.add(g * cos, rot, alpha=1.0 if inverse else -1.0)
 
 
+def _bthd(x: torch.Tensor) -> bool:
+    """Whether (B, H, Q, d) ``x`` is laid out (B, Q, H, d), as the flash kernels' outputs and Transformers' queries."""
+    return x.transpose(1, 2).is_contiguous()
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` for (B, H, Q, d) ``x`` in either layout, without the copy matmul makes of a (B, Q, H, d) one."""
+    return (x.transpose(1, 2) @ w).transpose(1, 2) if _bthd(x) else x @ w
+
+
+def _slot(buf: torch.Tensor, b: int, h: int, q: int, d: int) -> torch.Tensor:
+    """A contiguous (B, Q, H, d) view of the start of the flat buffer ``buf``."""
+    return buf[: b * q * h * d].view(b, q, h, d)
+
+
+def _scaled_grad(g: torch.Tensor, factor: torch.Tensor, buf: torch.Tensor | None) -> torch.Tensor:
+    """``g · factor`` as (B, H, Q, d) laid out (B, Q, H, d) (the flash backward copies its ``grad_out`` into that
+    layout otherwise), written into the flat buffer ``buf`` if given."""
+    b, h, q, d = g.shape
+    dst = g.new_empty((b, q, h, d)) if buf is None else _slot(buf, b, h, q, d)
+    return torch.mul(g, factor, out=dst.transpose(1, 2))
+
+
 def _relu_query(q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """``ReLU`` of the pre-rotary query."""
     return torch.relu(q if rope is None else _rope(q, *rope, inverse=True))
@@ -103,20 +126,26 @@ def _relu_query(q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None)
 
 def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
     """``Q⁻`` for one chunk; ``w``: (d, d) or the chunk's (h, d, d)."""
-    neg = relu_q @ w if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
+    neg = _matmul(relu_q, w) if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
     return neg if rope is None else _rope(neg, *rope)
 
 
 def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: int,
             itemsize: int) -> list[tuple[slice, slice]]:
     """(query-head slice, KV-head slice) per chunk: whole KV groups, evenly split, about ``CHUNK_BYTES`` per chunk
-    slice; a call whose (B, H, max(Q, K), d) tensors are under ``CHUNK_ABOVE_BYTES`` is one chunk."""
+    slice; a call whose (B, H, max(Q, K), d) tensors are under ``CHUNK_ABOVE_BYTES`` is one chunk.
+
+    A chunk holds at least ``torch.get_num_threads()`` (batch x query head) pairs: the CPU flash backward splits
+    its work over those pairs only, so a one-head chunk runs on one thread (at T=8192 on 2 threads, one-head
+    chunks took 2.85x native SDPA's fwd+bwd, two-head chunks 2.06x).
+    """
     rep = heads // kv_heads
     per_kv = batch * max(rep * q_len, k_len) * dim * itemsize
     if per_kv * kv_heads < CHUNK_ABOVE_BYTES:
         n = 1
     else:
-        n = min(kv_heads, -(-per_kv * kv_heads // CHUNK_BYTES))
+        min_kv_per_chunk = -(-torch.get_num_threads() // (batch * rep))
+        n = max(1, min(kv_heads // min_kv_per_chunk, -(-per_kv * kv_heads // CHUNK_BYTES)))
     step = -(-kv_heads // n)
     return [(slice(k0 * rep, min(k0 + step, kv_heads) * rep), slice(k0, min(k0 + step, kv_heads)))
             for k0 in range(0, kv_heads, step)]
@@ -197,24 +226,39 @@ class DaGPAMCPU(torch.autograd.Function):
         fmask = _float_mask(bool_mask, dtype)
         need_w, need_lp, need_ln = ctx.needs_input_grad[3:6]
         # Gradient buffers laid out like the inputs, so that AccumulateGrad takes them as they are (the kernel's
-        # own outputs are laid out (B, Q, H, d), which it would copy for inputs laid out (B, H, Q, d)).
-        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        # outputs are laid out (B, Q, H, d), which it would copy for inputs laid out (B, H, Q, d)). With one chunk,
+        # a kernel output already laid out like its input is the buffer.
+        single = len(ctx.chunks) == 1
+        if not single:
+            dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
         dw = torch.zeros_like(w) if need_w else None
         dlp = torch.empty_like(lp) if need_lp else None
         dln = torch.empty_like(ln) if need_ln and not tied else None
         skip_neg = (ln == 0).tolist()
+        # With several chunks, two chunk-sized flat buffers take this function's own temporaries (pos then Q⁻; the
+        # scaled gradients), laid out (B, Q, H, d) like the kernel's tensors, so that only the flash kernels' outputs
+        # come and go from one chunk to the next.
+        reuse = not single
+        buf_a = buf_b = None
+        b, _, q_len, d = query.shape
+        if reuse:
+            h_max = max(qs.stop - qs.start for qs, _ in ctx.chunks)
+            buf_a = query.new_empty(b * q_len * h_max * d)
+            buf_b = query.new_empty(b * q_len * h_max * d)
         for qs, ks in ctx.chunks:
             g = grad_out[:, qs]
             q_c, k_c, v_c = query[:, qs], key[:, ks], value[:, ks]
             lam_p = lp[qs].view(1, -1, 1, 1)
             lam_n = ln[qs].view(1, -1, 1, 1)
             neg = negs[:, qs]
+            h_c = qs.stop - qs.start
+            pos_out = _slot(buf_a, b, h_c, q_len, d).transpose(1, 2) if reuse else None
             if poses is not None:
                 pos = poses[:, qs]
             elif tied:  # (out + λ neg) / (1+λ) = lerp(out, neg, λ/(1+λ))
-                pos = torch.lerp(out[:, qs], neg, lam_n / (1 + lam_p))
+                pos = torch.lerp(out[:, qs], neg, lam_n / (1 + lam_p), out=pos_out)
             else:
-                pos = torch.addcmul(out[:, qs], lam_n, neg).div_(1 + lam_p)
+                pos = torch.addcmul(out[:, qs], lam_n, neg, out=pos_out).div_(1 + lam_p)
             if tied and need_lp:  # one λ: Σ g·(pos − neg), returned once
                 dlp[qs] = torch.sum(g * torch.sub(pos, neg), dim=(0, 2, 3))
             else:
@@ -222,22 +266,34 @@ class DaGPAMCPU(torch.autograd.Function):
                     dlp[qs] = torch.sum(g * pos, dim=(0, 2, 3))
                 if need_ln:
                     dln[qs] = torch.sum(g * neg, dim=(0, 2, 3)).neg_()
-            dq_c, dk_c, dv_c = _flash_backward(g * (1 + lam_p), q_c, k_c, v_c, pos, lse_pos[:, qs], 0.0, ctx.is_causal,
-                                               attn_mask=fmask, scale=ctx.scale)
+            dq_c, dk_c, dv_c = _flash_backward(_scaled_grad(g, 1 + lam_p, buf_b), q_c, k_c, v_c, pos, lse_pos[:, qs], 0.0,
+                                               ctx.is_causal, attn_mask=fmask, scale=ctx.scale)
             del pos
-            dq[:, qs] = dq_c
-            dk[:, ks] = dk_c
-            dv[:, ks] = dv_c
+            if single:  # one at a time, so that at most one extra copy is alive
+                dq = dq_c if dq_c.stride() == query.stride() else torch.empty_like(query).copy_(dq_c)
+                del dq_c
+                dk = dk_c if dk_c.stride() == key.stride() else torch.empty_like(key).copy_(dk_c)
+                del dk_c
+                dv = dv_c if dv_c.stride() == value.stride() else torch.empty_like(value).copy_(dv_c)
+                dq_c = dk_c = dv_c = None
+            else:
+                dq[:, qs] = dq_c
+                dk[:, ks] = dk_c
+                dv[:, ks] = dv_c
             del dq_c, dk_c, dv_c
             if all(skip_neg[qs]):  # λ⁻ = 0: the negative branch contributes exactly 0 to q, k, v and W⁻
                 continue
             w_c = w if w.dim() == 2 else w[qs]
-            qn = _neg_query(_relu_query(q_c, rope), w_c, rope)
-            dqn, dk_c, dv_c = _flash_backward(g * (-lam_n), qn, k_c, v_c, neg, lse_neg[:, qs], 0.0, ctx.is_causal,
-                                              attn_mask=fmask, scale=ctx.scale)
+            if reuse and rope is None and w_c.dim() == 2:  # Q⁻ into the slot pos used
+                qn = torch.matmul(torch.relu(q_c).transpose(1, 2), w_c, out=_slot(buf_a, b, h_c, q_len, d))
+                qn = qn.transpose(1, 2)
+            else:
+                qn = _neg_query(_relu_query(q_c, rope), w_c, rope)
+            dqn, dk_c, dv_c = _flash_backward(_scaled_grad(g, -lam_n, buf_b), qn, k_c, v_c, neg, lse_neg[:, qs], 0.0,
+                                              ctx.is_causal, attn_mask=fmask, scale=ctx.scale)
             del qn
-            dk[:, ks] += dk_c
-            dv[:, ks] += dv_c
+            dk[:, ks].add_(dk_c)
+            dv[:, ks].add_(dv_c)
             del dk_c, dv_c
             if rope is not None:
                 dqn = _rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
@@ -245,16 +301,17 @@ class DaGPAMCPU(torch.autograd.Function):
             relu_q = _relu_query(q_c, rope) if need_w or rope is not None else q_c
             if need_w:
                 if w.dim() == 2:
-                    dw += torch.tensordot(relu_q, dqn, dims=([0, 1, 2], [0, 1, 2]))
+                    # rows in (B, Q, H) order: no copy of dqn (kernel layout), nor of relu_q if the query is laid out so
+                    dw.add_(torch.tensordot(relu_q.transpose(1, 2), dqn.transpose(1, 2), dims=([0, 1, 2], [0, 1, 2])))
                 else:
-                    dw[qs] += torch.einsum("bhqd,bhqe->hde", relu_q, dqn)
-            dr = dqn @ w_c.mT if w_c.dim() == 2 else torch.einsum("bhqe,hde->bhqd", dqn, w_c)
+                    dw[qs].add_(torch.einsum("bhqd,bhqe->hde", relu_q, dqn))
+            dr = _matmul(dqn, w_c.mT) if w_c.dim() == 2 else torch.einsum("bhqe,hde->bhqd", dqn, w_c)
             del dqn
             dr = torch.ops.aten.threshold_backward(dr, relu_q, 0)  # ReLU backward: dr where ReLU's input > 0
             del relu_q
             if rope is not None:
                 dr = _rope_adjoint(dr, *rope, inverse=True)
-            dq[:, qs] += dr
+            dq[:, qs].add_(dr)
             del dr
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         return (dq if need_q else None, dk if need_k else None, dv if need_v else None,

@@ -104,7 +104,11 @@ def build_model(args: ModelArguments, tokenizer: Any, *, block_size: int | None 
     if len(tokenizer) > embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name warns, gone in v6)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     return model, spec
 
