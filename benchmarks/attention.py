@@ -4,13 +4,14 @@
 
 Causal, B=1, 12 heads, head size 64, fp32 (CPU) by default. Prints the time of forward and of
 forward+backward as a ratio to native ``scaled_dot_product_attention(is_causal=True)``, interleaved,
-median of repeats; and (``--memory``) the peak memory of forward+backward as a ratio to the same, each in a
-fresh process. Reference paths are skipped above ``--max-reference`` tokens (they need n² memory).
+median of repeats; and (``--memory``) the peak memory of forward+backward as a ratio to the same, the
+median of ``--memory-repeats`` fresh processes per cell. Reference paths are skipped above ``--max-reference`` tokens (they need n² memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -63,6 +64,16 @@ fn = make_call({mech!r}, {backend!r}, {T}, {heads}, {dim}, "cpu", torch.float32,
 """
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    """Median of the runs that succeeded; None if any failed (e.g. out of memory)."""
+    return None if not values or any(v is None for v in values) else statistics.median(values)
+
+
+def _range(values: list[float | None]) -> str:
+    ok = [v for v in values if v is not None]
+    return f"{min(ok):.0f}-{max(ok):.0f}" if ok else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192")
@@ -72,6 +83,9 @@ def main() -> None:
     parser.add_argument("--max-reference", type=int, default=4096, help="skip reference paths above this length")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (fresh process per cell)")
     parser.add_argument("--memory-lengths", default="8192")
+    parser.add_argument("--memory-repeats", type=int, default=3,
+                        help="fresh processes per memory cell; the table shows the median and the range (the peak RSS "
+                             "moves by a few tens of MiB from run to run with the malloc heap's layout)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -102,13 +116,17 @@ def main() -> None:
             cells = [("native", "sdpa"), ("softmax", "fused"), ("dagpam", "fused"), ("polynomial", "fused")]
             if T <= args.max_reference:
                 cells += [("dagpam", "reference"), ("polynomial", "reference")]
-            peaks = {f"{m}/{b}": peak_memory_subprocess(MEMORY_SNIPPET.format(mech=m, backend=b, T=T, heads=args.heads, dim=args.dim)) for m, b in cells}
-            base = peaks["native/sdpa"]
-            for name, mib in peaks.items():
-                memory.append({"T": T, "cell": name, "peak_mib": mib, "ratio": None if not (mib and base) else mib / base})
-        print_table("Peak memory of fwd+bwd above the idle process, ratio to native SDPA",
-                    ["T", "mechanism/backend", "peak MiB", "ratio"],
-                    [[m["T"], m["cell"], f"{m['peak_mib']:.0f}" if m["peak_mib"] else "failed", f"{m['ratio']:.2f}x" if m["ratio"] else "-"] for m in memory])
+            runs = {f"{m}/{b}": [peak_memory_subprocess(MEMORY_SNIPPET.format(mech=m, backend=b, T=T, heads=args.heads, dim=args.dim))
+                                 for _ in range(args.memory_repeats)] for m, b in cells}
+            base = _median_or_none(runs["native/sdpa"])
+            for name, peaks in runs.items():
+                mib = _median_or_none(peaks)
+                memory.append({"T": T, "cell": name, "peak_mib": mib, "runs_mib": peaks,
+                               "ratio": None if not (mib and base) else mib / base})
+        print_table("Peak memory of fwd+bwd above the idle process (median of fresh processes), ratio to native SDPA",
+                    ["T", "mechanism/backend", "peak MiB", "range MiB", "ratio"],
+                    [[m["T"], m["cell"], f"{m['peak_mib']:.0f}" if m["peak_mib"] else "failed", _range(m["runs_mib"]),
+                      f"{m['ratio']:.2f}x" if m["ratio"] else "-"] for m in memory])
     write_json(args.json, {"machine": info, "args": vars(args), "time": results, "memory": memory})
 
 
