@@ -105,12 +105,15 @@ class PolynomialOptions(MechanismOptions):
 
     ``length_scale``: ``"visible"`` -> ``c_i = 1/sqrt(N_i)`` (keys query i sees, cache-consistent);
     ``"fixed"`` -> ``1/sqrt(fixed_length)``; ``"none"`` -> ``1``.
-    ``backend``: ``"auto"``, ``"reference"``, ``"fused"`` (blocked, O(n·block) memory, CPU and CUDA) or
-    ``"triton"`` (CUDA kernel; on CPU only with ``TRITON_INTERPRET=1``, for testing).
+    ``backend``: ``"auto"``, ``"reference"``, ``"fused"`` (blocked, O(n·block) memory, CPU and CUDA),
+    ``"triton"`` (CUDA kernel; on CPU only with ``TRITON_INTERPRET=1``, for testing) or ``"linear"``
+    (``degree=2`` only, opt-in: linear attention with the d(d+1)/2 features of ``(q·k)²``, linear time in the
+    length; plain causal, KV-cache offset, key padding or no mask; no attention dropout. ``"auto"`` never
+    picks it).
     """
 
     mechanism: ClassVar[str] = "polynomial"
-    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused", "triton")
+    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused", "triton", "linear")
     degree: int = 3
     length_scale: str = "visible"
     fixed_length: int | None = None
@@ -119,6 +122,11 @@ class PolynomialOptions(MechanismOptions):
     def __post_init__(self) -> None:
         self.backend = check_backend("polynomial", self.backend, self.backends)
         self.degree = check_int("polynomial", "degree", self.degree, minimum=1)
+        if self.backend == "linear" and self.degree != 2:
+            raise OptionError(
+                f"polynomial: backend='linear' needs degree=2, got degree={self.degree} (the default is 3): only "
+                "(q·k)^2 is computed as linear attention. Set 'degree': 2, or use backend='fused' for other degrees."
+            )
         self.length_scale = check_choice("polynomial", "length_scale", self.length_scale, LENGTH_SCALES)
         if self.length_scale == "fixed":
             if self.fixed_length is None:

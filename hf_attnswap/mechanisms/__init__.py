@@ -8,7 +8,9 @@ from .dagpam import dagpam_attention, dagpam_attention_fused, make_dagpam_parame
 from .polynomial import (
     polynomial_attention,
     polynomial_attention_fused,
+    polynomial_attention_linear,
     polynomial_attention_triton,
+    polynomial_linear_supports,
     polynomial_triton_supports,
 )
 from .softmax import softmax_attention, softmax_attention_fused
@@ -22,8 +24,8 @@ def register_builtins() -> None:
     )(softmax_attention)
     register_mechanism(
         "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
-        fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton},
-        fast_supports={"triton": polynomial_triton_supports},
+        fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton, "linear": polynomial_attention_linear},
+        fast_supports={"triton": polynomial_triton_supports, "linear": polynomial_linear_supports},
     )(polynomial_attention)
     register_mechanism(
         "dagpam",

@@ -6,9 +6,11 @@ import math
 
 import torch
 
-from ..options import PolynomialOptions
+from ..errors import OptionError
+from ..kernels import polynomial_linear
 from ..kernels.mask import AttentionMask
 from ..kernels.polynomial_blocked import polynomial_attention_blocked
+from ..options import PolynomialOptions
 from .common import AttentionContext, attention_dropout, compute_dtype
 
 
@@ -41,13 +43,14 @@ def polynomial_attention(
 
 def _checked_cast(out: torch.Tensor, dtype: torch.dtype, options: PolynomialOptions) -> torch.Tensor:
     """Cast a float32 result back to a half dtype, raising rather than returning infinities."""
-    if dtype in (torch.float16, torch.bfloat16):
-        if not bool(torch.isfinite(out).all()) or bool(out.abs().max() > torch.finfo(dtype).max):
-            raise OverflowError(
-                f"polynomial attention (degree {options.degree}) produced values beyond the range of "
-                f"{dtype}. Run this model in float32 (or bfloat16, whose range is wider than float16), "
-                "or keep length_scale='visible' so the weights stay O(1/sqrt(N))."
-            )
+    if dtype in (torch.float16, torch.bfloat16) and (
+        not bool(torch.isfinite(out).all()) or bool(out.abs().max() > torch.finfo(dtype).max)
+    ):
+        raise OverflowError(
+            f"polynomial attention (degree {options.degree}) produced values beyond the range of "
+            f"{dtype}. Run this model in float32 (or bfloat16, whose range is wider than float16), "
+            "or keep length_scale='visible' so the weights stay O(1/sqrt(N))."
+        )
     return out.to(dtype)
 
 
@@ -106,3 +109,81 @@ def polynomial_attention_triton(
     c = length_scale_vector(mask, ctx.options, query.device)
     out = kernel(query, key, value, mask, c, ctx.scaling, ctx.options.degree)
     return _checked_cast(out.float(), query.dtype, ctx.options)
+
+
+def polynomial_linear_supports(query: torch.Tensor, ctx: AttentionContext) -> str | None:
+    """Why the linear-attention form (backend ``"linear"``) cannot run this call, or None. The mask is checked
+    by :func:`polynomial_attention_linear` itself (this predicate does not see it)."""
+    if ctx.options.degree != 2:
+        return (f"it needs degree=2, got degree={ctx.options.degree}: only (q·k)^2 has the finite feature map "
+                "φ(q)·φ(k) used here. Set 'degree': 2, or use backend='fused'")
+    if ctx.dropout > 0:
+        return (f"attention dropout ({ctx.dropout:g}) is not supported: the linear form never builds the weights "
+                "it would drop. Set the model's attention dropout to 0 (or call model.eval()), or use backend='fused'")
+    return None
+
+
+def linear_mask_layout(mask: AttentionMask, rows: int = 1024) -> tuple[int | None, torch.Tensor | None]:
+    """The mask as the linear kernel takes it: ``(causal_offset, key_visible)``.
+
+    ``causal_offset``: query i sees key j iff ``j <= i + causal_offset``, or None (every key visible);
+    ``key_visible``: (B|1, K) bool, or None if no key is hidden. A dense mask is accepted only if it equals
+    ``causal(K - Q) ∧ key_visible`` or ``key_visible`` alone (padding, e.g. left padding); it is checked ``rows``
+    query rows at a time. Anything else (a sliding window, a custom mask) raises an :class:`OptionError`.
+    """
+    if mask.causal_offset is not None:
+        return mask.causal_offset, None
+    if mask.dense is None:
+        return None, None
+    dense = mask.dense
+    if dense.dim() == 4 and dense.shape[1] == 1 and dense.shape[-2:] == (mask.q_len, mask.k_len) and mask.q_len > 0:
+        keys = dense[:, 0, -1, :]  # the last query sees every key that is not padding, causal or not
+        for offset in (mask.k_len - mask.q_len, None):
+            if _is_causal_with_keys(dense, keys, offset, rows):
+                return offset, None if bool(keys.all()) else keys
+    raise OptionError(
+        "polynomial: backend='linear' supports a plain causal mask (with a KV-cache offset), key padding (e.g. "
+        f"left padding) and no mask; this attention mask (shape {tuple(dense.shape)}) is none of them (a sliding "
+        "window or a custom mask?). Use backend='fused', which takes any mask."
+    )
+
+
+def _is_causal_with_keys(dense: torch.Tensor, keys: torch.Tensor, offset: int | None, rows: int) -> bool:
+    """Whether dense (B|1, 1, Q, K) equals ``keys`` (B|1, K) and, unless ``offset`` is None, ``j <= i + offset``."""
+    q_len, k_len = dense.shape[-2:]
+    kj = torch.arange(k_len, device=dense.device)
+    for q0 in range(0, q_len, rows):
+        block = dense[:, :, q0:q0 + rows]
+        want = keys[:, None, None, :]
+        if offset is not None:
+            qi = torch.arange(q0, q0 + block.shape[-2], device=dense.device)[:, None]
+            want = want & (kj <= qi + offset)
+        if not torch.equal(block, want.expand_as(block)):
+            return False
+    return True
+
+
+def polynomial_attention_linear(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask, ctx: AttentionContext
+) -> torch.Tensor:
+    """Degree-2 polynomial attention as linear attention (``(q·k)² = φ(q)·φ(k)``, D = d(d+1)/2 features).
+
+    query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d). Linear time in the length; the
+    backward recomputes the chunk states (O(D·d) memory per head). Half-precision inputs are computed in
+    float32. A call with at most one chunk of queries (a decode step under Transformers' KV cache) runs the
+    blocked kernel of backend ``"fused"`` instead: rebuilding the state from the whole cache at every step
+    would cost O(K·D·d), the direct form O(Q·K·d); both are exact. Raises :class:`OptionError` for a degree
+    other than 2, attention dropout, or a mask that is not causal / key padding / none.
+    """
+    reason = polynomial_linear_supports(query, ctx)
+    if reason is not None:
+        raise OptionError(f"polynomial: backend='linear' cannot run this call: {reason}.")
+    offset, key_visible = linear_mask_layout(mask)
+    dtype = compute_dtype(query.dtype)
+    c = length_scale_vector(mask, ctx.options, query.device)
+    q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
+    if query.shape[-2] <= polynomial_linear.DEFAULT_CHUNK:
+        out = polynomial_attention_blocked(q, k, v, mask, c, ctx.scaling, 2)
+    else:
+        out = polynomial_linear.polynomial_linear_attention(q, k, v, c, ctx.scaling, offset, key_visible)
+    return _checked_cast(out, query.dtype, ctx.options)
