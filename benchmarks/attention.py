@@ -5,7 +5,9 @@
 Causal, B=1, 12 heads, head size 64, fp32 (CPU) by default. Prints the time of forward and of
 forward+backward as a ratio to native ``scaled_dot_product_attention(is_causal=True)``, interleaved,
 median of repeats; and (``--memory``) the peak memory of forward+backward as a ratio to the same, the
-median of ``--memory-repeats`` fresh processes per cell. Reference paths are skipped above ``--max-reference`` tokens (they need n² memory).
+median of ``--memory-repeats`` fresh processes per cell. Reference paths are skipped above
+``--max-reference`` tokens (they need n² memory). ``native/sdpa-x2`` is two SDPA calls over the same K, V:
+the floor for daGPAM's fused path, which computes two softmax attentions.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ def make_call(mech: str, backend: str, T: int, heads: int, dim: int, device: str
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, heads, T, dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     if mech == "native":
+        q2 = torch.randn_like(q).requires_grad_()
+
         def run():
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if backend == "sdpa-x2":  # the floor for daGPAM, which is two softmax attentions over the same K, V
+                out = out - F.scaled_dot_product_attention(q2, k, v, is_causal=True)
             if backward:
                 out.sum().backward()
         return run
@@ -94,7 +100,7 @@ def main() -> None:
     print(f"machine: {info}")
     results = []
     for T in lengths:
-        cells = [("native", "sdpa")] + [c for c in CONFIGS if c[1] != "reference" or T <= args.max_reference]
+        cells = [("native", "sdpa"), ("native", "sdpa-x2")] + [c for c in CONFIGS if c[1] != "reference" or T <= args.max_reference]
         for backward in (False, True):
             calls = {f"{m}/{b}": make_call(m, b, T, args.heads, args.dim, device, torch.float32, backward) for m, b in cells}
             times = interleaved(calls, args.repeats, device)
