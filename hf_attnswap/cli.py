@@ -40,7 +40,8 @@ def _list(args: argparse.Namespace) -> int:
         extra = "  (adds parameters)" if info["adds_parameters"] else ""
         print(f"{name}{extra}: {info['description']}")
         for key, default in info["options"].items():
-            print(f"    {key} = {default!r}")
+            choices = f"  (one of: {', '.join(info['backends'])})" if key == "backend" else ""
+            print(f"    {key} = {default!r}{choices}")
     return 0
 
 

@@ -183,9 +183,14 @@ def is_mechanism(name: Any) -> bool:
 
 
 def list_mechanisms() -> dict[str, dict[str, Any]]:
-    """Every registered mechanism: ``{name: {"description", "options": {field: default}, "adds_parameters"}}``."""
+    """Every registered mechanism: ``{name: {"description", "options": {field: default}, "adds_parameters", "backends"}}``.
+
+    ``backends``: the values its ``backend`` option takes (``"auto"`` where it has that option, ``"reference"``,
+    then its fast paths).
+    """
     return {
-        name: {"description": m.description, "options": m.options.defaults(), "adds_parameters": m.make_params is not None}
+        name: {"description": m.description, "options": m.options.defaults(), "adds_parameters": m.make_params is not None,
+               "backends": (["auto"] if "backend" in m.options.field_names() else []) + ["reference", *m.fast]}
         for name, m in sorted(_REGISTRY.items())
     }
 

@@ -22,6 +22,8 @@ def test_list_mechanisms():
     mechs = hf_attnswap.list_mechanisms()
     assert {"softmax", "polynomial", "dagpam"} <= set(mechs)
     assert mechs["dagpam"]["options"]["lambda_init"] == 0.0 and mechs["dagpam"]["adds_parameters"]
+    assert mechs["polynomial"]["backends"] == ["auto", "reference", "fused", "triton", "linear"]
+    assert mechs["softmax"]["backends"] == ["auto", "reference", "fused"]
     assert mechs["polynomial"]["options"] == {"degree": 3, "length_scale": "visible", "fixed_length": None, "backend": "auto"}
     assert mechs["softmax"]["options"] == {"temperature": 1.0, "backend": "auto"}
 
