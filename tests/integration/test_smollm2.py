@@ -79,3 +79,33 @@ def test_demo_runs_on_smollm2():
     assert abs(dagpam0["ppl"] - sdpa["ppl"]) < 1e-3 * sdpa["ppl"] and dagpam0["generation"] == sdpa["generation"]
     assert dagpam0["added_params"] == 123_150 and sdpa["added_params"] == 0
     assert 5 < sdpa["ppl"] < 100
+
+
+def test_polynomial_linear_backend_equals_fused_on_real_text(tokenizer, monkeypatch):
+    """p=2 as linear attention on the real SmolLM2 (GQA 9/3, d=64) and real news text longer than one chunk
+    (so the linear kernel runs, not its short-call fallback): same logits and gradients as the blocked kernel."""
+    from hf_attnswap.data.assets import resolve_asset
+    from hf_attnswap.data.text import load_texts
+    from hf_attnswap.kernels import polynomial_linear
+
+    calls = []
+    original = polynomial_linear.polynomial_linear_attention
+    monkeypatch.setattr(polynomial_linear, "polynomial_linear_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    text = " ".join(load_texts(str(resolve_asset("news-text")))[:3])
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :300]
+    assert ids.shape[1] == 300
+    results = {}
+    for backend in ("fused", "linear"):
+        model = AutoModelForCausalLM.from_pretrained(smollm2_path(), attn_implementation="polynomial",
+                                                     attnswap={"degree": 2, "backend": backend})
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        q_grad = model.model.layers[3].self_attn.q_proj.weight.grad
+        results[backend] = (out.logits.detach(), out.loss.detach(), q_grad)
+    assert len(calls) == 30  # the linear run went through the linear kernel in each of the 30 layers
+    (lf, loss_f, gf), (ll, loss_l, gl) = results["fused"], results["linear"]
+    assert torch.isfinite(lf).all()
+    torch.testing.assert_close(ll, lf, rtol=1e-4, atol=1e-4 * lf.abs().max().item())
+    torch.testing.assert_close(loss_l, loss_f, rtol=1e-5, atol=0)
+    torch.testing.assert_close(gl, gf, rtol=1e-3, atol=1e-3 * gf.abs().max().item())
