@@ -15,20 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from .gqa import group_rows, ungroup_rows
 from .mask import AttentionMask
 
 DEFAULT_BLOCK = 256
-
-
-def _rows(x: torch.Tensor, q0: int, q1: int) -> torch.Tensor:
-    """(B, H_kv, R, Q, d) -> rows ``q0:q1`` of every group member as one matrix (B, H_kv, R·(q1-q0), d)."""
-    b, h, r, _, d = x.shape
-    return x[:, :, :, q0:q1].reshape(b, h, r * (q1 - q0), d)
-
-
-def _unrows(x: torch.Tensor, r: int) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.view(b, h, r, n // r, d)
 
 
 def _block_mask(mask: AttentionMask, q0: int, q1: int, k0: int, k1: int, r: int, dtype: torch.dtype,
@@ -60,7 +50,7 @@ class PolynomialAttention(torch.autograd.Function):
         out = query.new_zeros(*query.shape[:-1], value.shape[-1])
         for q0 in range(0, q_len, block):
             q1 = min(q0 + block, q_len)
-            rows = _rows(query, q0, q1).mul(scale)
+            rows = group_rows(query, q0, q1).mul(scale)
             acc = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
@@ -73,7 +63,7 @@ class PolynomialAttention(torch.autograd.Function):
                 part = torch.matmul(w, value[:, :, k0:k1])
                 acc = part if acc is None else acc.add_(part)
             if acc is not None:
-                out[:, :, :, q0:q1] = _unrows(acc, r)
+                out[:, :, :, q0:q1] = ungroup_rows(acc, r)
         out.mul_(c.to(out.dtype).unsqueeze(2))  # c: (B|1, 1, Q, 1) -> (B|1, 1, 1, Q, 1)
         ctx.save_for_backward(query, key, value, c)  # inputs only: nothing of size n×d is added for the backward
         ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed = mask, scale, degree, block, dropout, seed
@@ -90,8 +80,8 @@ class PolynomialAttention(torch.autograd.Function):
         dv = torch.zeros_like(value)
         for q0 in range(0, q_len, block):
             q1 = min(q0 + block, q_len)
-            rows = _rows(query, q0, q1).mul(scale)
-            go = _rows(grad_out[:, :, :, q0:q1] * c5[:, :, :, q0:q1], 0, q1 - q0)  # g = c ⊙ dout, per block
+            rows = group_rows(query, q0, q1).mul(scale)
+            go = group_rows(grad_out[:, :, :, q0:q1] * c5[:, :, :, q0:q1], 0, q1 - q0)  # g = c ⊙ dout, per block
             dq_rows = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
@@ -116,7 +106,7 @@ class PolynomialAttention(torch.autograd.Function):
                 dq_rows = part if dq_rows is None else dq_rows.add_(part)
                 dk[:, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), rows)
             if dq_rows is not None:
-                dq[:, :, :, q0:q1] = _unrows(dq_rows, r)
+                dq[:, :, :, q0:q1] = ungroup_rows(dq_rows, r)
         return dq.mul_(p * scale), dk.mul_(p), dv, None, None, None, None, None, None
 
 

@@ -38,7 +38,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..errors import OptionError
-from .polynomial_blocked import _rows, _unrows
+from .gqa import group_rows, ungroup_rows
 
 if TYPE_CHECKING:
     from ..options import PolynomialOptions
@@ -153,7 +153,7 @@ def _causal_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     for q0, q1, p, e in _chunks(q_len, key.shape[-2], offset, chunk):
         _absorb(state, key, value, absorbed, p, chunk)
         has_prefix, absorbed = has_prefix or p > 0, p
-        rows = _rows(query, q0, q1).mul(scale)  # (B, H_kv, R·Cq, d), never a view of query
+        rows = group_rows(query, q0, q1).mul(scale)  # (B, H_kv, R·Cq, d), never a view of query
         acc = torch.matmul(_features_t(rows).transpose(-1, -2), state) if has_prefix else None
         if e > p:
             w = torch.matmul(rows, key[:, :, p:e].transpose(-1, -2)).square_()
@@ -163,7 +163,7 @@ def _causal_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             part = torch.matmul(w, value[:, :, p:e])
             acc = part if acc is None else acc.add_(part)
         if acc is not None:
-            out[:, :, :, q0:q1] = _unrows(acc, r)
+            out[:, :, :, q0:q1] = ungroup_rows(acc, r)
     return out, absorbed
 
 
@@ -206,7 +206,7 @@ class _PolynomialLinear(torch.autograd.Function):
         for q0, q1, p, e in chunks:
             _absorb(state, key, value, absorbed, p, chunk)
             absorbed = p
-            rows, go = _rows(query, q0, q1).mul(scale), _rows(g, q0, q1)
+            rows, go = group_rows(query, q0, q1).mul(scale), group_rows(g, q0, q1)
             dq_rows = _quadratic_grad(rows, go, _symmetric_matrix(state, rows.shape[-1])) if p > 0 else None
             if e > p:
                 kb, vb = key[:, :, p:e], value[:, :, p:e]
@@ -221,7 +221,7 @@ class _PolynomialLinear(torch.autograd.Function):
                 dq_rows = part if dq_rows is None else dq_rows.add_(part)
                 dk[:, :, p:e] += torch.matmul(ds.transpose(-1, -2), rows)
             if dq_rows is not None:
-                dq[:, :, :, q0:q1] = _unrows(dq_rows, r)
+                dq[:, :, :, q0:q1] = ungroup_rows(dq_rows, r)
         # Reverse sweep: rev = Σ over later chunks of φ(Q)ᵀ G, the gradient of every state holding a key.
         rev = torch.zeros_like(state)
         for n in range(len(chunks) - 1, -1, -1):
@@ -229,7 +229,7 @@ class _PolynomialLinear(torch.autograd.Function):
             nxt = chunks[n + 1][2] if n + 1 < len(chunks) else p
             _key_grads(rev, key, value, dk, dv, p, nxt, chunk)  # keys in the prefixes of chunks > n only
             if p > 0:
-                rows, go = _rows(query, q0, q1).mul(scale), _rows(g, q0, q1)
+                rows, go = group_rows(query, q0, q1).mul(scale), group_rows(g, q0, q1)
                 rev.add_(torch.matmul(_features_t(rows), go))
         if chunks:
             _key_grads(rev, key, value, dk, dv, 0, chunks[0][2], chunk)
