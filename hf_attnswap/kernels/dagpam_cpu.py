@@ -15,10 +15,10 @@ the output, and its backward holds both branches' gradients at once. This functi
   ``dq, dk, dv`` buffers laid out like the inputs. A chunk whose λ⁻ are all exactly 0 skips the negative
   branch (its contributions, W⁻'s gradient included, are exactly 0).
 - chunks: large calls (``(B, H, max(Q, K), d)`` of at least ``CHUNK_ABOVE_BYTES``) run both passes on
-  chunks of whole KV groups of about ``CHUNK_BYTES`` (but at least one head per thread), so each branch's temporaries (about five chunk-sized
-  tensors at the peak of the backward) are small; smaller calls run as one chunk, since every chunk costs
-  some 20 more kernel launches, which on a busy 2-core machine cost more than the attention itself at
-  T ≤ 4096.
+  chunks of whole KV groups of about ``CHUNK_BYTES`` (but at least one head per thread), so each branch's
+  temporaries (about five chunk-sized tensors at the peak of the backward) are small; smaller calls run as
+  one chunk, since every chunk costs some 20 more kernel launches, which on a busy 2-core machine cost more
+  than the attention itself at T ≤ 4096.
 
 Gradients: ``q, k, v``; ``W⁻`` (d×d shared or (H, d, d) per head); ``λ⁺, λ⁻`` per head
 (``dλ⁺_h = Σ g·pos``, ``dλ⁻_h = −Σ g·neg``; tied λ is one tensor passed twice, whose gradient
@@ -101,9 +101,12 @@ def _bthd(x: torch.Tensor) -> bool:
     return x.transpose(1, 2).is_contiguous()
 
 
-def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w`` for (B, H, Q, d) ``x`` in either layout, without the copy matmul makes of a (B, Q, H, d) one."""
-    return (x.transpose(1, 2) @ w).transpose(1, 2) if _bthd(x) else x @ w
+def _matmul(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w`` for (B, H, Q, d) ``x`` in either layout, without the copy matmul makes of a (B, Q, H, d) one;
+    written into ``out`` (a contiguous (B, Q, H, d) tensor) if given."""
+    if out is not None or _bthd(x):
+        return torch.matmul(x.transpose(1, 2), w, out=out).transpose(1, 2)
+    return x @ w
 
 
 def _slot(buf: torch.Tensor, b: int, h: int, q: int, d: int) -> torch.Tensor:
@@ -124,9 +127,11 @@ def _relu_query(q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None)
     return torch.relu(q if rope is None else _rope(q, *rope, inverse=True))
 
 
-def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """``Q⁻`` for one chunk; ``w``: (d, d) or the chunk's (h, d, d)."""
-    neg = _matmul(relu_q, w) if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
+def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """``Q⁻`` for one chunk; ``w``: (d, d) or the chunk's (h, d, d); ``out``: where a shared ``w``'s product may go
+    (a contiguous (B, Q, H, d) tensor)."""
+    neg = _matmul(relu_q, w, out) if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
     return neg if rope is None else _rope(neg, *rope)
 
 
@@ -238,10 +243,9 @@ class DaGPAMCPU(torch.autograd.Function):
         # With several chunks, two chunk-sized flat buffers take this function's own temporaries (pos then Q⁻; the
         # scaled gradients), laid out (B, Q, H, d) like the kernel's tensors, so that only the flash kernels' outputs
         # come and go from one chunk to the next.
-        reuse = not single
         buf_a = buf_b = None
         b, _, q_len, d = query.shape
-        if reuse:
+        if not single:
             h_max = max(qs.stop - qs.start for qs, _ in ctx.chunks)
             buf_a = query.new_empty(b * q_len * h_max * d)
             buf_b = query.new_empty(b * q_len * h_max * d)
@@ -252,7 +256,8 @@ class DaGPAMCPU(torch.autograd.Function):
             lam_n = ln[qs].view(1, -1, 1, 1)
             neg = negs[:, qs]
             h_c = qs.stop - qs.start
-            pos_out = _slot(buf_a, b, h_c, q_len, d).transpose(1, 2) if reuse else None
+            slot = None if single else _slot(buf_a, b, h_c, q_len, d)  # pos, then Q⁻
+            pos_out = None if single else slot.transpose(1, 2)
             if poses is not None:
                 pos = poses[:, qs]
             elif tied:  # (out + λ neg) / (1+λ) = lerp(out, neg, λ/(1+λ))
@@ -284,11 +289,7 @@ class DaGPAMCPU(torch.autograd.Function):
             if all(skip_neg[qs]):  # λ⁻ = 0: the negative branch contributes exactly 0 to q, k, v and W⁻
                 continue
             w_c = w if w.dim() == 2 else w[qs]
-            if reuse and rope is None and w_c.dim() == 2:  # Q⁻ into the slot pos used
-                qn = torch.matmul(torch.relu(q_c).transpose(1, 2), w_c, out=_slot(buf_a, b, h_c, q_len, d))
-                qn = qn.transpose(1, 2)
-            else:
-                qn = _neg_query(_relu_query(q_c, rope), w_c, rope)
+            qn = _neg_query(_relu_query(q_c, rope), w_c, rope, out=slot)
             dqn, dk_c, dv_c = _flash_backward(_scaled_grad(g, -lam_n, buf_b), qn, k_c, v_c, neg, lse_neg[:, qs], 0.0,
                                               ctx.is_causal, attn_mask=fmask, scale=ctx.scale)
             del qn

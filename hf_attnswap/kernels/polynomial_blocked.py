@@ -40,6 +40,38 @@ def _keep(shape: tuple[int, ...], dropout: float, seed: int, q0: int, k0: int, d
     return keep.to(dtype).div_(1.0 - dropout)
 
 
+def block_forward(rows: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, m: torch.Tensor | None, p: int) -> torch.Tensor:
+    """One block's ``((rows·kbᵀ)^p ⊙ m) vb``: rows (B, H_kv, n, d) (already scaled), kb (B, H_kv, k, d), vb
+    (B, H_kv, k, d_v), m (n, k)-broadcastable or None. Returns (B, H_kv, n, d_v)."""
+    s = torch.matmul(rows, kb.transpose(-1, -2))
+    w = s.pow_(p) if p > 1 else s
+    if m is not None:
+        w.mul_(m)
+    return torch.matmul(w, vb)
+
+
+def block_backward(rows: torch.Tensor, go: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, m: torch.Tensor | None,
+                   p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block's gradients ``(dq_rows, dk, dv)`` for :func:`block_forward` with upstream ``go`` (B, H_kv, n, d_v),
+    the scores recomputed: ``dv = wᵀ go``, ``ds = s^(p-1) ⊙ m ⊙ (go vbᵀ)``, ``dq_rows = ds kb``, ``dk = dsᵀ rows``.
+    ``dq_rows`` and ``dk`` leave out the constant factor ``p`` (callers apply it once)."""
+    s = torch.matmul(rows, kb.transpose(-1, -2))
+    if p == 1:
+        dpow, w = None, s
+    else:
+        dpow = s if p == 2 else s.pow(p - 1)  # s^(p-1)
+        w = dpow * s
+    if m is not None:
+        w.mul_(m)  # w is s itself only when p == 1, and s is not needed after this
+    dv = torch.matmul(w.transpose(-1, -2), go)
+    ds = torch.matmul(go, vb.transpose(-1, -2))
+    if dpow is not None:
+        ds.mul_(dpow)
+    if m is not None:
+        ds.mul_(m)
+    return torch.matmul(ds, kb), torch.matmul(ds.transpose(-1, -2), rows), dv
+
+
 class PolynomialAttention(torch.autograd.Function):
     """Autograd function; call through :func:`polynomial_attention_blocked`."""
 
@@ -54,13 +86,10 @@ class PolynomialAttention(torch.autograd.Function):
             acc = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
-                s = torch.matmul(rows, key[:, :, k0:k1].transpose(-1, -2))
-                w = s.pow_(degree) if degree > 1 else s
-                keep = _keep(w.shape, dropout, seed, q0, k0, w.device, w.dtype) if dropout > 0 else None
-                m = _block_mask(mask, q0, q1, k0, k1, r, w.dtype, w.device, keep)
-                if m is not None:
-                    w.mul_(m)
-                part = torch.matmul(w, value[:, :, k0:k1])
+                shape = (*rows.shape[:-1], k1 - k0)
+                keep = _keep(shape, dropout, seed, q0, k0, rows.device, rows.dtype) if dropout > 0 else None
+                m = _block_mask(mask, q0, q1, k0, k1, r, rows.dtype, rows.device, keep)
+                part = block_forward(rows, key[:, :, k0:k1], value[:, :, k0:k1], m, degree)
                 acc = part if acc is None else acc.add_(part)
             if acc is not None:
                 out[:, :, :, q0:q1] = ungroup_rows(acc, r)
@@ -85,26 +114,13 @@ class PolynomialAttention(torch.autograd.Function):
             dq_rows = None
             for k0 in range(0, mask.key_limit(q1), block):
                 k1 = min(k0 + block, mask.k_len)
-                kb, vb = key[:, :, k0:k1], value[:, :, k0:k1]
-                s = torch.matmul(rows, kb.transpose(-1, -2))
-                keep = _keep(s.shape, dropout, seed, q0, k0, s.device, s.dtype) if dropout > 0 else None
-                m = _block_mask(mask, q0, q1, k0, k1, r, s.dtype, s.device, keep)
-                if p == 1:
-                    dpow, w = None, s
-                else:
-                    dpow = s if p == 2 else s.pow(p - 1)  # s^(p-1)
-                    w = dpow * s
-                if m is not None:
-                    w.mul_(m)  # w is s itself only when p == 1, and s is not needed after this
-                dv[:, :, k0:k1] += torch.matmul(w.transpose(-1, -2), go)
-                ds = torch.matmul(go, vb.transpose(-1, -2))
-                if dpow is not None:
-                    ds.mul_(dpow)
-                if m is not None:
-                    ds.mul_(m)
-                part = torch.matmul(ds, kb)
+                shape = (*rows.shape[:-1], k1 - k0)
+                keep = _keep(shape, dropout, seed, q0, k0, rows.device, rows.dtype) if dropout > 0 else None
+                m = _block_mask(mask, q0, q1, k0, k1, r, rows.dtype, rows.device, keep)
+                part, dk_part, dv_part = block_backward(rows, go, key[:, :, k0:k1], value[:, :, k0:k1], m, p)
                 dq_rows = part if dq_rows is None else dq_rows.add_(part)
-                dk[:, :, k0:k1] += torch.matmul(ds.transpose(-1, -2), rows)
+                dk[:, :, k0:k1] += dk_part
+                dv[:, :, k0:k1] += dv_part
             if dq_rows is not None:
                 dq[:, :, :, q0:q1] = ungroup_rows(dq_rows, r)
         return dq.mul_(p * scale), dk.mul_(p), dv, None, None, None, None, None, None

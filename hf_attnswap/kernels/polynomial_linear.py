@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import OptionError
 from .gqa import group_rows, ungroup_rows
+from .polynomial_blocked import block_backward, block_forward
 
 if TYPE_CHECKING:
     from ..options import PolynomialOptions
@@ -156,11 +157,8 @@ def _causal_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         rows = group_rows(query, q0, q1).mul(scale)  # (B, H_kv, R·Cq, d), never a view of query
         acc = torch.matmul(_features_t(rows).transpose(-1, -2), state) if has_prefix else None
         if e > p:
-            w = torch.matmul(rows, key[:, :, p:e].transpose(-1, -2)).square_()
-            m = _diagonal_mask(q0, q1, p, e, offset, r, w.dtype, w.device)
-            if m is not None:
-                w.mul_(m)
-            part = torch.matmul(w, value[:, :, p:e])
+            m = _diagonal_mask(q0, q1, p, e, offset, r, rows.dtype, rows.device)
+            part = block_forward(rows, key[:, :, p:e], value[:, :, p:e], m, 2)
             acc = part if acc is None else acc.add_(part)
         if acc is not None:
             out[:, :, :, q0:q1] = ungroup_rows(acc, r)
@@ -209,17 +207,12 @@ class _PolynomialLinear(torch.autograd.Function):
             rows, go = group_rows(query, q0, q1).mul(scale), group_rows(g, q0, q1)
             dq_rows = _quadratic_grad(rows, go, _symmetric_matrix(state, rows.shape[-1])) if p > 0 else None
             if e > p:
-                kb, vb = key[:, :, p:e], value[:, :, p:e]
-                s = torch.matmul(rows, kb.transpose(-1, -2))
-                m = _diagonal_mask(q0, q1, p, e, offset, r, s.dtype, s.device)
-                w = s.square() if m is None else s.square().mul_(m)
-                dv[:, :, p:e] += torch.matmul(w.transpose(-1, -2), go)
-                ds = torch.matmul(go, vb.transpose(-1, -2)).mul_(s).mul_(2.0)
-                if m is not None:
-                    ds.mul_(m)
-                part = torch.matmul(ds, kb)
+                m = _diagonal_mask(q0, q1, p, e, offset, r, rows.dtype, rows.device)
+                part, dk_part, dv_part = block_backward(rows, go, key[:, :, p:e], value[:, :, p:e], m, 2)
+                part.mul_(2.0)  # the factor p of (q·k)^p, which block_backward leaves to its caller
                 dq_rows = part if dq_rows is None else dq_rows.add_(part)
-                dk[:, :, p:e] += torch.matmul(ds.transpose(-1, -2), rows)
+                dk[:, :, p:e] += dk_part.mul_(2.0)
+                dv[:, :, p:e] += dv_part
             if dq_rows is not None:
                 dq[:, :, :, q0:q1] = ungroup_rows(dq_rows, r)
         # Reverse sweep: rev = Σ over later chunks of φ(Q)ᵀ G, the gradient of every state holding a key.
