@@ -24,3 +24,11 @@ class UnsupportedModelError(AttnSwapError):
 
 class NotSwappedError(AttnSwapError):
     """A mechanism that needs extra parameters runs on a model that was never given them."""
+
+
+class SourceError(AttnSwapError):
+    """A model, tokenizer or dataset source cannot be used: a local path that does not exist, a folder with no model."""
+
+
+class AssetError(AttnSwapError, RuntimeError):
+    """An offline asset is missing or cannot be prepared (no PyPI access, a bad cache folder, a damaged download)."""

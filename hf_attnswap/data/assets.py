@@ -39,6 +39,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import SourceError
+
 __all__ = [
     "ASSET_NAMES",
     "MARKER_FILE",
@@ -469,6 +471,30 @@ def resolve_asset(name: str | os.PathLike[str] | None) -> Path | None:
     if name is None or not isinstance(name, str) or name not in ASSET_ALIASES:
         return None
     return _PREPARERS[ASSET_ALIASES[name]]()
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path, never a Hub id (``owner/name``): it starts with ``.``, ``/`` or
+    ``~``, ends with a separator, has more than one ``/``, or contains the platform's separator (Windows)."""
+    return (name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1
+            or (os.sep != "/" and os.sep in name))
+
+
+def resolve_source(name: str | os.PathLike[str], what: str = "model") -> str:
+    """What to hand to ``from_pretrained`` / ``load_dataset`` for ``name``: an offline asset's local path, an
+    existing local path, or a Hub id, as given. A local path that does not exist raises :class:`SourceError`
+    saying so (instead of Transformers' "Repo id must be in the form 'repo_name' or 'namespace/repo_name'").
+    ``what`` names the thing in the message (``"model"``, ``"tokenizer"``, ``"dataset"``)."""
+    asset = resolve_asset(name if isinstance(name, str) else None)
+    if asset is not None:
+        return str(asset)
+    text = os.fspath(name)
+    if Path(text).expanduser().exists():
+        return str(Path(text).expanduser())
+    if looks_like_path(text):
+        raise SourceError(f"{what} path {Path(text).expanduser().resolve()} does not exist. Check the path, or pass a "
+                          f"Hub name (owner/name) or an offline asset name ({', '.join(sorted(ASSET_ALIASES))}).")
+    return text
 
 
 def prepare_all(force: bool = False) -> dict[str, Path]:
