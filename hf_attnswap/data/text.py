@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnSwapError
+from .files import file_problem
+from .hints import param, setting
 
 __all__ = ["FILE_BUILDERS", "TXT_SAMPLE_BY", "TextDataError", "TextSource", "load_texts"]
 
@@ -89,15 +91,16 @@ def load_texts(
     limit = _check_limit(limit)
     if txt_sample_by not in TXT_SAMPLE_BY:
         raise TextDataError(
-            f"load_texts: txt_sample_by must be one of {', '.join(map(repr, TXT_SAMPLE_BY))}; got {txt_sample_by!r}."
+            f"load_texts: {param('txt_sample_by')} must be one of {', '.join(map(repr, TXT_SAMPLE_BY))}; got {txt_sample_by!r}."
         )
     if not isinstance(text_column, str) or not text_column:
-        raise TextDataError(f"load_texts: text_column must be a non-empty column name, got {text_column!r}.")
+        raise TextDataError(f"load_texts: {param('text_column')} must be a non-empty column name, got {text_column!r}.")
 
     if isinstance(source, (list, tuple)):
         if not source:
             raise TextDataError("load_texts: the list of texts is empty; pass at least one non-empty text.")
         if all(isinstance(s, str) for s in source):
+            _reject_sample_by("a list of texts", txt_sample_by)
             return _from_strings(list(source), split, text_column, config_name, limit)
         if all(isinstance(s, os.PathLike) for s in source):
             return _from_files([Path(s) for s in source], split, text_column, config_name, limit, txt_sample_by)
@@ -142,6 +145,7 @@ def _from_strings(texts: list[str], split: str, column: str, config_name: str | 
 def _from_path(path: Path, shown: str, split: str, column: str, config_name: str | None, limit: int | None,
                txt_sample_by: str, *, hub_ok: bool) -> list[str]:
     if path.is_dir():
+        _reject_sample_by(f"the folder {path}", txt_sample_by)
         return _from_saved(path, split, column, config_name, limit)
     if path.exists():
         return _from_files([path], split, column, config_name, limit, txt_sample_by)
@@ -149,6 +153,7 @@ def _from_path(path: Path, shown: str, split: str, column: str, config_name: str
                    or path.suffix.lower() in FILE_BUILDERS)
     if looks_local:
         raise TextDataError(f"load_texts: file not found: {os.path.abspath(path)}. Check the path (or run from the right folder).")
+    _reject_sample_by(f"the Hub dataset {shown!r}", txt_sample_by)
     return _from_hub(shown, split, column, config_name, limit)
 
 
@@ -182,6 +187,8 @@ def _from_files(paths: list[Path], split: str, column: str, config_name: str | N
     if len(empty) == len(paths):
         raise TextDataError(f"load_texts: {', '.join(empty)} is empty (0 bytes); pass a file with text in it.")
     builder = builders.pop()
+    if builder != "text":
+        _reject_sample_by(shown, txt_sample_by)
     kwargs: dict[str, Any] = {"sample_by": txt_sample_by} if builder == "text" else {}
     datasets = _import_datasets()
     try:
@@ -189,6 +196,11 @@ def _from_files(paths: list[Path], split: str, column: str, config_name: str | N
                                    split="train", **kwargs)
     except Exception as exc:  # datasets raises many types (DatasetGenerationError, ArrowInvalid, StopIteration...)
         cause = exc.__cause__ or exc.__context__
+        for p in paths:  # say which file is bad and where (not UTF-8, line N is not JSON), not datasets' internals
+            problem = _file_problem(p)
+            if problem is not None:
+                fix = "one JSON object per line" if builder == "json" else f"valid {builder}"
+                raise TextDataError(f"load_texts: {problem}. Fix the file ({fix}, UTF-8) or pass another one.") from None
         if _means_no_rows(exc):
             raise TextDataError(f"load_texts: {shown} has no rows; pass a file with at least one document.") from exc
         detail = f"{type(exc).__name__}: {exc}" + (f" (caused by {type(cause).__name__}: {cause})" if cause else "")
@@ -214,12 +226,12 @@ def _from_saved(path: Path, split: str, column: str, config_name: str | None, li
         raise TextDataError(f"load_texts: could not load the saved dataset {path} ({type(exc).__name__}: {exc}).") from exc
     if isinstance(ds, datasets.DatasetDict):
         if config_name is not None:
-            raise TextDataError(f"load_texts: config_name applies only to Hub datasets; {path} is a saved DatasetDict. "
-                                f"Leave config_name=None.")
+            raise TextDataError(f"load_texts: {param('config_name')} applies only to Hub datasets; {path} is a saved "
+                                f"DatasetDict. Leave {param('config_name')} out.")
         if split not in ds:
             raise TextDataError(
                 f"load_texts: the saved DatasetDict {path} has no split {split!r}; its splits are "
-                f"{', '.join(map(repr, ds))}. Pass split=<one of them>."
+                f"{', '.join(map(repr, ds))}. Pass {setting('split', '<one of them>')}."
             )
         return _column(ds[split], column, limit, f"{path} (split {split!r})")
     _reject_split_options(f"the saved Dataset {path}", split, config_name)
@@ -240,7 +252,8 @@ def _from_hub(name: str, split: str, column: str, config_name: str | None, limit
         ) from exc
     if not isinstance(ds, datasets.Dataset):
         raise TextDataError(f"load_texts: the Hub dataset {shown} did not load as a single split "
-                            f"(got {type(ds).__name__}); pass split=<a split name> such as 'train' or 'test'.")
+                            f"(got {type(ds).__name__}); pass {setting('split', '<a split name>')} such as 'train' or "
+                            f"'test'.")
     return _column(ds, column, limit, f"the Hub dataset {shown}")
 
 
@@ -254,7 +267,7 @@ def _column(ds: Any, column: str, limit: int | None, shown: str) -> list[str]:
     if column not in ds.column_names:
         raise TextDataError(
             f"load_texts: {shown} has no column {column!r}; its columns are {', '.join(map(repr, ds.column_names))}. "
-            f"Pass text_column=<one of them>."
+            f"Pass {setting('text_column', '<one of them>')}."
         )
     feature = ds.features[column]
     dtype = getattr(feature, "dtype", None)
@@ -262,7 +275,8 @@ def _column(ds: Any, column: str, limit: int | None, shown: str) -> list[str]:
         text_cols = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
         hint = (f"text columns: {', '.join(map(repr, text_cols))}" if text_cols else "it has no text column")
         raise TextDataError(
-            f"load_texts: column {column!r} of {shown} holds {feature!r}, not text ({hint}). Pass text_column=<a text column>."
+            f"load_texts: column {column!r} of {shown} holds {feature!r}, not text ({hint}). Pass "
+            f"{setting('text_column', '<a text column>')}."
         )
     if limit is not None:
         ds = ds.select(range(min(limit, ds.num_rows)))
@@ -281,14 +295,30 @@ def _finish(texts: list[str], shown: str) -> list[str]:
 
 def _reject_split_options(shown: str, split: str, config_name: str | None, column: str | None = None) -> None:
     if config_name is not None:
-        raise TextDataError(f"load_texts: config_name applies only to Hub datasets, not to {shown}; leave it as None.")
+        raise TextDataError(f"load_texts: {param('config_name')} applies only to Hub datasets, not to {shown}; leave it "
+                            f"out.")
     if split != _DEFAULT_SPLIT:
         raise TextDataError(
-            f"load_texts: split={split!r} applies only to Hub datasets and saved DatasetDicts; {shown} has no splits. "
+            f"load_texts: {setting('split', repr(split))} applies only to Hub datasets and saved DatasetDicts; {shown} "
+            f"has no splits. "
             f"Leave split at its default, or load the file that holds that split."
         )
     if column is not None and column != _DEFAULT_COLUMN:
-        raise TextDataError(f"load_texts: text_column applies to tabular data, not to {shown}; leave it at its default.")
+        raise TextDataError(f"load_texts: {param('text_column')} applies to tabular data, not to {shown}; leave it at "
+                            f"its default.")
+
+
+def _reject_sample_by(shown: str, txt_sample_by: str) -> None:
+    if txt_sample_by != "document":
+        raise TextDataError(
+            f"load_texts: {setting('txt_sample_by', repr(txt_sample_by))} splits .txt files only; {shown} is not a .txt "
+            f"file (its rows are the documents). Leave {param('txt_sample_by')} at 'document'."
+        )
+
+
+def _file_problem(path: Path) -> str | None:
+    kind = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}.get(path.suffix.lower())
+    return None if kind is None or path.stat().st_size == 0 else file_problem(path, kind)
 
 
 def _means_no_rows(exc: BaseException) -> bool:
@@ -312,7 +342,8 @@ def _check_limit(limit: Any) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise TextDataError(f"load_texts: limit must be a positive integer or None, got {limit!r}.")
+        raise TextDataError(f"load_texts: {param('limit')} must be a positive integer"
+                            f"{'' if param('limit').startswith('-') else ' or None'}, got {limit!r}.")
     return limit
 
 
