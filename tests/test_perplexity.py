@@ -194,7 +194,7 @@ def test_progress_bar_and_to_dict(load, tokenizer, capsys):
     d = result.to_dict()
     assert isinstance(result, PerplexityResult)
     assert set(d) == {"ppl", "nll", "tokens", "documents", "skipped_empty", "windows", "seconds", "tokens_per_second",
-                      "max_length", "stride", "add_bos"}
+                      "max_length", "stride", "add_bos", "max_tokens", "tokens_available", "truncated"}
     assert d["ppl"] == result.ppl
 
 

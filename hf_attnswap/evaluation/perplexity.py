@@ -45,15 +45,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.hints import param, setting
 from ..errors import AttnSwapError
 
 __all__ = [
     "DEFAULT_MAX_LENGTH_CAP",
     "PerplexityError",
+    "PerplexityPlan",
     "PerplexityResult",
     "document_windows",
     "model_max_positions",
     "perplexity",
+    "plan_perplexity",
 ]
 
 #: Default ``max_length`` is the model's position limit, but no more than this.
@@ -81,6 +84,10 @@ class PerplexityResult:
         max_length: window length used (tokens).
         stride: window stride used (tokens).
         add_bos: whether a BOS token was prepended to each document.
+        max_tokens: the cap on scored tokens that was asked for (``None``: no cap).
+        tokens_available: how many tokens the texts hold to score without the cap (``tokens`` when uncapped).
+        truncated: whether the cap stopped scoring early (``tokens < tokens_available``); ``ppl`` and ``nll`` are
+            then over the first ``tokens`` targets in document order.
     """
 
     ppl: float
@@ -94,15 +101,49 @@ class PerplexityResult:
     max_length: int
     stride: int
     add_bos: bool
+    max_tokens: int | None = None
+    tokens_available: int | None = None
+    truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""
         return dataclasses.asdict(self)
 
 
-def model_max_positions(model: nn.Module) -> int | None:
-    """The number of positions ``model`` supports (``max_position_embeddings``/``n_positions``), or ``None``."""
+@dataclass
+class PerplexityPlan:
+    """What :func:`perplexity` will score, known before the model runs (see :func:`plan_perplexity`).
+
+    Attributes:
+        documents: non-empty documents; ``skipped_empty``: texts skipped as empty.
+        windows: windows that will run through the model (after the ``max_tokens`` cap).
+        tokens: tokens that will be scored; ``tokens_available``: tokens the texts hold without the cap.
+        longest_document: tokens in the longest document.
+        max_length, stride, add_bos, max_tokens: the settings, with defaults resolved.
+    """
+
+    documents: int
+    skipped_empty: int
+    windows: int
+    tokens: int
+    tokens_available: int
+    longest_document: int
+    max_length: int
+    stride: int
+    add_bos: bool
+    max_tokens: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def model_max_positions(model: Any) -> int | None:
+    """The number of positions ``model`` supports (``max_position_embeddings``/``n_positions``), or ``None``.
+
+    ``model`` may also be a model's config (a ``PretrainedConfig``), so the limit can be checked before loading."""
     config = getattr(model, "config", None)
+    if config is None:
+        config = model if not isinstance(model, nn.Module) else None
     if config is None:
         return None
     if hasattr(config, "get_text_config"):
@@ -141,6 +182,7 @@ def perplexity(
     stride: int | None = None,
     batch_size: int = 4,
     add_bos: bool | None = None,
+    max_tokens: int | None = None,
     progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on ``texts`` (each an independent document), strided sliding window.
@@ -156,42 +198,28 @@ def perplexity(
         batch_size: windows per forward pass.
         add_bos: prepend ``tokenizer.bos_token_id`` to each document (so its first token is scored too);
             ``None``: only if the tokenizer adds a BOS token by default.
+        max_tokens: stop after scoring this many tokens (``None``: score everything). The first ``max_tokens``
+            targets in document order are scored (the last window is shortened to end exactly there), so
+            ``ppl``/``nll`` are over exactly the tokens scored; ``result.truncated`` says whether the cap cut.
         progress: show a tqdm progress bar (tokens scored, tokens/s, running perplexity).
 
     Returns:
         :class:`PerplexityResult`.
     """
-    positions = model_max_positions(model)
-    max_length, stride = _resolve_window(positions, max_length, stride)
     batch_size = _check_int("batch_size", batch_size, minimum=1)
-    texts = _check_texts(texts)
-    add_bos = _resolve_add_bos(tokenizer, add_bos)
-    vocab = _model_vocab_size(model)
-
     start = time.perf_counter()
-    docs, skipped = _tokenize(tokenizer, texts, add_bos)
-    if not docs:
-        raise PerplexityError(
-            f"perplexity: all {len(texts)} texts are empty (or whitespace-only, or tokenize to nothing); pass texts "
-            f"with content."
-        )
+    plan, docs, windows = _plan(model, tokenizer, texts, max_length=max_length, stride=stride, add_bos=add_bos,
+                                max_tokens=max_tokens)
+    max_length, stride, add_bos = plan.max_length, plan.stride, plan.add_bos
+    vocab = _model_vocab_size(model)
     top = max(max(ids) for ids in docs)
     if vocab is not None and top >= vocab:
         raise PerplexityError(
             f"perplexity: the tokenizer produced token id {top}, but the model's vocabulary has {vocab} entries; pass "
             f"the tokenizer that belongs to the model."
         )
-
-    # (document, begin, end, n_targets) for every window with at least one scored token
-    windows = [(d, b, e, t) for d, ids in enumerate(docs) for b, e, t in document_windows(len(ids), max_length, stride)
-               if min(t, e - b - 1) > 0]
-    if not windows:
-        raise PerplexityError(
-            "perplexity: no token can be scored: every document is a single token (the first token of a document "
-            "has no context). Pass longer texts, or add_bos=True to score first tokens after the BOS token."
-        )
     windows.sort(key=lambda w: w[2] - w[1], reverse=True)  # similar lengths together: little padding
-    total_targets = sum(min(t, e - b - 1) for _, b, e, t in windows)
+    total_targets = plan.tokens
 
     device = _model_device(model)
     flags = [(m, m.training) for m in model.modules()]
@@ -219,10 +247,74 @@ def perplexity(
     seconds = time.perf_counter() - start
     nll = nll_sum / scored
     return PerplexityResult(
-        ppl=_exp(nll), nll=nll, tokens=scored, documents=len(docs), skipped_empty=skipped, windows=len(windows),
-        seconds=seconds, tokens_per_second=scored / seconds if seconds > 0 else float("inf"),
-        max_length=max_length, stride=stride, add_bos=add_bos,
+        ppl=_exp(nll), nll=nll, tokens=scored, documents=plan.documents, skipped_empty=plan.skipped_empty,
+        windows=len(windows), seconds=seconds, tokens_per_second=scored / seconds if seconds > 0 else float("inf"),
+        max_length=max_length, stride=stride, add_bos=add_bos, max_tokens=plan.max_tokens,
+        tokens_available=plan.tokens_available, truncated=scored < plan.tokens_available,
     )
+
+
+def plan_perplexity(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int | None = None,
+    stride: int | None = None,
+    add_bos: bool | None = None,
+    max_tokens: int | None = None,
+) -> PerplexityPlan:
+    """What :func:`perplexity` with these settings will score (documents, windows, tokens), without running the
+    model. ``model`` may be the model or just its config (``AutoConfig.from_pretrained(...)``): only its number of
+    positions is read. Raises the same :class:`PerplexityError` as :func:`perplexity` for bad settings or texts."""
+    return _plan(model, tokenizer, texts, max_length=max_length, stride=stride, add_bos=add_bos,
+                 max_tokens=max_tokens)[0]
+
+
+def _plan(model: Any, tokenizer: Any, texts: Any, *, max_length: Any, stride: Any, add_bos: Any,
+          max_tokens: Any) -> tuple[PerplexityPlan, list[list[int]], list[tuple[int, int, int, int]]]:
+    """The plan, the token ids of each document and the windows ``(document, begin, end, n_targets)`` to run."""
+    positions = model_max_positions(model)
+    max_length, stride = _resolve_window(positions, max_length, stride)
+    if max_tokens is not None:
+        max_tokens = _check_int("max_tokens", max_tokens, minimum=1)
+    texts = _check_texts(texts)
+    add_bos = _resolve_add_bos(tokenizer, add_bos)
+    docs, skipped = _tokenize(tokenizer, texts, add_bos)
+    if not docs:
+        raise PerplexityError(
+            f"perplexity: all {len(texts)} texts are empty (or whitespace-only, or tokenize to nothing); pass texts "
+            f"with content."
+        )
+    # (document, begin, end, n_targets) for every window with at least one scored token, in document order
+    windows = [(d, b, e, t) for d, ids in enumerate(docs) for b, e, t in document_windows(len(ids), max_length, stride)
+               if min(t, e - b - 1) > 0]
+    if not windows:
+        raise PerplexityError(
+            "perplexity: no token can be scored: every document is a single token (the first token of a document "
+            f"has no context). Pass longer texts, or {setting('add_bos', 'True')} to score first tokens after the BOS "
+            "token."
+        )
+    available = sum(min(t, e - b - 1) for _, b, e, t in windows)
+    if max_tokens is not None and max_tokens < available:
+        kept, total = [], 0
+        for d, b, e, t in windows:
+            n = min(t, e - b - 1)
+            if total + n >= max_tokens:
+                cut = total + n - max_tokens  # shorten the window so that it ends at the cap
+                kept.append((d, b, e - cut, t - cut))
+                total = max_tokens
+                break
+            kept.append((d, b, e, t))
+            total += n
+        windows = kept
+    tokens = sum(min(t, e - b - 1) for _, b, e, t in windows)
+    plan = PerplexityPlan(
+        documents=len(docs), skipped_empty=skipped, windows=len(windows), tokens=tokens, tokens_available=available,
+        longest_document=max(len(ids) for ids in docs), max_length=max_length, stride=stride, add_bos=add_bos,
+        max_tokens=max_tokens,
+    )
+    return plan, docs, windows
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -233,29 +325,30 @@ def _resolve_window(positions: int | None, max_length: Any, stride: Any) -> tupl
         if positions is None:
             raise PerplexityError(
                 "perplexity: the model's config has no max_position_embeddings/n_positions, so the window length "
-                "cannot be chosen; pass max_length=<tokens per window>."
+                f"cannot be chosen; pass {setting('max_length', '<tokens per window>')}."
             )
         max_length = min(positions, DEFAULT_MAX_LENGTH_CAP)
     max_length = _check_int("max_length", max_length, minimum=2)
     if positions is not None and max_length > positions:
         raise PerplexityError(
-            f"perplexity: max_length={max_length} is larger than the model's {positions} positions; pass "
-            f"max_length <= {positions}."
+            f"perplexity: {setting('max_length', str(max_length))} is larger than the model's {positions} positions; "
+            f"pass {param('max_length')} <= {positions}."
         )
     stride = max(1, max_length // 2) if stride is None else _check_int("stride", stride, minimum=1)
     if stride > max_length:
         raise PerplexityError(
-            f"perplexity: stride={stride} is larger than max_length={max_length}, which would skip tokens; pass "
-            f"stride <= max_length (stride == max_length: windows without overlap)."
+            f"perplexity: {setting('stride', str(stride))} is larger than {setting('max_length', str(max_length))}, "
+            f"which would skip tokens; pass {param('stride')} <= {param('max_length')} ({param('stride')} == "
+            f"{param('max_length')}: windows without overlap)."
         )
     return max_length, stride
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PerplexityError(f"perplexity: {name} must be an integer, got {value!r} ({type(value).__name__}).")
+        raise PerplexityError(f"perplexity: {param(name)} must be an integer, got {value!r} ({type(value).__name__}).")
     if value < minimum:
-        raise PerplexityError(f"perplexity: {name} must be an integer >= {minimum}, got {value}.")
+        raise PerplexityError(f"perplexity: {param(name)} must be an integer >= {minimum}, got {value}.")
     return value
 
 

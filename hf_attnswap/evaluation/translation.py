@@ -31,7 +31,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteriaList, StopStringCriteria
 
+from ..data.hints import param
 from ..errors import AttnSwapError
+from .perplexity import model_max_positions
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -85,14 +87,15 @@ def resolve_template(src_lang: str = "de", tgt_lang: str = "en", template: str |
     """
     for key, lang in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
         if not isinstance(lang, str) or not lang:
-            raise TranslationError(f"{key} must be a non-empty language code such as 'de', got {lang!r}")
+            raise TranslationError(f"{param(key)} must be a non-empty language code such as 'de', got {lang!r}")
     if template is None:
         template = DEFAULT_TEMPLATES.get((src_lang, tgt_lang), GENERIC_TEMPLATE)
     elif not isinstance(template, str):
-        raise TranslationError(f"template must be a string containing '{{source}}', got {type(template).__name__}")
+        raise TranslationError(f"{param('template')} must be a string containing '{{source}}', got "
+                               f"{type(template).__name__}")
     elif "{source}" not in template:
         raise TranslationError(
-            f"template {template!r} has no '{{source}}' placeholder, so the sentence would never reach the "
+            f"{param('template')} {template!r} has no '{{source}}' placeholder, so the sentence would never reach the "
             "model; put '{source}' where the sentence goes, e.g. 'German: {source}\\nEnglish:'"
         )
     return template.replace("{src_name}", _name(src_lang)).replace("{tgt_name}", _name(tgt_lang))
@@ -138,7 +141,7 @@ def cut_translation(text: str, *, eos_token: str | None = None, markers: Sequenc
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TranslationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise TranslationError(f"{param(name)} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -191,6 +194,26 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids  # type: ignore[return-value]
 
 
+def _check_positions(model: Any, lengths: Sequence[int], max_new_tokens: int) -> None:
+    """Refuse, before generating, a prompt plus ``max_new_tokens`` that does not fit in the model's positions (it
+    would fail with an IndexError deep in the model, or run far past what the model was trained on)."""
+    positions = model_max_positions(model)
+    if positions is None or not lengths:
+        return
+    longest = max(lengths)
+    if longest >= positions:
+        raise TranslationError(
+            f"the longest prompt has {longest} tokens, but the model has only {positions} positions; translate shorter "
+            f"sentences (or a shorter {param('template')})"
+        )
+    if longest + max_new_tokens > positions:
+        raise TranslationError(
+            f"{param('max_new_tokens')} {max_new_tokens} is too many: the longest prompt has {longest} tokens, and "
+            f"{longest} + {max_new_tokens} exceeds the model's {positions} positions; pass {param('max_new_tokens')} "
+            f"<= {positions - longest}"
+        )
+
+
 @torch.no_grad()
 def translate(
     model: Any,
@@ -224,6 +247,7 @@ def translate(
     markers = template_markers(template)
     prompts = [build_prompt(template, s) for s in sources]
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    _check_positions(model, lengths, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: memory errors show early
     outputs: list[str] = [""] * len(prompts)
     stop_ids = _stop_ids(model, tokenizer)
