@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import OptionError
 
 
-def check_float(owner: str, name: str, value: Any, *, minimum: float | None = None, strict: bool = False) -> float:
-    """Return ``value`` as a float, or raise if it is not a real number ``>= minimum`` (``> minimum`` if strict)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _is_bool(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_))  # NumPy's is no bool
+
+
+def check_float(owner: str, name: str, value: Any, *, minimum: float | None = None, strict: bool = False,
+                maximum: float | None = None) -> float:
+    """Return ``value`` as a float, or raise if it is not a real number ``>= minimum`` (``> minimum`` if strict)
+    and ``<= maximum``. NumPy scalars are accepted (``numbers.Real``)."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise OptionError(f"{owner}: option {name!r} must be a number, got {value!r} ({type(value).__name__}).")
     value = float(value)
     if not math.isfinite(value):
@@ -26,26 +35,31 @@ def check_float(owner: str, name: str, value: Any, *, minimum: float | None = No
     if minimum is not None and (value <= minimum if strict else value < minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise OptionError(f"{owner}: option {name!r} must be {bound}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise OptionError(f"{owner}: option {name!r} must be <= {maximum:g}, got {value!r}.")
     return value
 
 
-def check_int(owner: str, name: str, value: Any, *, minimum: int | None = None) -> int:
-    """Return ``value`` as an int, or raise if it is not an integer ``>= minimum`` (``3.0`` is accepted, ``2.5`` is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        isinstance(value, float) and not value.is_integer()
+def check_int(owner: str, name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer in ``[minimum, maximum]`` (``3.0`` is accepted,
+    ``2.5`` is not; NumPy integers are accepted)."""
+    if _is_bool(value) or not isinstance(value, numbers.Real) or (
+        not isinstance(value, numbers.Integral) and not (math.isfinite(float(value)) and float(value).is_integer())
     ):
         raise OptionError(f"{owner}: option {name!r} must be an integer, got {value!r} ({type(value).__name__}).")
     value = int(value)
     if minimum is not None and value < minimum:
         raise OptionError(f"{owner}: option {name!r} must be an integer >= {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise OptionError(f"{owner}: option {name!r} must be an integer <= {maximum}, got {value}.")
     return value
 
 
 def check_bool(owner: str, name: str, value: Any) -> bool:
-    """Return ``value`` if it is a bool, else raise (``0``/``"false"`` are rejected rather than guessed)."""
-    if not isinstance(value, bool):
+    """Return ``value`` if it is a bool (NumPy's too), else raise (``0``/``"false"`` are rejected rather than guessed)."""
+    if not _is_bool(value):
         raise OptionError(f"{owner}: option {name!r} must be true or false, got {value!r} ({type(value).__name__}).")
-    return value
+    return bool(value)
 
 
 def check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -61,6 +75,10 @@ class MechanismOptions:
 
     mechanism: ClassVar[str] = ""
     backends: ClassVar[tuple[str, ...]] = ("reference",)
+    #: Options that shape or initialise the mechanism's parameters: on a checkpoint that holds those parameters,
+    #: a load-time value that differs from the saved one is an error (it would re-initialise them or mislabel
+    #: them). ``None``: every option but ``backend`` (for mechanisms with parameters; without, this is unused).
+    parameter_options: ClassVar[tuple[str, ...] | None] = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field, defaults included."""
@@ -74,9 +92,26 @@ class MechanismOptions:
     def defaults(cls) -> dict[str, Any]:
         return cls().to_dict()
 
+    @classmethod
+    def parameter_option_names(cls) -> tuple[str, ...]:
+        """:attr:`parameter_options`, with ``None`` resolved to every field but ``backend``."""
+        if cls.parameter_options is not None:
+            return tuple(cls.parameter_options)
+        return tuple(n for n in cls.field_names() if n != "backend")
+
 
 def check_backend(owner: str, value: Any, choices: tuple[str, ...]) -> str:
     return check_choice(owner, "backend", value, choices)
+
+
+#: ``temperature`` in [1e-4, 1e4]: outside, ``s/T`` overflows or underflows in float32/bfloat16 and the backends
+#: disagree (``T=1e-40`` gives NaN, ``T=1e300`` a zero scale that SDPA rejects), with no use that T=1e±4 lacks.
+TEMPERATURE_RANGE = (1e-4, 1e4)
+#: polynomial ``degree`` <= 16: ``s**p`` of a score of 100 is 1e32 at p=16, near float32's 3e38.
+MAX_DEGREE = 16
+#: daGPAM ``lambda_init`` <= 1000: the weights are ``(1+λ)P⁺ − λP⁻``, so λ scales every output; at 1e30 they are
+#: inf − inf = NaN. (The paper's λ is below 1.)
+MAX_LAMBDA_INIT = 1000.0
 
 
 @dataclass
@@ -92,7 +127,8 @@ class SoftmaxOptions(MechanismOptions):
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        self.temperature = check_float("softmax", "temperature", self.temperature, minimum=0.0, strict=True)
+        self.temperature = check_float("softmax", "temperature", self.temperature, minimum=TEMPERATURE_RANGE[0],
+                                       maximum=TEMPERATURE_RANGE[1])
         self.backend = check_backend("softmax", self.backend, self.backends)
 
 
@@ -121,7 +157,7 @@ class PolynomialOptions(MechanismOptions):
 
     def __post_init__(self) -> None:
         self.backend = check_backend("polynomial", self.backend, self.backends)
-        self.degree = check_int("polynomial", "degree", self.degree, minimum=1)
+        self.degree = check_int("polynomial", "degree", self.degree, minimum=1, maximum=MAX_DEGREE)
         if self.backend == "linear" and self.degree != 2:
             raise OptionError(
                 f"polynomial: backend='linear' needs degree=2, got degree={self.degree} (the default is 3): only "
@@ -174,7 +210,7 @@ class DaGPAMOptions(MechanismOptions):
 
     def __post_init__(self) -> None:
         self.backend = check_backend("dagpam", self.backend, self.backends)
-        self.lambda_init = check_float("dagpam", "lambda_init", self.lambda_init, minimum=0.0)
+        self.lambda_init = check_float("dagpam", "lambda_init", self.lambda_init, minimum=0.0, maximum=MAX_LAMBDA_INIT)
         self.trainable_lambda = check_bool("dagpam", "trainable_lambda", self.trainable_lambda)
         self.lambda_constraint = check_choice("dagpam", "lambda_constraint", self.lambda_constraint, LAMBDA_CONSTRAINTS)
         self.tied_lambda = check_bool("dagpam", "tied_lambda", self.tied_lambda)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
 
-from .errors import OptionError, UnsupportedModelError
+from .errors import NotSwappedError, OptionError, UnsupportedModelError
 from .options import MechanismOptions
 from .registry import (
     OPTIONS_ATTR,
@@ -24,6 +24,7 @@ from .registry import (
     Mechanism,
     get_mechanism,
     is_mechanism,
+    is_transformers_attention,
     list_mechanisms,
     options_to_config,
     parse_options,
@@ -32,6 +33,7 @@ from .registry import (
 HOOKS_ATTR = "_attnswap_hooks"
 ROTARY_ATTR = "_attnswap_rotary"
 PARAMS_FLAG = "_attnswap_params"
+STATE_GUARD_FLAG = "_attnswap_state_guard"
 
 
 @dataclass(frozen=True)
@@ -141,23 +143,30 @@ def install(model: PreTrainedModel, mech: Mechanism, opts: MechanismOptions, *, 
 
     ``reinit=False`` keeps parameters that are already there for the same mechanism and options (the
     nested ``post_init`` calls of one model construction); ``reinit=True`` (``swap()``) builds them anew.
+    Everything that can fail (the architecture check, building the parameters) happens before the model is
+    changed, so a failed call leaves it as it was.
     """
     arch = check_supported(model, mech)
+    plan = []  # (module, new parameters or None to keep / remove)
     for module in attention_modules(model):
         same = getattr(module, OPTIONS_ATTR, None) == opts and isinstance(getattr(module, PARAMS_ATTR, None), nn.Module)
+        params = None
+        if mech.make_params is not None and (reinit or not same):
+            ref = next((p for n, p in module.named_parameters() if not n.startswith(PARAMS_ATTR + ".")), None)
+            params = mech.make_params(*_head_shape(module), opts)
+            if ref is not None:
+                params = params.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+                params.reset_parameters()  # no-op on meta; after .to() so -I and λ are exact in any dtype
+            object.__setattr__(params, PARAMS_FLAG, True)
+        plan.append((module, params))
+    for module, params in plan:
         object.__setattr__(module, OPTIONS_ATTR, opts)
         if mech.make_params is None:
             if PARAMS_ATTR in module._modules:
                 del module._modules[PARAMS_ATTR]
             _set_rope_hooks(module, False)
             continue
-        if reinit or not same:
-            ref = next(module.parameters(), None)
-            params = mech.make_params(*_head_shape(module), opts)
-            if ref is not None:
-                params = params.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-                params.reset_parameters()  # no-op on meta; after .to() so -I and λ are exact in any dtype
-            object.__setattr__(params, PARAMS_FLAG, True)
+        if params is not None:
             module.add_module(PARAMS_ATTR, params)
         _set_rope_hooks(module, bool(mech.needs_rope and arch is not None and arch.rotary))
     for sub in model.modules():
@@ -176,10 +185,28 @@ def _write_config(model: PreTrainedModel, mech: Mechanism, opts: MechanismOption
 
 
 def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> PreTrainedModel:
-    """Undo a swap: remove the parameters and hooks hf_attnswap added and go back to a Transformers attention."""
-    if is_mechanism(attn_implementation):
+    """Undo a swap: remove the parameters and hooks hf_attnswap added and go back to a Transformers attention.
+
+    The name and the model are checked first, and Transformers switches the attention before anything of the
+    mechanism is removed, so a failed call (a bad name, an implementation that is not installed) leaves the model
+    as it was."""
+    if not isinstance(attn_implementation, str) or is_mechanism(attn_implementation):
         raise OptionError(f"{attn_implementation!r} is an hf_attnswap mechanism; use hf_attnswap.swap() for it.")
-    for module in attention_modules(model):
+    if not is_transformers_attention(attn_implementation):
+        raise OptionError(
+            f"unswap: {attn_implementation!r} is not one of Transformers' attention implementations. Use 'sdpa' (the "
+            f"default), 'eager', or one of: {', '.join(sorted(k for k in AttentionInterface().valid_keys() if not is_mechanism(k)))}."
+        )
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedModelError(f"unswap takes a Transformers model (PreTrainedModel); got {type(model).__name__}.")
+    modules = attention_modules(model)
+    previous = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(attn_implementation)
+    except (ValueError, ImportError) as err:
+        _restore_attn_name(model, previous)
+        raise OptionError(f"unswap: Transformers cannot switch this model to {attn_implementation!r}: {err}") from None
+    for module in modules:
         if PARAMS_ATTR in module._modules:
             del module._modules[PARAMS_ATTR]
         _set_rope_hooks(module, False)
@@ -190,15 +217,62 @@ def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> P
             sub.__dict__.pop("_init_weights", None)
             for key in ("attn_implementation", "attnswap"):
                 sub.config.__dict__.pop(key, None)
-    model.set_attn_implementation(attn_implementation)
     return model
 
 
-def apply_from_config(model: PreTrainedModel, pending: dict[str, Any] | MechanismOptions | None) -> None:
+def _restore_attn_name(model: PreTrainedModel, name: str | None) -> None:
+    """Put back ``config._attn_implementation`` after a failed ``set_attn_implementation`` (which may have changed
+    it on some sub-configs before failing)."""
+    for sub in model.modules():
+        if isinstance(sub, PreTrainedModel) and name is not None:
+            sub.config._attn_implementation = name
+
+
+def _refuse_orphan_mechanism_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook on every Transformers model: a state dict that holds a mechanism's parameters
+    (``…<attention>.attnswap.*``, e.g. a PEFT adapter trained with ``modules_to_save=["attnswap"]``) loaded into a
+    model that lacks them would silently drop them (PEFT and ``strict=False`` ignore unexpected keys), so refuse."""
+    marker = f".{PARAMS_ATTR}."
+    orphans = []
+    for key in state_dict:
+        if not key.startswith(prefix) or marker not in f".{key[len(prefix):]}":
+            continue
+        path = f".{key[len(prefix):]}".split(marker)[0].lstrip(".")
+        try:
+            owner = module.get_submodule(path) if path else module
+        except AttributeError:
+            continue  # not under this model: another hook owns it
+        if not isinstance(owner._modules.get(PARAMS_ATTR), nn.Module):
+            orphans.append(key[len(prefix):])
+    if orphans:
+        leaves = sorted({k.rsplit(".", 1)[-1] for k in orphans})
+        raise NotSwappedError(
+            f"the weights being loaded hold an hf_attnswap mechanism's parameters ({', '.join(leaves)}; e.g. "
+            f"{orphans[0]}), but this {type(module).__name__} was loaded without that mechanism, so they would be "
+            f"silently dropped. Load the base model with the mechanism and options the weights were trained with "
+            f"(from_pretrained(base, attn_implementation='dagpam', attnswap={{...}}); an adapter saved by the "
+            f"hf_attnswap recipes has them in its attnswap.json, and hf_attnswap.load_adapter() reads it), then load "
+            f"the adapter or weights."
+        )
+
+
+def _add_state_dict_guard(model: PreTrainedModel) -> None:
+    if not getattr(model, STATE_GUARD_FLAG, False):
+        model.register_load_state_dict_pre_hook(_refuse_orphan_mechanism_state)
+        object.__setattr__(model, STATE_GUARD_FLAG, True)
+
+
+def apply_from_config(model: PreTrainedModel, pending: dict[str, Any] | MechanismOptions | None, *,
+                      from_checkpoint: bool = False) -> None:
     """Called after every ``PreTrainedModel.post_init``: if the config names an hf_attnswap mechanism, install it.
 
-    ``pending``: the ``attnswap={...}`` keyword of the ``from_pretrained``/``from_config`` call in progress.
+    ``pending``: the ``attnswap={...}`` keyword of the ``from_pretrained``/``from_config`` call in progress. It is
+    merged into the options saved in the config (``config.attnswap``), never replaces them: ``{"backend":
+    "reference"}`` changes only the backend. ``from_checkpoint`` (``from_pretrained``): the checkpoint holds the
+    mechanism's parameters, so an option that shapes or initialises them
+    (:meth:`~hf_attnswap.options.MechanismOptions.parameter_option_names`) must equal the saved value.
     """
+    _add_state_dict_guard(model)
     config = model.config
     name = getattr(config, "_attn_implementation", None)
     if not is_mechanism(name):
@@ -211,13 +285,32 @@ def apply_from_config(model: PreTrainedModel, pending: dict[str, Any] | Mechanis
         return
     mech = get_mechanism(name)
     stored = getattr(config, "attnswap", None)
-    if pending is not None:
+    saved = parse_options(mech, stored) if isinstance(stored, dict) and stored.get("mechanism", mech.name) == mech.name \
+        else None
+    if pending is None:
+        opts = saved or mech.options()
+    elif saved is None:
         opts = parse_options(mech, pending)
-    elif isinstance(stored, dict) and stored.get("mechanism", mech.name) == mech.name:
-        opts = parse_options(mech, stored)
     else:
-        opts = mech.options()
+        given = parse_options(mech, pending)  # validated alone first: its errors name only what the user gave
+        if isinstance(pending, MechanismOptions):
+            pending = {k: v for k, v in given.to_dict().items() if v != saved.to_dict()[k]}
+        opts = parse_options(mech, {**saved.to_dict(), **dict(pending)})
+        if from_checkpoint and mech.make_params is not None:
+            _check_parameter_options(mech, saved, opts, set(dict(pending)))
     install(model, mech, opts, reinit=False)
+
+
+def _check_parameter_options(mech: Mechanism, saved: MechanismOptions, opts: MechanismOptions, given: set[str]) -> None:
+    changed = [k for k in saved.parameter_option_names() if k in given and getattr(opts, k) != getattr(saved, k)]
+    if changed:
+        diff = ", ".join(f"{k}={getattr(opts, k)!r} (saved: {getattr(saved, k)!r})" for k in changed)
+        raise OptionError(
+            f"this checkpoint holds trained {mech.name!r} parameters saved with other options: {diff}. These options "
+            f"shape or initialise those parameters, so they cannot change at load time. Leave them out (the saved "
+            f"ones are used; only runtime options such as 'backend' may change), or load the checkpoint and then "
+            f"call hf_attnswap.swap(model, {mech.name!r}, ...) to re-initialise the mechanism's parameters."
+        )
 
 
 def swap(model: PreTrainedModel, mechanism: str, /, **options: Any) -> PreTrainedModel:

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
-from .errors import NotSwappedError, OptionError, UnknownMechanismError
+from .errors import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from .kernels.mask import AttentionMask
 from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
 from .options import MechanismOptions
@@ -55,6 +55,9 @@ class Mechanism:
     - ``fast``: fast paths by backend name (``"fused"``, ``"triton"``), ``(query, key, value, mask, ctx) -> out``
       with key/value *not* repeated (B, H_kv, K, d) and ``mask`` an :class:`AttentionMask`. Each must match
       ``forward``; ``fast_supports`` may name a predicate ``(query, ctx) -> reason or None`` per backend.
+    - ``accepts``: the attention keywords of :data:`SEMANTIC_KEYWORDS` (``softcap``, ``s_aux`` ...) that the
+      mechanism implements, reading them from ``ctx.extra``. A model that passes any other of them (not None) is
+      refused at its first forward, naming the model type and the keyword, rather than silently ignored.
     """
 
     name: str
@@ -65,6 +68,7 @@ class Mechanism:
     description: str = ""
     fast: dict[str, FastFn] = dataclasses.field(default_factory=dict)
     fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] = dataclasses.field(default_factory=dict)
+    accepts: frozenset[str] = frozenset()
 
     @property
     def persisted_name(self) -> str:
@@ -83,6 +87,7 @@ def register_mechanism(
     description: str = "",
     fast: dict[str, FastFn] | None = None,
     fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] | None = None,
+    accepts: tuple[str, ...] = (),
     overwrite: bool = False,
 ) -> Callable[[MechanismFn], MechanismFn]:
     """Decorator that registers an attention mechanism with hf_attnswap and with Transformers.
@@ -100,6 +105,9 @@ def register_mechanism(
         return w.to(value.dtype) @ value, w                # (B,H,Q,d), (B,H,Q,K)
     ```
     Then ``from_pretrained(..., attn_implementation="sigmoid", attnswap={"bias": -1.0})``.
+
+    ``accepts``: the model-specific attention keywords (of :data:`SEMANTIC_KEYWORDS`, e.g. ``"softcap"``) that
+    ``fn`` implements by reading ``ctx.extra``; models that pass the others are refused.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise OptionError(f"mechanism name must be a Python identifier such as 'sigmoid', got {name!r}.")
@@ -114,7 +122,13 @@ def register_mechanism(
             raise OptionError(f"mechanism {name!r} is already registered; pass overwrite=True to replace it.")
         options_cls.mechanism = name
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        mech = Mechanism(name, fn, options_cls, make_params, needs_rope, doc, dict(fast or {}), dict(fast_supports or {}))
+        unknown = sorted(set(accepts) - set(SEMANTIC_KEYWORDS))
+        if unknown:
+            raise OptionError(f"register_mechanism({name!r}, accepts=...): {', '.join(map(repr, unknown))} not among the "
+                              f"attention keywords hf_attnswap checks ({', '.join(SEMANTIC_KEYWORDS)}); other keywords "
+                              "reach ctx.extra anyway.")
+        mech = Mechanism(name, fn, options_cls, make_params, needs_rope, doc, dict(fast or {}), dict(fast_supports or {}),
+                         frozenset(accepts))
         _REGISTRY[name] = mech
         attention = partial(_attention_interface, mech)
         for key in (name, mech.persisted_name):
@@ -123,6 +137,27 @@ def register_mechanism(
         return fn
 
     return decorator
+
+
+#: Attention keywords that some Transformers models pass and that change what attention computes. A mechanism
+#: that does not implement one (``Mechanism.accepts``) refuses a call where it is not None: Gemma2's logit
+#: ``softcap``, GPT-OSS's attention sinks (``s_aux``, ``sinks``), T5-style ``position_bias``, sparse attention's
+#: ``indices``/``block_indices``. (``sliding_window`` is not here: the mask function applies it.)
+SEMANTIC_KEYWORDS = ("softcap", "s_aux", "sinks", "position_bias", "indices", "block_indices")
+
+
+def check_keywords(mech: Mechanism, module: nn.Module, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`UnsupportedModelError` if the model passed a :data:`SEMANTIC_KEYWORDS` keyword (not None) that
+    ``mech`` does not implement."""
+    refused = [k for k in SEMANTIC_KEYWORDS if kwargs.get(k) is not None and k not in mech.accepts]
+    if refused:
+        model_type = getattr(getattr(module, "config", None), "model_type", None)
+        raise UnsupportedModelError(
+            f"mechanism {mech.name!r} does not implement the attention argument(s) {', '.join(map(repr, refused))} "
+            f"that {type(module).__name__} (model_type {model_type!r}) passes; ignoring them would silently change "
+            f"the model. Use Transformers' own attention for this model, or a mechanism that implements them "
+            f"(register_mechanism(..., accepts={tuple(refused)!r}))."
+        )
 
 
 CAUSAL_TAG = "_attnswap_causal_offset"
@@ -165,6 +200,12 @@ def get_mechanism(name: str) -> Mechanism:
     """The registered mechanism called ``name`` (its persisted name is accepted too)."""
     if isinstance(name, str) and name.endswith(PERSIST_SUFFIX):
         name = name[: -len(PERSIST_SUFFIX)]
+    if isinstance(name, str) and is_transformers_attention(name):
+        raise UnknownMechanismError(
+            f"{name!r} is Transformers' own attention, not an hf_attnswap mechanism. To go back to it, use "
+            f"hf_attnswap.unswap(model, {name!r}) (or load with attn_implementation={name!r}). hf_attnswap's "
+            f"mechanisms: {', '.join(sorted(_REGISTRY))}."
+        )
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -173,6 +214,14 @@ def get_mechanism(name: str) -> Mechanism:
             "Register your own with @hf_attnswap.register_mechanism."
         )
     return _REGISTRY[name]
+
+
+def is_transformers_attention(name: str) -> bool:
+    """Whether ``name`` is one of Transformers' own attention implementations (``eager``, ``sdpa``, ``flash_attention_2``
+    ...), as opposed to an hf_attnswap mechanism."""
+    if is_mechanism(name):
+        return False
+    return name == "eager" or name in AttentionInterface().valid_keys() or name.startswith(("flash_attention", "paged|"))
 
 
 def is_mechanism(name: Any) -> bool:
@@ -205,12 +254,21 @@ def parse_options(mechanism: str | Mechanism, options: dict[str, Any] | Mechanis
         return options
     if isinstance(options, MechanismOptions):
         raise OptionError(f"{type(options).__name__} are options for {options.mechanism!r}, not for {mech.name!r}.")
+    if isinstance(options, str):
+        pairs = [p.partition("=") for p in options.replace(",", ":").split(":") if p.strip()]
+        example = "{" + ", ".join(f"{k.strip()!r}: {v.strip() or '...'}" for k, _, v in pairs) + "}" if pairs else "{...}"
+        raise OptionError(f"attnswap options must be a dict, got the string {options!r}: pass attnswap={example}. "
+                          f"(The 'name:key=value' string form is for --attn on the command line.)")
+    if options is not None and not isinstance(options, dict):
+        raise OptionError(f"attnswap options must be a dict such as {{'lambda_init': 0.1}}, got {type(options).__name__}.")
     options = dict(options or {})
     given = options.pop("mechanism", mech.name)
     if given != mech.name:
         raise OptionError(f"attnswap options say mechanism {given!r}, but the attention implementation is {mech.name!r}.")
     allowed = mech.options.field_names()
     for key in options:
+        if not isinstance(key, str):
+            raise OptionError(f"option names are strings; got {key!r} in the options of {mech.name!r}.")
         if key not in allowed:
             owners = [n for n, m in _REGISTRY.items() if key in m.options.field_names()]
             where = f" It is an option of {', '.join(map(repr, owners))}." if owners else ""
@@ -268,6 +326,7 @@ def _attention_interface(
     or None. Returns ``(output (B, Q, H, d), weights (B, H, Q, K) or None)``.
     """
     opts = module_options(module, mech)
+    check_keywords(mech, module, kwargs)
     batch, heads, q_len, head_dim = query.shape
     k_len = key.shape[-2]
     n_rep = heads // key.shape[1]

@@ -5,7 +5,9 @@ Transformers has no public hook for "a model was just built" nor for extra keywo
 ``PreTrainedModel``:
 
 - ``from_pretrained`` and ``_from_config`` (what ``AutoModel*.from_config`` calls) accept
-  ``attnswap={...}`` and hand it to the model being built, through a context variable;
+  ``attnswap={...}`` and hand it to the model being built, through a context variable. ``AutoModel*.from_pretrained``
+  hands it on inside the config instead, over the saved options; :func:`_take_auto_class_options` takes it back
+  out (reading the saved ones again with ``get_config_dict``), so that it is merged, not substituted;
 - ``post_init`` (run at the end of every model's ``__init__``, before weights are loaded) installs the
   mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
 
@@ -36,9 +38,11 @@ def _wrap_classmethod(name: str) -> None:
     def wrapper(cls: type, *args: Any, attnswap: Any = None, **kwargs: Any) -> Any:
         check_attn_name(kwargs.get("attn_implementation"))
         check_attn_name(getattr(kwargs.get("config"), "_attn_implementation", None))  # the Auto classes put it there
+        if attnswap is None and name == "from_pretrained" and args:
+            attnswap = _take_auto_class_options(args[0], kwargs)
         if attnswap is None:
             return original(cls, *args, **kwargs)
-        token = _PENDING.set(attnswap)
+        token = _PENDING.set((attnswap, name == "from_pretrained"))  # (options, loading a checkpoint?)
         try:
             return original(cls, *args, **kwargs)
         finally:
@@ -46,6 +50,33 @@ def _wrap_classmethod(name: str) -> None:
 
     setattr(wrapper, _MARK, original)
     setattr(PreTrainedModel, name, classmethod(wrapper))
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def _take_auto_class_options(path: Any, kwargs: dict[str, Any]) -> Any:
+    """The ``attnswap={...}`` keyword of an ``AutoModel*.from_pretrained`` call, or None.
+
+    The Auto classes load the config first, with every keyword: since a swapped checkpoint's config has an
+    ``attnswap`` attribute, Transformers *sets* it to the keyword's value, and the saved options are gone before
+    the model class is called. So when the config we are handed says other options than the checkpoint's
+    ``config.json``, those are the keyword: put the saved ones back and return the keyword's, to be merged."""
+    config = kwargs.get("config")
+    given = getattr(config, "attnswap", None) if config is not None and not isinstance(config, (str, bytes)) else None
+    if given is None or not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
+        return None
+    try:
+        saved = type(config).get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})[0].get("attnswap")
+    except (OSError, ValueError):
+        return None  # the model class's own loading reports an unreadable checkpoint
+    if saved == given:
+        return None
+    if saved is None:
+        config.__dict__.pop("attnswap", None)
+    else:
+        config.attnswap = saved
+    return given
 
 
 def check_attn_name(name: Any) -> None:
@@ -74,7 +105,11 @@ def _wrap_post_init() -> None:
         original(self)
         from .patching import apply_from_config
 
-        apply_from_config(self, _PENDING.get())
+        pending = _PENDING.get()
+        if pending is None:
+            apply_from_config(self, None)
+        else:
+            apply_from_config(self, pending[0], from_checkpoint=pending[1])
 
     setattr(post_init, _MARK, original)
     PreTrainedModel.post_init = post_init

@@ -43,8 +43,8 @@ def test_unknown_mechanism_lists_available(load, base_checkpoints, call):
         ("dagpam", {"lambda_constraint": "nonneg"}, r"softplus.*lambda_init > 0"),
         ("dagpam", {"trainable_lambda": "yes"}, r"'trainable_lambda' must be true or false"),
         ("dagpam", {"neg_query_proj": "per_layer"}, r"'shared', 'per_head'"),
-        ("softmax", {"temperature": 0}, r"'temperature' must be > 0, got 0.0"),
-        ("softmax", {"temperature": -1.0}, r"'temperature' must be > 0"),
+        ("softmax", {"temperature": 0}, r"'temperature' must be >= 0.0001, got 0.0"),
+        ("softmax", {"temperature": -1.0}, r"'temperature' must be >= 0.0001"),
         ("softmax", {"mechanism": "dagpam"}, r"options say mechanism 'dagpam'"),
     ],
 )

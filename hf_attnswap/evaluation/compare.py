@@ -43,10 +43,16 @@ def parse_attn_specs(text: str) -> list[AttnSpec]:
     """Parse ``"softmax,dagpam:lambda_init=0.1"`` into specs, validating each mechanism's options now (before any
     model is loaded)."""
     specs = []
-    for part in (p.strip() for p in text.split(",")):
+    parts = [p.strip() for p in text.split(",")]
+    for i, part in enumerate(parts):
         if not part:
             continue
         name, *pairs = part.split(":")
+        if "=" in name:  # "dagpam:a=1,b=2": a comma where a ':' belongs
+            before = next((p for p in reversed(parts[:i]) if p), None)
+            fix = f" Did you mean {before}:{part!r}?".replace("'", "") if before else ""
+            raise OptionError(f"--attn: {part!r} is not an attention name. Options of one mechanism are separated by "
+                              f"':' (dagpam:lambda_init=0.1:tied_lambda=false); ',' separates mechanisms.{fix}")
         options: dict[str, Any] = {}
         for pair in pairs:
             if "=" not in pair:

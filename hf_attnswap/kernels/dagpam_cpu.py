@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from . import rope as rope_ops
 from .mask import AttentionMask
 
 ENABLED = True  # set False to route every call to the autograd (two-SDPA) path
@@ -81,21 +82,6 @@ def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """``x·cos ± rotate_half(x)·sin`` with cos/sin (B, 1, Q, d): apply (+) or undo (−) the rotation."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rot = torch.cat((-x2, x1), dim=-1)
-    return torch.addcmul(x * cos, rot, sin, value=-1.0 if inverse else 1.0)
-
-
-def _rope_adjoint(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Transpose of :func:`_rope` (``rotate_half`` is antisymmetric): ``g·cos ∓ rotate_half(g·sin)``."""
-    gs = g * sin
-    g1, g2 = gs.chunk(2, dim=-1)
-    rot = torch.cat((-g2, g1), dim=-1)
-    return torch.add(g * cos, rot, alpha=1.0 if inverse else -1.0)
-
-
 def _bthd(x: torch.Tensor) -> bool:
     """Whether (B, H, Q, d) ``x`` is laid out (B, Q, H, d), as the flash kernels' outputs and Transformers' queries."""
     return x.transpose(1, 2).is_contiguous()
@@ -122,9 +108,9 @@ def _scaled_grad(g: torch.Tensor, factor: torch.Tensor, buf: torch.Tensor | None
     return torch.mul(g, factor, out=dst.transpose(1, 2))
 
 
-def _relu_query(q: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """``ReLU`` of the pre-rotary query."""
-    return torch.relu(q if rope is None else _rope(q, *rope, inverse=True))
+def _relu_query(q: torch.Tensor, irope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``ReLU`` of the pre-rotary query; ``irope``: the rotary tables' :func:`~.rope.inverse_tables`."""
+    return torch.relu(q if irope is None else rope_ops.rope(q, *irope, inverse=True))
 
 
 def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -132,7 +118,7 @@ def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, 
     """``Q⁻`` for one chunk; ``w``: (d, d) or the chunk's (h, d, d); ``out``: where a shared ``w``'s product may go
     (a contiguous (B, Q, H, d) tensor)."""
     neg = _matmul(relu_q, w, out) if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
-    return neg if rope is None else _rope(neg, *rope)
+    return neg if rope is None else rope_ops.rope(neg, *rope)
 
 
 def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: int,
@@ -165,6 +151,7 @@ class DaGPAMCPU(torch.autograd.Function):
         b, h, q_len, d = query.shape
         dtype = query.dtype
         rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
         w = weight.to(dtype)
         lp = lam_pos.detach().to(dtype)
         ln = lam_neg.detach().to(dtype)
@@ -189,7 +176,7 @@ class DaGPAMCPU(torch.autograd.Function):
             q_c, k_c, v_c = query[:, qs], key[:, ks], value[:, ks]
             pos, lse_p = _flash(q_c, k_c, v_c, 0.0, is_causal, attn_mask=fmask, scale=scale)
             w_c = w if w.dim() == 2 else w[qs]
-            qn = _neg_query(_relu_query(q_c, rope), w_c, rope)
+            qn = _neg_query(_relu_query(q_c, irope), w_c, rope)
             neg, lse_n = _flash(qn, k_c, v_c, 0.0, is_causal, attn_mask=fmask, scale=scale)
             del qn
             lam_p = lp[qs].view(1, -1, 1, 1)
@@ -224,6 +211,7 @@ class DaGPAMCPU(torch.autograd.Function):
             ctx.saved_tensors
         dtype = query.dtype
         rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
         w = weight.to(dtype)
         lp = lam_pos.to(dtype)
         ln = lam_neg.to(dtype)
@@ -289,7 +277,7 @@ class DaGPAMCPU(torch.autograd.Function):
             if all(skip_neg[qs]):  # λ⁻ = 0: the negative branch contributes exactly 0 to q, k, v and W⁻
                 continue
             w_c = w if w.dim() == 2 else w[qs]
-            qn = _neg_query(_relu_query(q_c, rope), w_c, rope, out=slot)
+            qn = _neg_query(_relu_query(q_c, irope), w_c, rope, out=slot)
             dqn, dk_c, dv_c = _flash_backward(_scaled_grad(g, -lam_n, buf_b), qn, k_c, v_c, neg, lse_neg[:, qs], 0.0,
                                               ctx.is_causal, attn_mask=fmask, scale=ctx.scale)
             del qn
@@ -297,9 +285,9 @@ class DaGPAMCPU(torch.autograd.Function):
             dv[:, ks].add_(dv_c)
             del dk_c, dv_c
             if rope is not None:
-                dqn = _rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
+                dqn = rope_ops.rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
             # recomputed rather than held through the flash backward; without rope and W⁻ grad, q itself will do
-            relu_q = _relu_query(q_c, rope) if need_w or rope is not None else q_c
+            relu_q = _relu_query(q_c, irope) if need_w or rope is not None else q_c
             if need_w:
                 if w.dim() == 2:
                     # rows in (B, Q, H) order: no copy of dqn (kernel layout), nor of relu_q if the query is laid out so
@@ -311,7 +299,7 @@ class DaGPAMCPU(torch.autograd.Function):
             dr = torch.ops.aten.threshold_backward(dr, relu_q, 0)  # ReLU backward: dr where ReLU's input > 0
             del relu_q
             if rope is not None:
-                dr = _rope_adjoint(dr, *rope, inverse=True)
+                dr = rope_ops.rope_adjoint(dr, *irope, inverse=True)
             dq[:, qs].add_(dr)
             del dr
         need_q, need_k, need_v = ctx.needs_input_grad[:3]

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..kernels import rope
+
 
 @dataclass
 class AttentionContext:
@@ -66,22 +68,16 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, dim=-1)  # exp(min - max) underflows to exactly 0 on hidden keys
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of the last dim, ``(x1, x2) -> (-x2, x1)``: the Llama/NeoX rotary convention."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, H, Q, d) by position; ``cos, sin``: (B, Q, d)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + rotate_half(x) * sin
+    """Rotate ``x`` (B, H, Q, d) by position, as the model does; ``cos, sin``: (B, Q, d)."""
+    return rope.rope(x, cos.unsqueeze(1), sin.unsqueeze(1))
 
 
 def unapply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`apply_rope` (the rotation is orthogonal): recovers the pre-rotary query, (B, H, Q, d)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos - rotate_half(x) * sin
+    """Inverse of :func:`apply_rope`, also for scaled tables (YaRN, longrope: ``cos² + sin² ≠ 1``): recovers the
+    pre-rotary query, (B, H, Q, d)."""
+    icos, isin = rope.inverse_tables(cos.unsqueeze(1), sin.unsqueeze(1))
+    return rope.rope(x, icos, isin, inverse=True)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

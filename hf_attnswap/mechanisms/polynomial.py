@@ -128,7 +128,8 @@ def linear_mask_layout(mask: AttentionMask, rows: int = 1024) -> tuple[int | Non
 
     ``causal_offset``: query i sees key j iff ``j <= i + causal_offset``, or None (every key visible);
     ``key_visible``: (B|1, K) bool, or None if no key is hidden. A dense mask is accepted only if it equals
-    ``causal(K - Q) ∧ key_visible`` or ``key_visible`` alone (padding, e.g. left padding); it is checked ``rows``
+    ``causal(offset) ∧ key_visible`` (offset ``K - Q``, or the last key the last query sees minus ``Q - 1``: a static
+    cache, whose unfilled slots are hidden keys) or ``key_visible`` alone (padding, e.g. left padding); it is checked ``rows``
     query rows at a time. Anything else (a sliding window, a custom mask) raises an :class:`OptionError`.
     """
     if mask.causal_offset is not None:
@@ -138,13 +139,17 @@ def linear_mask_layout(mask: AttentionMask, rows: int = 1024) -> tuple[int | Non
     dense = mask.dense
     if dense.dim() == 4 and dense.shape[1] == 1 and dense.shape[-2:] == (mask.q_len, mask.k_len) and mask.q_len > 0:
         keys = dense[:, 0, -1, :]  # the last query sees every key that is not padding, causal or not
-        for offset in (mask.k_len - mask.q_len, None):
+        # causal offsets to try: bottom-right aligned (dynamic cache), then from the last key the last query sees
+        # (a static cache: its unfilled slots after the sequence are hidden keys), then none
+        seen = keys.any(0).nonzero()
+        last = int(seen[-1]) - (mask.q_len - 1) if seen.numel() else None
+        for offset in dict.fromkeys((mask.k_len - mask.q_len, last, None)):
             if _is_causal_with_keys(dense, keys, offset, rows):
                 return offset, None if bool(keys.all()) else keys
     raise OptionError(
         "polynomial: backend='linear' supports a plain causal mask (with a KV-cache offset), key padding (e.g. "
-        f"left padding) and no mask; this attention mask (shape {tuple(dense.shape)}) is none of them (a sliding "
-        "window or a custom mask?). Use backend='fused', which takes any mask."
+        f"left padding), a static cache and no mask; this attention mask (shape {tuple(dense.shape)}) is none of "
+        "them (a sliding window, packed sequences or a custom mask). Use backend='fused', which takes any mask."
     )
 
 
