@@ -40,6 +40,21 @@ def push_to_hub(model: nn.Module, repo_id: str, **kwargs: Any) -> Any:
     return _push(model, repo_id, **kwargs)
 
 
+def save_adapter(peft_model: nn.Module, save_directory: Any, **kwargs: Any) -> Any:
+    """Save a PEFT adapter with the mechanism and options of its base; see :func:`hf_attnswap.adapters.save_adapter`."""
+    from .adapters import save_adapter as _save
+
+    return _save(peft_model, save_directory, **kwargs)
+
+
+def load_adapter(base: Any, adapter: Any, **kwargs: Any) -> Any:
+    """A base swapped as the adapter's ``attnswap.json`` says, with the adapter; see
+    :func:`hf_attnswap.adapters.load_adapter`."""
+    from .adapters import load_adapter as _load
+
+    return _load(base, adapter, **kwargs)
+
+
 def is_mechanism_parameter(name: str) -> bool:
     """Whether the parameter called ``name`` (as in ``model.named_parameters()``) was added by a mechanism
     (daGPAM's λ and ``W⁻``), also under PEFT's wrappers. Recipes give these their own learning rate."""
@@ -70,12 +85,14 @@ __all__ = [
     "get_mechanism",
     "is_mechanism_parameter",
     "list_mechanisms",
+    "load_adapter",
     "options",
     "parameter_overhead",
     "parse_options",
     "push_to_hub",
     "use_backend",
     "register_mechanism",
+    "save_adapter",
     "swap",
     "unswap",
 ]

@@ -34,6 +34,7 @@ HOOKS_ATTR = "_attnswap_hooks"
 ROTARY_ATTR = "_attnswap_rotary"
 PARAMS_FLAG = "_attnswap_params"
 STATE_GUARD_FLAG = "_attnswap_state_guard"
+ADAPTER_RECORD = "attnswap.json"  # beside a PEFT adapter: the mechanism and options of the model it was trained on
 
 
 @dataclass(frozen=True)
@@ -245,15 +246,22 @@ def _refuse_orphan_mechanism_state(module: nn.Module, state_dict: dict[str, Any]
         if not isinstance(owner._modules.get(PARAMS_ATTR), nn.Module):
             orphans.append(key[len(prefix):])
     if orphans:
-        leaves = sorted({k.rsplit(".", 1)[-1] for k in orphans})
-        raise NotSwappedError(
-            f"the weights being loaded hold an hf_attnswap mechanism's parameters ({', '.join(leaves)}; e.g. "
-            f"{orphans[0]}), but this {type(module).__name__} was loaded without that mechanism, so they would be "
-            f"silently dropped. Load the base model with the mechanism and options the weights were trained with "
-            f"(from_pretrained(base, attn_implementation='dagpam', attnswap={{...}}); an adapter saved by the "
-            f"hf_attnswap recipes has them in its attnswap.json, and hf_attnswap.load_adapter() reads it), then load "
-            f"the adapter or weights."
-        )
+        raise orphan_mechanism_error(module, orphans)
+
+
+def orphan_mechanism_error(model: nn.Module, keys: list[str]) -> NotSwappedError:
+    """The error for weights of a mechanism's parameters (``keys``, e.g. an adapter's) loaded into ``model``, which
+    does not have that mechanism."""
+    keys = sorted(keys)
+    leaves = sorted({k.rsplit(".", 1)[-1] for k in keys})
+    return NotSwappedError(
+        f"the weights being loaded hold an hf_attnswap mechanism's parameters ({', '.join(leaves)}; e.g. {keys[0]}), "
+        f"but this {type(model).__name__} was loaded without that mechanism, so they would be silently dropped. "
+        f"Load the base model with the mechanism and options the weights were trained with "
+        f"(from_pretrained(base, attn_implementation='dagpam', attnswap={{...}})), then the adapter or weights; for "
+        f"an adapter saved with hf_attnswap.save_adapter() (the recipes do), hf_attnswap.load_adapter(base, adapter) "
+        f"does both from its {ADAPTER_RECORD}."
+    )
 
 
 def _add_state_dict_guard(model: PreTrainedModel) -> None:

@@ -1,7 +1,7 @@
 """The one place where hf_attnswap touches Transformers internals.
 
 Transformers has no public hook for "a model was just built" nor for extra keyword arguments of
-``from_pretrained``/``from_config``. So, once, at import, this module wraps three methods of
+``from_pretrained``/``from_config``. So, once, at import, this module wraps four methods of
 ``PreTrainedModel``:
 
 - ``from_pretrained`` and ``_from_config`` (what ``AutoModel*.from_config`` calls) accept
@@ -11,7 +11,8 @@ Transformers has no public hook for "a model was just built" nor for extra keywo
 - ``post_init`` (run at the end of every model's ``__init__``, before weights are loaded) installs the
   mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
 
-It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
+``load_adapter`` (Transformers' PEFT integration) is wrapped to refuse an adapter whose mechanism parameters the
+model cannot take. It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
 (``output_attentions=True``), which GPT-2 does not pass down to the attention function.
 
 ``tests/test_registry_and_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
@@ -115,13 +116,41 @@ def _wrap_post_init() -> None:
     PreTrainedModel.post_init = post_init
 
 
+def _wrap_load_adapter() -> None:
+    """Transformers' own ``model.load_adapter(path)`` drops an adapter's mechanism parameters (trained with
+    ``modules_to_save=["attnswap"]``) on a model without the mechanism, with only a load report (which the CLI turns
+    off). It returns the unexpected keys: if any belongs to a mechanism, remove the adapter again and raise."""
+    original = PreTrainedModel.load_adapter
+
+    @functools.wraps(original)
+    def load_adapter(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
+        from .patching import orphan_mechanism_error
+        from .registry import PARAMS_ATTR
+
+        info = original(self, *args, **kwargs)
+        orphans = [k for k in getattr(info, "unexpected_keys", ()) or () if f".{PARAMS_ATTR}." in f".{k}"]
+        if orphans:
+            name = kwargs.get("adapter_name") or (args[1] if len(args) > 1 else None) or "default"
+            try:
+                self.delete_adapter(name)
+            except Exception:  # noqa: BLE001 - the error below is what matters
+                pass
+            raise orphan_mechanism_error(self, orphans)
+        return info
+
+    setattr(load_adapter, _MARK, original)
+    PreTrainedModel.load_adapter = load_adapter
+
+
 def install_hooks() -> None:
-    """Wrap ``from_pretrained``, ``_from_config`` and ``post_init`` once (idempotent)."""
+    """Wrap ``from_pretrained``, ``_from_config``, ``post_init`` and ``load_adapter`` once (idempotent)."""
     for name in ("from_pretrained", "_from_config"):
         if not hasattr(PreTrainedModel.__dict__[name].__func__, _MARK):
             _wrap_classmethod(name)
     if not hasattr(PreTrainedModel.post_init, _MARK):
         _wrap_post_init()
+    if not hasattr(PreTrainedModel.load_adapter, _MARK):
+        _wrap_load_adapter()
 
 
 def hooks_installed() -> bool:
@@ -131,6 +160,7 @@ def hooks_installed() -> bool:
             PreTrainedModel.__dict__["from_pretrained"].__func__,
             PreTrainedModel.__dict__["_from_config"].__func__,
             PreTrainedModel.post_init,
+            PreTrainedModel.load_adapter,
         )
     )
 

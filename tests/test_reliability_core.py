@@ -3,6 +3,7 @@ attention keywords, scaled rotary embeddings and extreme option values."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,6 +210,28 @@ def test_adapter_on_a_swapped_base_still_loads(tmp_path):
     swapped = AutoModelForCausalLM.from_pretrained(base, attn_implementation="dagpam", attnswap={"lambda_init": 0.3})
     reloaded = PeftModel.from_pretrained(swapped, adapter).eval()
     torch.testing.assert_close(reloaded(ids).logits, trained.eval()(ids).logits, atol=0, rtol=0)
+
+
+def test_transformers_load_adapter_on_a_plain_base_is_refused(tmp_path):
+    base, adapter, _ = _adapter(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(base)
+    with pytest.raises(NotSwappedError, match="loaded without that mechanism"):
+        plain.load_adapter(str(adapter))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_save_adapter_records_the_mechanism_and_load_adapter_rebuilds_it(tmp_path, arch):
+    base, _, trained = _adapter(tmp_path, arch)
+    out = hf_attnswap.save_adapter(trained, tmp_path / "with_record")
+    record = json.loads((out / "attnswap.json").read_text())
+    assert record["attn_implementation"] == "dagpam" and record["attnswap"]["lambda_init"] == 0.3
+    ids = random_ids(1, 8)
+    expected = trained.eval()(ids).logits
+    reloaded = hf_attnswap.load_adapter(str(base), out).eval()  # a plain base, swapped from the record
+    torch.testing.assert_close(reloaded(ids).logits, expected, atol=0, rtol=0)
+    wrong = AutoModelForCausalLM.from_pretrained(base, attn_implementation="dagpam", attnswap={"tied_lambda": False})
+    with pytest.raises(NotSwappedError, match=r"trained on a model with attention 'dagpam'.*Pass the base's name"):
+        hf_attnswap.load_adapter(wrong, out)
 
 
 def test_mechanism_weights_into_a_plain_model_with_strict_false_are_refused(trained_dagpam):
