@@ -185,6 +185,24 @@ def _write_config(model: PreTrainedModel, mech: Mechanism, opts: MechanismOption
         sub.attnswap = options_to_config(opts)
 
 
+def sync_record(model: PreTrainedModel) -> None:
+    """After ``model.set_attn_implementation(name)``: make what ``save_pretrained`` will write say what the model now
+    computes. Switched to a Transformers attention, the record (``attn_implementation``, ``attnswap``) is dropped, so
+    the checkpoint reloads as that attention (the mechanism's parameters stay on the model, unused, so switching
+    back works); switched back to the mechanism its layers carry, the record is written again."""
+    name = getattr(model.config, "_attn_implementation", None)
+    if is_mechanism(name):
+        mech = get_mechanism(name)
+        layers = [getattr(m, OPTIONS_ATTR, None) for m in attention_modules(model)] if isinstance(model, PreTrainedModel) else []
+        if layers and all(isinstance(o, mech.options) and o == layers[0] for o in layers):
+            _write_config(model, mech, layers[0])
+        return
+    for sub in model.modules():
+        if isinstance(sub, PreTrainedModel) and not is_mechanism(getattr(sub.config, "_attn_implementation", None)):
+            for key in ("attn_implementation", "attnswap"):
+                sub.config.__dict__.pop(key, None)
+
+
 def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> PreTrainedModel:
     """Undo a swap: remove the parameters and hooks hf_attnswap added and go back to a Transformers attention.
 

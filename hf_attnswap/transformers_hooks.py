@@ -1,7 +1,7 @@
 """The one place where hf_attnswap touches Transformers internals.
 
 Transformers has no public hook for "a model was just built" nor for extra keyword arguments of
-``from_pretrained``/``from_config``. So, once, at import, this module wraps four methods of
+``from_pretrained``/``from_config``. So, once, at import, this module wraps five methods of
 ``PreTrainedModel``:
 
 - ``from_pretrained`` and ``_from_config`` (what ``AutoModel*.from_config`` calls) accept
@@ -12,7 +12,7 @@ Transformers has no public hook for "a model was just built" nor for extra keywo
   mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
 
 ``load_adapter`` (Transformers' PEFT integration) is wrapped to refuse an adapter whose mechanism parameters the
-model cannot take. It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
+model cannot take, and ``set_attn_implementation`` to keep the saved record true to what the model computes. It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
 (``output_attentions=True``), which GPT-2 does not pass down to the attention function.
 
 ``tests/test_registry_and_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
@@ -142,6 +142,22 @@ def _wrap_load_adapter() -> None:
     PreTrainedModel.load_adapter = load_adapter
 
 
+def _wrap_set_attn_implementation() -> None:
+    """``model.set_attn_implementation("sdpa")`` on a swapped model must not leave ``config.json`` saying daGPAM."""
+    original = PreTrainedModel.set_attn_implementation
+
+    @functools.wraps(original)
+    def set_attn_implementation(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
+        from .patching import sync_record
+
+        result = original(self, *args, **kwargs)
+        sync_record(self)
+        return result
+
+    setattr(set_attn_implementation, _MARK, original)
+    PreTrainedModel.set_attn_implementation = set_attn_implementation
+
+
 def install_hooks() -> None:
     """Wrap ``from_pretrained``, ``_from_config``, ``post_init`` and ``load_adapter`` once (idempotent)."""
     for name in ("from_pretrained", "_from_config"):
@@ -151,6 +167,8 @@ def install_hooks() -> None:
         _wrap_post_init()
     if not hasattr(PreTrainedModel.load_adapter, _MARK):
         _wrap_load_adapter()
+    if not hasattr(PreTrainedModel.set_attn_implementation, _MARK):
+        _wrap_set_attn_implementation()
 
 
 def hooks_installed() -> bool:
@@ -161,6 +179,7 @@ def hooks_installed() -> bool:
             PreTrainedModel.__dict__["_from_config"].__func__,
             PreTrainedModel.post_init,
             PreTrainedModel.load_adapter,
+            PreTrainedModel.set_attn_implementation,
         )
     )
 

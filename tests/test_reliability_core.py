@@ -406,3 +406,26 @@ def test_static_cache_runs_on_the_linear_backend(padding):
     kw = {"attention_mask": mask, "max_new_tokens": 4, "do_sample": False, "cache_implementation": "static",
           "pad_token_id": 0}
     assert torch.equal(linear.generate(ids, **kw), ref.generate(ids, **kw))
+
+
+def test_set_attn_implementation_keeps_the_saved_record_true(tmp_path):
+    """Switched to sdpa with Transformers' own call, a swapped model must not save as daGPAM (it would reload with λ
+    applied: other logits); switched back, the record returns."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="dagpam",
+                                             attnswap={"lambda_init": 0.5}).eval()
+    ids = random_ids(1, 10)
+    swapped = model(ids).logits
+    model.set_attn_implementation("sdpa")
+    plain = model(ids).logits
+    model.save_pretrained(tmp_path / "sdpa")
+    assert "attnswap" not in json.loads((tmp_path / "sdpa" / "config.json").read_text())
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "sdpa").eval()
+    assert again.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(again(ids).logits, plain, atol=0, rtol=0)
+    model.set_attn_implementation("dagpam")
+    torch.testing.assert_close(model(ids).logits, swapped, atol=0, rtol=0)
+    model.save_pretrained(tmp_path / "dagpam")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "dagpam").eval()
+    assert back.config.attnswap["lambda_init"] == 0.5
+    torch.testing.assert_close(back(ids).logits, swapped, atol=0, rtol=0)
