@@ -24,8 +24,9 @@ import hf_attnswap  # noqa: F401  (registers the mechanisms in every process, be
 from hf_attnswap.data.lm import load_lm_texts, pack_texts
 from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import DataArguments, LoraArguments, ModelArguments, TrainArguments, parse_recipe_args
-from hf_attnswap.training.loop import make_accelerator, run_recipe, save_final, train
-from hf_attnswap.training.model import build_model, load_tokenizer, parse_single_attn, wrap_lora
+from hf_attnswap.training.loop import (make_accelerator, prepare_output_dir, recipe_command, run_recipe, save_final,
+                                      train)
+from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, wrap_lora
 from hf_attnswap.training.report import push_final, write_results
 
 
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     # --- configuration: YAML + command-line overrides, checked before anything heavy ---------------------------
     model_args, data_args, train_args, lora_args = parse_recipe_args(
         [ModelArguments, DataArguments, TrainArguments, LoraArguments], argv)
-    parse_single_attn(model_args.attn)
     accelerator = make_accelerator(train_args, "continue_pretrain")
+    check_model_args(model_args)  # paths exist, a from-scratch config builds (on the meta device)
+    resume = prepare_output_dir(train_args, accelerator)  # no overwriting of a run; the checkpoint is intact
 
     from accelerate.utils import set_seed
 
@@ -79,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return {"ppl": r.ppl, "nll": r.nll, "tokens": r.tokens}
 
     # --- train ------------------------------------------------------------------------------------------------
-    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate,
+    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate, resume=resume,
+                           command=recipe_command(__file__, argv),
                            project_name="continue_pretrain",
                            hparams={**vars(model_args), **vars(data_args), **vars(train_args), **vars(lora_args)})
-    if outcome.interrupted:
+    if outcome.interrupted:  # Ctrl-C (130), SIGTERM (143) or stop_after_steps (0): the checkpoints stay
         accelerator.end_training()
-        return 130 if train_args.stop_after_steps is None else 0
+        return outcome.exit_code
 
     # --- save, report, share ----------------------------------------------------------------------------------
     out = save_final(accelerator, model, tokenizer, train_args.output_dir)

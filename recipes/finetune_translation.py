@@ -33,8 +33,9 @@ from hf_attnswap.data.sft import build_translation_examples, load_translation_pa
 from hf_attnswap.evaluation.translation import evaluate_translation, resolve_template
 from hf_attnswap.training.arguments import (DataArguments, LoraArguments, ModelArguments, RecipeConfigError,
                                             TrainArguments, TranslationArguments, parse_recipe_args)
-from hf_attnswap.training.loop import make_accelerator, run_recipe, save_final, train
-from hf_attnswap.training.model import build_model, load_tokenizer, parse_single_attn, wrap_lora
+from hf_attnswap.training.loop import (make_accelerator, prepare_output_dir, recipe_command, run_recipe, save_final,
+                                      train)
+from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, wrap_lora
 from hf_attnswap.training.report import push_final, write_results
 
 BEST_DIR = "best"
@@ -44,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     # --- configuration: YAML + command-line overrides, checked before anything heavy ---------------------------
     model_args, data_args, mt_args, train_args, lora_args = parse_recipe_args(
         [ModelArguments, DataArguments, TranslationArguments, TrainArguments, LoraArguments], argv)
-    parse_single_attn(model_args.attn)
     template = resolve_template(mt_args.source_lang, mt_args.target_lang, mt_args.prompt_template)  # needs {source}
     if mt_args.eval_num_beams < 1 or mt_args.eval_max_new_tokens < 1:
         raise RecipeConfigError(f"eval_num_beams and eval_max_new_tokens must be >= 1; got {mt_args.eval_num_beams}, "
                                 f"{mt_args.eval_max_new_tokens}.")
     accelerator = make_accelerator(train_args, "finetune_translation")
+    check_model_args(model_args)  # paths exist, a from-scratch config builds (on the meta device)
+    resume = prepare_output_dir(train_args, accelerator)  # no overwriting of a run; the checkpoint is intact
 
     from accelerate.utils import set_seed
 
@@ -118,13 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.wait_for_everyone()
 
     # --- train ------------------------------------------------------------------------------------------------
-    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate,
+    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate, resume=resume,
+                           command=recipe_command(__file__, argv),
                            best_metric=("bleu", "max"), on_best=save_best, project_name="finetune_translation",
                            hparams={**vars(model_args), **vars(data_args), **vars(mt_args), **vars(train_args),
                                     **vars(lora_args)})
-    if outcome.interrupted:
+    if outcome.interrupted:  # Ctrl-C (130), SIGTERM (143) or stop_after_steps (0): the checkpoints stay
         accelerator.end_training()
-        return 130 if train_args.stop_after_steps is None else 0
+        return outcome.exit_code
 
     # --- save, report, share ----------------------------------------------------------------------------------
     out = save_final(accelerator, model, tokenizer, train_args.output_dir)

@@ -5,6 +5,9 @@ and every other field keeps its dataclass default::
 
     python recipes/continue_pretrain.py --config recipes/configs/smollm2_dagpam.yaml --max_train_steps 50
 
+An optional field (one whose default is ``None``) is unset with ``none``, ``null`` or an empty string:
+``--eval_steps none``, ``--dataset_name ""``.
+
 The names follow Hugging Face's ``run_clm_no_trainer.py`` (``model_name_or_path``, ``block_size``,
 ``checkpointing_steps``, ``resume_from_checkpoint``, ``with_tracking`` ...).
 """
@@ -12,7 +15,9 @@ The names follow Hugging Face's ``run_clm_no_trainer.py`` (``model_name_or_path`
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,10 @@ T = TypeVar("T")
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+FLOAT32_MAX = 3.4028234663852886e38
+UNSET = ("none", "null", "")  # on the command line, these unset an optional field (case-insensitive)
+UNSET_HELP = ("An optional value (default None) is unset with none, null or an empty string, e.g. --eval_steps none "
+              "or --dataset_name '' (to drop a value the --config file sets).")
 
 
 class RecipeConfigError(AttnSwapError):
@@ -109,7 +118,9 @@ class TrainArguments:
 
     output_dir: str = field(default="runs/recipe", metadata={"help": "Where checkpoints, logs and the final model go."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Allow a fresh run in a folder that already holds checkpoints (they are deleted)."})
+        "help": "Allow a fresh run in a folder that already holds checkpoints or a finished run (its checkpoints, "
+                "log.jsonl, results.json and model weights are deleted first). With resume_from_checkpoint: allow "
+                "resuming into a folder that holds a finished run (its results.json and weights are replaced)."})
     seed: int = field(default=42, metadata={"help": "Seed for model init, data order and dropout."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Micro-batch size per process."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
@@ -122,7 +133,11 @@ class TrainArguments:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0 disables)."})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "help": "Gradient clipping (0 disables clipping; the gradient norm is still computed, logged and checked)."})
+    max_bad_steps: int = field(default=0, metadata={
+        "help": "Steps with a non-finite loss or gradient norm that may be skipped (no optimiser update; logged and "
+                "counted in results.json). One more stops the run with an error; 0: the first one stops it."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": f"One of {', '.join(SCHEDULERS)}."})
     num_warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
     num_train_epochs: int = field(default=1, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
@@ -134,7 +149,13 @@ class TrainArguments:
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a resumable checkpoint every N steps."})
     checkpoints_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={
-        "help": "A checkpoint folder (output_dir/checkpoints/step_N) or 'latest'."})
+        "help": "A checkpoint folder (output_dir/checkpoints/step_N) or 'latest' (the newest intact one: damaged "
+                "or incomplete checkpoints are skipped, with a message). A different learning rate than the "
+                "checkpoint's rescales its schedule to the new peak."})
+    allow_inexact_resume: bool = field(default=False, metadata={
+        "help": "Resume even if the checkpoint lacks a process's random state (random_states_<rank>.pkl) or was "
+                "saved by a different number of processes. The resumed run is then not bit-identical to an "
+                "uninterrupted one: a warning is printed and results.json records it (inexact_resume)."})
     logging_steps: int = field(default=1, metadata={"help": "Log loss/lr/tokens-per-second every N steps."})
     with_tracking: bool = field(default=False, metadata={"help": "Log through Accelerate's trackers too."})
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker(s): tensorboard, wandb, all ..."})
@@ -182,7 +203,12 @@ def parse_recipe_args(types: Sequence[type], argv: Sequence[str] | None = None) 
             raise RecipeConfigError("--config needs a YAML file path.")
         config = argv[i + 1]
         del argv[i:i + 2]
-    parser = HfArgumentParser(list(types))
+    optional = optional_fields(types)
+    argv, unset = _take_unset(argv, optional)
+    parser = HfArgumentParser(list(types), epilog=UNSET_HELP)
+    for action in parser._actions:
+        if action.dest in optional:
+            action.help = f"{action.help or ''} ('none' unsets it.)".strip()
     known = {f.name for t in types for f in dataclasses.fields(t)}
     if config is not None:
         values = _yaml_values(config)
@@ -201,11 +227,53 @@ def parse_recipe_args(types: Sequence[type], argv: Sequence[str] | None = None) 
     if remaining:
         raise RecipeConfigError(f"unknown argument(s) {' '.join(remaining)}; run with --help for the list.")
     for obj in objs:
+        for name in unset:
+            if hasattr(obj, name):
+                setattr(obj, name, None)
         _validate(obj)
     return tuple(objs)
 
 
+def optional_fields(types: Sequence[type]) -> set[str]:
+    """Names of the fields of ``types`` that may be ``None`` (``int | None`` ...)."""
+    names = set()
+    for t in types:
+        hints = typing.get_type_hints(t)
+        for f in dataclasses.fields(t):
+            if type(None) in typing.get_args(hints.get(f.name)):
+                names.add(f.name)
+    return names
+
+
+def _take_unset(argv: list[str], optional: set[str]) -> tuple[list[str], set[str]]:
+    """Remove ``--name none`` / ``--name=null`` / ``--name ""`` for optional fields from ``argv``; return the rest
+    and the names to unset. (``HfArgumentParser`` would parse ``none`` with ``int()``.)"""
+    rest, unset, i = [], set(), 0
+    while i < len(argv):
+        word = argv[i]
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+            if name in optional:
+                if eq and value.strip().lower() in UNSET:
+                    unset.add(name)
+                    i += 1
+                    continue
+                if not eq and i + 1 < len(argv) and argv[i + 1].strip().lower() in UNSET:
+                    unset.add(name)
+                    i += 2
+                    continue
+                unset.discard(name)  # a later value wins
+        rest.append(word)
+        i += 1
+    return rest, unset
+
+
 def _validate(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeConfigError(f"{f.name} must be a finite number, got {value}.")
+
     def positive(name: str, allow_none: bool = False) -> None:
         value = getattr(obj, name)
         if value is None and allow_none:
@@ -219,6 +287,9 @@ def _validate(obj: Any) -> None:
             positive(name)
         for name in ("max_train_steps", "eval_steps", "checkpointing_steps", "checkpoints_total_limit", "stop_after_steps"):
             positive(name, allow_none=True)
+        if max(obj.learning_rate, obj.attnswap_learning_rate or 0.0) > FLOAT32_MAX:
+            raise RecipeConfigError(f"learning_rate and attnswap_learning_rate must be below {FLOAT32_MAX:g}, float32's "
+                                    f"largest number; got {obj.learning_rate}, {obj.attnswap_learning_rate}.")
         if obj.learning_rate <= 0 or (obj.attnswap_learning_rate is not None and obj.attnswap_learning_rate < 0):
             raise RecipeConfigError(f"learning rates must be > 0 (attnswap_learning_rate may be 0 to freeze the "
                                     f"mechanism's parameters); got {obj.learning_rate}, {obj.attnswap_learning_rate}.")
@@ -226,8 +297,13 @@ def _validate(obj: Any) -> None:
             raise RecipeConfigError(f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}; got {obj.lr_scheduler_type!r}.")
         if obj.mixed_precision is not None and obj.mixed_precision not in MIXED_PRECISION:
             raise RecipeConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {obj.mixed_precision!r}.")
-        if obj.num_warmup_steps < 0 or obj.weight_decay < 0 or obj.max_grad_norm < 0:
-            raise RecipeConfigError("num_warmup_steps, weight_decay and max_grad_norm must be >= 0.")
+        if obj.num_warmup_steps < 0 or obj.weight_decay < 0 or obj.max_grad_norm < 0 or obj.max_bad_steps < 0:
+            raise RecipeConfigError("num_warmup_steps, weight_decay, max_grad_norm and max_bad_steps must be >= 0; got "
+                                    f"{obj.num_warmup_steps}, {obj.weight_decay}, {obj.max_grad_norm}, "
+                                    f"{obj.max_bad_steps}.")
+        if not (0 <= obj.adam_beta1 < 1 and 0 <= obj.adam_beta2 < 1) or obj.adam_epsilon < 0:
+            raise RecipeConfigError(f"adam_beta1 and adam_beta2 must be in [0, 1) and adam_epsilon >= 0; got "
+                                    f"{obj.adam_beta1}, {obj.adam_beta2}, {obj.adam_epsilon}.")
         if obj.push_to_hub and not obj.hub_model_id:
             raise RecipeConfigError("--push_to_hub needs --hub_model_id owner/name.")
     elif isinstance(obj, DataArguments):

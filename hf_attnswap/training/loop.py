@@ -1,8 +1,11 @@
 """The training loop both recipes share: Accelerate, token-correct gradient accumulation, evaluation and
-checkpoints every N steps, exact resumption, progress bar, JSONL + tracker logs, Ctrl-C safety, final save.
+checkpoints every N steps, exact resumption, progress bar, JSONL + tracker logs, Ctrl-C / SIGTERM safety, a stop
+at the first non-finite loss, gradient norm or weights, final save.
 
-Read top to bottom: :func:`make_accelerator` (checks that the launch matches the machine), :func:`train` (the
-loop), :func:`save_final` (model + tokenizer; LoRA: adapter and merged model).
+Read top to bottom: :func:`make_accelerator` (checks that the launch matches the machine),
+:func:`prepare_output_dir` (refuses to overwrite checkpoints or a finished run, checks the resume checkpoint;
+before anything heavy), :func:`train` (the loop), :func:`save_final` (model + tokenizer; LoRA: adapter and merged
+model), :func:`run_recipe` (``error: ...`` instead of tracebacks, exit codes).
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
+import signal
+import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +32,13 @@ from torch import nn
 
 from ..errors import AttnSwapError
 from .arguments import TrainArguments
-from .checkpoint import CHECKPOINTS_DIR, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
-from .optim import build_optimizer, build_scheduler
+from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, ResumePoint, latest_intact, list_checkpoints,
+                         load_checkpoint, resolve_resume, save_checkpoint)
+from .optim import build_optimizer, build_scheduler, peak_learning_rates
 
-__all__ = ["JsonlLog", "LaunchError", "TrainingOutcome", "check_launch", "make_accelerator", "run_recipe", "save_final", "train"]
+__all__ = ["JsonlLog", "LaunchError", "NonFiniteError", "Terminated", "TrainingOutcome", "check_launch",
+           "finished_run_files", "make_accelerator", "prepare_output_dir", "recipe_command", "resume_command",
+           "run_recipe", "save_final", "train"]
 
 IGNORE_INDEX = -100
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
@@ -36,6 +46,17 @@ EvalFn = Callable[[nn.Module, int], dict[str, float]]
 
 class LaunchError(AttnSwapError):
     """The Accelerate launch does not match this machine (GPUs asked for but absent, fp16 on CPU, no DeepSpeed)."""
+
+
+class NonFiniteError(AttnSwapError):
+    """Training diverged: a non-finite loss, gradient norm or weights. Not bad input: :func:`run_recipe` returns 1."""
+
+    exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send), raised like Ctrl-C's ``KeyboardInterrupt`` so that the run stops
+    the same way; :func:`run_recipe` returns 143."""
 
 
 def _env_flag(name: str) -> bool:
@@ -123,6 +144,14 @@ class TrainingOutcome:
     train_loss: float | None = None
     tokens_seen: int = 0
     seconds: float = 0.0
+    signal: str | None = None  # "SIGINT" / "SIGTERM" when a signal interrupted the run
+    skipped_steps: list[dict[str, Any]] = field(default_factory=list)  # non-finite steps skipped (max_bad_steps)
+    inexact_resume: list[str] = field(default_factory=list)  # why a resume was not exact (allow_inexact_resume)
+
+    @property
+    def exit_code(self) -> int:
+        """130 after Ctrl-C, 143 after SIGTERM, else 0 (also after ``stop_after_steps``)."""
+        return {"SIGINT": 130, "SIGTERM": 143}.get(self.signal or "", 0)
 
 
 def _rng_states() -> tuple[Any, ...]:
@@ -154,18 +183,163 @@ def _chunks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _prepare_output_dir(args: TrainArguments, accelerator: Any) -> None:
+# What a finished run leaves in output_dir (see save_final and report.write_results), and what else a run writes.
+_WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model-*.bin", "pytorch_model.bin.index.json")
+_FINAL_FILES = ("results.json", *_WEIGHT_PATTERNS, "config.json", "generation_config.json")
+_FINAL_DIRS = ("adapter",)
+_RUN_DIRS = (CHECKPOINTS_DIR, "best", "tracking")
+
+
+def finished_run_files(output_dir: str | os.PathLike[str]) -> list[str]:
+    """The files in ``output_dir`` that show a finished run: ``results.json`` or the final model's weights."""
+    out = Path(output_dir)
+    return sorted({p.name for pattern in ("results.json", *_WEIGHT_PATTERNS) for p in out.glob(pattern) if p.is_file()})
+
+
+def _clear(out: Path, *, final_only: bool) -> None:
+    """Delete a previous run's final outputs (and, unless ``final_only``, its checkpoints, log, best model and
+    tracker logs) from ``out``. Nothing else (tokenizer files are replaced by the next save)."""
+    for pattern in _FINAL_FILES if final_only else (*_FINAL_FILES, "log.jsonl"):
+        for p in out.glob(pattern):
+            if p.is_file():
+                p.unlink()
+    for name in _FINAL_DIRS if final_only else (*_FINAL_DIRS, *_RUN_DIRS):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def prepare_output_dir(args: TrainArguments, accelerator: Any) -> ResumePoint | None:
+    """Check ``output_dir`` and the resume checkpoint before anything heavy is loaded (call right after
+    :func:`make_accelerator`); return the checked :class:`~.checkpoint.ResumePoint` (``None``: a fresh run).
+
+    A fresh run refuses a folder that holds checkpoints or a finished run (``results.json``, model weights) unless
+    ``overwrite_output_dir`` (then they are deleted, with ``log.jsonl``, ``best/`` and ``tracking/``). A resume into a
+    folder with a finished run is allowed when it continues that run (the checkpoint is in its ``checkpoints/``);
+    from elsewhere it needs ``overwrite_output_dir`` (then only the finished run's results and weights go).
+    A damaged checkpoint, or an inexact resume without ``allow_inexact_resume``, raises
+    :class:`~.checkpoint.CheckpointError`."""
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"output_dir {out} is a file, not a folder; pick another --output_dir.")
+    finished = finished_run_files(out)
     existing = list_checkpoints(out)
-    if existing and args.resume_from_checkpoint is None:
-        if not args.overwrite_output_dir:
-            raise AttnSwapError(
-                f"{out} already holds checkpoints (newest: {existing[-1].name}). Resume with "
-                f"--resume_from_checkpoint latest, pick another --output_dir, or pass --overwrite_output_dir to delete them.")
+    point = None
+    if args.resume_from_checkpoint is None:
+        if (existing or finished) and not args.overwrite_output_dir:
+            what = " and ".join([*([f"checkpoints (newest: {existing[-1].name})"] if existing else []),
+                                 *([f"a finished run ({', '.join(finished)})"] if finished else [])])
+            raise CheckpointError(
+                f"{out} already holds {what}. Pick another --output_dir, pass --overwrite_output_dir to delete the old "
+                f"run (checkpoints, log.jsonl, results.json, weights), or continue it with --resume_from_checkpoint latest"
+                f"{' and a larger max_train_steps' if finished else ''}.")
+        if (existing or finished) and accelerator.is_main_process:
+            _clear(out, final_only=False)
+    else:
+        point = resolve_resume(args.resume_from_checkpoint, out, world_size=accelerator.num_processes,
+                               process_index=accelerator.process_index, allow_inexact=args.allow_inexact_resume)
+        inside = point.path.resolve().parent == (out / CHECKPOINTS_DIR).resolve()
+        if finished and not inside:
+            if not args.overwrite_output_dir:
+                raise CheckpointError(
+                    f"{out} already holds a finished run ({', '.join(finished)}), and {point.path} is not one of its "
+                    f"checkpoints: resuming would replace it. Pick another --output_dir, or pass --overwrite_output_dir.")
+            if accelerator.is_main_process:
+                _clear(out, final_only=True)
         if accelerator.is_main_process:
-            shutil.rmtree(out / CHECKPOINTS_DIR)
-            (out / "log.jsonl").unlink(missing_ok=True)
+            for line in point.skipped:
+                print(line, flush=True)
+            if finished and inside:
+                print(f"resuming the finished run in {out}: its {', '.join(finished)} will be replaced at the end",
+                      flush=True)
+            for why in point.inexact:
+                print(f"WARNING: inexact resume (--allow_inexact_resume): {why}. This run will not end with the "
+                      f"weights of an uninterrupted run; results.json records it.", file=sys.stderr, flush=True)
     accelerator.wait_for_everyone()
+    return point
+
+
+def recipe_command(script: str | os.PathLike[str], argv: list[str] | None) -> list[str]:
+    """The command line that ran a recipe: ``python <script> <argv>`` (``argv`` default ``sys.argv[1:]``), the
+    script relative to the working folder when it is inside it; for :func:`resume_command`."""
+    path = Path(script).resolve()
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    return ["python", shown, *(sys.argv[1:] if argv is None else argv)]
+
+
+_BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "t", "f", "y", "n"}
+
+
+def resume_command(command: list[str], checkpoint: str | os.PathLike[str], *, processes: int = 1,
+                   **replace: Any) -> str:
+    """``command`` (from :func:`recipe_command`) with ``--resume_from_checkpoint checkpoint`` instead of any resume
+    or overwrite flag, and each ``replace`` field set to its value; as one shell line."""
+    drop = {"resume_from_checkpoint", "overwrite_output_dir", "stop_after_steps", *replace}
+    words, i = [], 0
+    while i < len(command):
+        word = command[i]
+        name, eq, _ = word[2:].partition("=") if word.startswith("--") else ("", "", "")
+        if name in drop:
+            i += 1
+            if not eq and i < len(command) and not command[i].startswith("--") and (
+                    name != "overwrite_output_dir" or command[i].lower() in _BOOL_WORDS):
+                i += 1
+            continue
+        words.append(word)
+        i += 1
+    for name, value in replace.items():
+        words += [f"--{name}", str(value)]
+    words += ["--resume_from_checkpoint", str(checkpoint)]
+    if processes > 1 and words and words[0] == "python":  # launched by accelerate launch / torchrun
+        return "accelerate launch <the same launch options> " + shlex.join(words[1:])
+    return shlex.join(words)
+
+
+def _number(x: float | None) -> float | str | None:
+    """``x`` for JSON: non-finite values as the strings "nan", "inf", "-inf" (JSON has no NaN)."""
+    return x if x is None or math.isfinite(x) else str(x)
+
+
+def _weights_finite(model: nn.Module, accelerator: Any) -> bool:
+    """Whether every parameter of ``model`` is finite, agreed over all processes (FSDP: each checks its shards)."""
+    ok = True
+    with torch.no_grad():
+        for p in model.parameters():
+            t = p.to_local() if hasattr(p, "to_local") else p
+            if t.numel() and t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+                ok = False
+                break
+    bad = accelerator.reduce(torch.tensor(0.0 if ok else 1.0, device=accelerator.device), "sum")
+    return float(bad) == 0
+
+
+def _apply_learning_rates(optimizer: Any, scheduler: Any, args: TrainArguments) -> dict[str, tuple[float, float]]:
+    """After a resume: if ``args`` asks for other peak learning rates than the checkpoint's schedule, rescale the
+    schedule (same shape, same position) to them. Returns ``{group: (old peak, new peak)}`` for the changed ones."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    peaks = peak_learning_rates(args)
+    changed = {}
+    for i, group in enumerate(optimizer.param_groups):
+        name = group.get("name")
+        if name not in peaks or not hasattr(scheduler, "base_lrs"):
+            continue
+        old, new = float(scheduler.base_lrs[i]), float(peaks[name])
+        if old == new:
+            continue
+        if isinstance(scheduler, LambdaLR):
+            lr = new * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        else:
+            lr = group["lr"] * new / old if old else new
+        scheduler.base_lrs[i] = new
+        group["initial_lr"] = new
+        group["lr"] = lr
+        if hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr[i] = lr
+        changed[name] = (old, new)
+    return changed
 
 
 def train(
@@ -180,6 +354,8 @@ def train(
     on_best: Callable[[nn.Module, int, dict[str, float]], None] | None = None,
     project_name: str = "recipe",
     hparams: dict[str, Any] | None = None,
+    resume: ResumePoint | None | bool = True,
+    command: list[str] | None = None,
 ) -> tuple[nn.Module, TrainingOutcome]:
     """Train ``model`` on ``train_dataset``; return the prepared (possibly wrapped) model and the outcome.
 
@@ -190,12 +366,21 @@ def train(
     the end, on every process; with ``best_metric=(name, "max"|"min")`` each improvement calls ``on_best``.
     Checkpoints every ``checkpointing_steps``; ``resume_from_checkpoint`` restores model, optimiser, schedule,
     random states and the data position, so a resumed run ends with the same weights as an uninterrupted one.
-    Ctrl-C stops the run (``outcome.interrupted``): the last complete checkpoint stays as it was.
+    ``resume``: what :func:`prepare_output_dir` returned, if the recipe called it already (``True``: call it here).
+    Ctrl-C or SIGTERM stops the run (``outcome.interrupted``, ``outcome.signal``): the last complete checkpoint
+    stays as it was, and the message gives the command (``command``, from :func:`recipe_command`) to resume.
+
+    Every step's loss and gradient norm (computed even without clipping, logged as ``grad_norm``) are checked,
+    agreed over all processes: a non-finite one skips the update (``max_bad_steps`` times at most, each logged)
+    or stops the run with :class:`NonFiniteError`, naming the step and the last good checkpoint. The weights
+    are checked before every checkpoint and at the end, so no checkpoint or final model holds non-finite weights.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    _prepare_output_dir(args, accelerator)
+    if resume is True:
+        resume = prepare_output_dir(args, accelerator)
+    point = resume if isinstance(resume, ResumePoint) else None
     out = Path(args.output_dir)
     log = JsonlLog(out / "log.jsonl", enabled=accelerator.is_main_process)
     dataloader = DataLoader(train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
@@ -209,21 +394,33 @@ def train(
     total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, args, total_steps)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimiser step, never by Accelerate
+    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"  # the engine steps inside backward: no skipping
+    scaler = getattr(accelerator, "scaler", None)  # fp16: inf gradients are the loss scaler's business
+    command = command or recipe_command(sys.argv[0], None)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "best": None,
                              "evaluations": []}
-    if args.resume_from_checkpoint:
-        path = resolve_resume(args.resume_from_checkpoint, out)
-        state = load_checkpoint(accelerator, path)
-        log.write({"step": state["step"], "event": "resumed", "checkpoint": str(path)})
+    if point is not None:
+        state = load_checkpoint(accelerator, point)
+        log.write({"step": state["step"], "event": "resumed", "checkpoint": str(point.path),
+                   **({"inexact": point.inexact} if point.inexact else {})})
+        changed = _apply_learning_rates(optimizer, scheduler, args)
         if accelerator.is_main_process:
-            print(f"resumed from {path} (step {state['step']} of {total_steps})", flush=True)
+            print(f"resumed from {point.path} (step {state['step']} of {total_steps})", flush=True)
+            for name, (old, new) in changed.items():
+                print(f"learning rate of {name}: peak {old:g} in the checkpoint, {new:g} now; the schedule continues "
+                      f"from step {state['step']} scaled to the new peak", flush=True)
+        if changed:
+            log.write({"step": state["step"], "event": "learning_rate_changed",
+                       **{f"lr/{k}": {"old": o, "new": n} for k, (o, n) in changed.items()}})
     if args.with_tracking:
         accelerator.init_trackers(project_name, config={k: v for k, v in (hparams or {}).items()
                                                         if isinstance(v, (int, float, str, bool))})
 
     outcome = TrainingOutcome(step=state["step"], total_steps=total_steps, interrupted=False, best=state.get("best"),
-                              tokens_seen=state["tokens_seen"], evaluations=list(state.get("evaluations", [])))
+                              tokens_seen=state["tokens_seen"], evaluations=list(state.get("evaluations", [])),
+                              skipped_steps=list(state.get("skipped_steps", [])),
+                              inexact_resume=[*state.get("inexact_resume", []), *(point.inexact if point else [])])
     eval_model = model if getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.name == "FSDP" \
         else accelerator.unwrap_model(model)
 
@@ -246,10 +443,34 @@ def train(
                     on_best(eval_model, step, metrics)
         model.train()
 
+    def advice(bad_step: int) -> str:
+        good = latest_intact(out)
+        lower = {"learning_rate": f"{args.learning_rate / 10:g}"}
+        if args.attnswap_learning_rate:
+            lower["attnswap_learning_rate"] = f"{args.attnswap_learning_rate / 10:g}"
+        skip = ("" if deepspeed else f" (Or let up to N such steps be skipped instead: --max_bad_steps N; now "
+                                     f"{args.max_bad_steps}.)")
+        if good is None:
+            return (f"No checkpoint was saved before step {bad_step} (set --checkpointing_steps): start again with a "
+                    f"lower learning rate, e.g. --learning_rate {lower['learning_rate']}.{skip}")
+        return (f"The last good checkpoint is {good}; resume from it with a lower learning rate:\n  "
+                f"{resume_command(command, good, processes=accelerator.num_processes, **lower)}\n{skip.strip()}")
+
+    def check_weights(step: int, when: str) -> None:
+        if _weights_finite(model, accelerator):
+            return
+        log.write({"step": step, "event": "non_finite", "what": "weights"})
+        raise NonFiniteError(f"after step {step} the model's weights are not finite (the loss and gradient norm of "
+                             f"step {step} were finite; its update was not: the learning rate is far too high), so "
+                             f"{when} was not written. {advice(step)}")
+
     def checkpoint(step: int, epoch: int, batches_in_epoch: int) -> None:
+        check_weights(step, f"the checkpoint of step {step}")
         save_checkpoint(accelerator, out, step, {"epoch": epoch, "batches_in_epoch": batches_in_epoch,
                                                  "tokens_seen": outcome.tokens_seen, "best": outcome.best,
                                                  "evaluations": outcome.evaluations,
+                                                 "skipped_steps": outcome.skipped_steps,
+                                                 "inexact_resume": outcome.inexact_resume,
                                                  "total_steps": total_steps},
                         total_limit=args.checkpoints_total_limit)
         if accelerator.is_main_process:
@@ -287,29 +508,60 @@ def train(
                         # loss = (sum of this micro-batch's token losses) / (target tokens of the whole step)
                         loss = model(**batch, num_items_in_batch=max(total_targets, 1)).loss
                         accelerator.backward(loss * accelerator.num_processes)  # DDP averages over processes
-                    step_loss += loss.detach()
+                    step_loss += loss.detach().float()
                     step_tokens += int(batch["input_ids"].numel()) * accelerator.num_processes
-                if args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                # the gradient norm, also without clipping (max_norm inf scales by exactly 1): logged and checked
+                norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                   args.max_grad_norm if args.max_grad_norm > 0 else math.inf)
+                if norm is not None and hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+                    norm = norm.full_tensor()
+                grad_norm = float(norm) if norm is not None else None
+                local_bad = not bool(torch.isfinite(step_loss)) or (
+                    grad_norm is not None and scaler is None and not math.isfinite(grad_norm))
+                # one collective: the step's loss (sum over processes) and whether any process saw a non-finite value
+                stats = accelerator.reduce(torch.stack([step_loss, torch.tensor(float(local_bad),
+                                                                               device=accelerator.device)]), "sum")
+                step_loss, bad = float(stats[0]), float(stats[1]) > 0
                 lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}  # this step's
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if bad:
+                    record = {"step": step + 1, "loss": _number(step_loss), "grad_norm": _number(grad_norm)}
+                    outcome.skipped_steps.append(record)
+                    if deepspeed or len(outcome.skipped_steps) > args.max_bad_steps:
+                        outcome.skipped_steps.pop()
+                        log.write({**record, "event": "non_finite", "skipped_before": len(outcome.skipped_steps)})
+                        bar.close()
+                        allowed = (f"; {len(outcome.skipped_steps)} bad step(s) were skipped before, max_bad_steps="
+                                   f"{args.max_bad_steps}" if args.max_bad_steps else "")
+                        raise NonFiniteError(
+                            f"step {step + 1}: the loss is {step_loss:g} and the gradient norm "
+                            f"{'unknown' if grad_norm is None else f'{grad_norm:g}'}: training diverged and stopped "
+                            f"there{allowed}. No final model or results.json was written. {advice(step + 1)}")
+                    optimizer.zero_grad(set_to_none=True)  # skip the update: these gradients never reach the weights
+                    log.write({**record, "event": "skipped_step", "skipped": len(outcome.skipped_steps)})
+                    if accelerator.is_main_process:
+                        print(f"step {step + 1}: non-finite loss {step_loss:g} / gradient norm {grad_norm}; update "
+                              f"skipped ({len(outcome.skipped_steps)} of at most {args.max_bad_steps})", flush=True)
+                    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+                        warnings.simplefilter("ignore", UserWarning)
+                        scheduler.step()  # the schedule follows the step count
+                else:
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.append(step_loss)
                 step += 1
                 steps_this_run += 1
                 outcome.step = step
                 outcome.tokens_seen += step_tokens
                 window_tokens += step_tokens
-                step_loss = float(accelerator.reduce(step_loss, "sum"))
-                losses.append(step_loss)
-                if step % args.logging_steps == 0 or step == total_steps:
+                if not bad and (step % args.logging_steps == 0 or step == total_steps):
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
-                    record = {"step": step, "epoch": epoch, "loss": step_loss, "tokens_per_second": tps,
-                              "tokens_seen": outcome.tokens_seen, **lrs}
+                    record = {"step": step, "epoch": epoch, "loss": step_loss, "grad_norm": grad_norm,
+                              "tokens_per_second": tps, "tokens_seen": outcome.tokens_seen, **lrs}
                     log.write(record)
                     if args.with_tracking:
-                        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                        accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
                     bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{next(iter(lrs.values())):.2e}",
                                     tok_s=f"{tps:.0f}", refresh=False)
                     window_start, window_tokens = now, 0
@@ -327,20 +579,23 @@ def train(
             if step >= total_steps:
                 break
             epoch, skip = epoch + 1, 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         outcome.interrupted = True
+        outcome.signal = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         bar.close()
-        done = list_checkpoints(out)
+        done = latest_intact(out)
         if accelerator.is_main_process:
-            where = (f"the last checkpoint is {done[-1]} (resume with --resume_from_checkpoint latest)" if done
-                     else "no checkpoint was saved yet (set checkpointing_steps)")
-            print(f"\ninterrupted at step {step}; {where}.", flush=True)
-        log.write({"step": step, "event": "interrupted"})
+            where = (f"the last checkpoint is {done}.\nresume with: "
+                     f"{resume_command(command, done, processes=accelerator.num_processes)}" if done
+                     else "no checkpoint was saved yet (set checkpointing_steps).")
+            print(f"\ninterrupted at step {step} ({outcome.signal}); {where}", flush=True)
+        log.write({"step": step, "event": "interrupted", "signal": outcome.signal})
         return model, outcome
     bar.close()
     outcome.train_loss = losses[-1] if losses else None
     outcome.seconds = time.perf_counter() - started
     if not outcome.interrupted:
+        check_weights(step, "the final model")
         if evaluate is not None and not (outcome.evaluations and outcome.evaluations[-1]["step"] == step):
             run_eval(step)
         if args.checkpointing_steps and step % args.checkpointing_steps != 0:
@@ -370,17 +625,28 @@ def save_final(accelerator: Any, model: nn.Module, tokenizer: Any, output_dir: s
     return out
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_recipe(main: Callable[[], int]) -> int:
     """Run a recipe's ``main()``; an :class:`~hf_attnswap.errors.AttnSwapError` (bad input, found before compute)
-    prints ``error: <what and how to fix>`` and returns 2 instead of a traceback; Ctrl-C outside the loop returns
-    130."""
-    import sys
-
+    prints ``error: <what and how to fix>`` and returns 2 instead of a traceback (1 for :class:`NonFiniteError`:
+    training diverged). SIGTERM is handled like Ctrl-C (the loop stops, its message says how to resume): 143, and
+    130 for Ctrl-C, also outside the loop."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return main()
     except AttnSwapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted.", file=sys.stderr)
-        return 130
+        sys.stderr.write(f"error: {exc}\n")  # one write: the processes of a launch do not interleave their lines
+        sys.stderr.flush()
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt as exc:
+        print(f"\ninterrupted{' (SIGTERM)' if isinstance(exc, Terminated) else ''}.", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

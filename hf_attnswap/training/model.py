@@ -4,20 +4,21 @@ optionally wrapped with PEFT LoRA (the mechanism's own parameters stay trainable
 
 from __future__ import annotations
 
-from pathlib import Path
+import difflib
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import is_mechanism_parameter
-from ..data.assets import resolve_asset
+from ..data.assets import resolve_source
 from ..errors import AttnSwapError
 from ..evaluation.compare import AttnSpec, parse_attn_specs
 from ..registry import PARAMS_ATTR
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError
 
-__all__ = ["ModelLoadError", "build_model", "check_block_size", "load_tokenizer", "parse_single_attn", "wrap_lora"]
+__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args", "load_tokenizer",
+           "parse_config_overrides", "parse_single_attn", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -26,9 +27,117 @@ class ModelLoadError(AttnSwapError):
     """The model or tokenizer could not be loaded (missing folder, unknown Hub name, no Hub access)."""
 
 
-def _resolve(name: str | None) -> str | None:
-    asset = resolve_asset(name)
-    return str(asset) if asset is not None else name
+def _resolve(name: str | None, what: str = "model") -> str | None:
+    """An offline asset's path, an existing local path, or a Hub id; a local path that does not exist raises
+    :class:`~hf_attnswap.errors.SourceError` saying so."""
+    return None if name is None else resolve_source(name, what)
+
+
+def parse_config_overrides(text: str) -> list[tuple[str, str]]:
+    """``"n_layer=4, n_embd=256"`` -> ``[("n_layer", "4"), ("n_embd", "256")]`` (spaces stripped, empty items
+    ignored); anything else than ``key=value`` items raises :class:`RecipeConfigError`."""
+    pairs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise RecipeConfigError(f"config_overrides {text!r}: {item!r} is not key=value. The expected form is "
+                                    f"key=value,key=value, e.g. n_layer=4,n_embd=256.")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def _convert(key: str, value: str, old: Any) -> Any:
+    """``value`` as the type of the config's current value ``old`` (as ``PretrainedConfig.update_from_string``)."""
+    if isinstance(old, bool):
+        if value.lower() in ("true", "1", "y", "yes"):
+            return True
+        if value.lower() in ("false", "0", "n", "no"):
+            return False
+        raise RecipeConfigError(f"config_overrides {key}={value}: {key} takes true or false.")
+    if isinstance(old, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise RecipeConfigError(f"config_overrides {key}={value}: {key} takes an integer.") from None
+    if isinstance(old, float):
+        try:
+            return float(value)
+        except ValueError:
+            raise RecipeConfigError(f"config_overrides {key}={value}: {key} takes a number.") from None
+    if isinstance(old, str):
+        return value
+    if old is None:  # unset in the default config: the most specific reading
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if value.lower() in ("none", "null"):
+            return None
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+    raise RecipeConfigError(f"config_overrides {key}={value}: {key} holds a {type(old).__name__} "
+                            f"({old!r}); only int, float, bool and string values can be overridden.")
+
+
+def build_config(args: ModelArguments) -> Any:
+    """The config of a model trained from scratch: ``config_name`` or ``model_type``'s default, with
+    ``config_overrides``. A typo in ``model_type`` or an override key is an error with the close names."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if args.config_name is not None:
+        name = _resolve(args.config_name, "config")
+        try:
+            config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load the config {name!r}: {exc}") from None
+    else:
+        if args.model_type not in CONFIG_MAPPING:
+            close = difflib.get_close_matches(str(args.model_type), list(CONFIG_MAPPING.keys()), n=3, cutoff=0.6)
+            hint = (f"did you mean {close[0]!r}?" + (f" (or {', '.join(map(repr, close[1:]))})" if close[1:] else "")
+                    if close else "it is not a Transformers model type (gpt2, llama, qwen2, ...).")
+            raise RecipeConfigError(f"unknown model_type {args.model_type!r}; {hint}")
+        config = AutoConfig.for_model(args.model_type)
+    if args.config_overrides:
+        known = sorted({*config.to_dict(), *getattr(config, "attribute_map", {})})
+        for key, value in parse_config_overrides(args.config_overrides):
+            if not hasattr(config, key):
+                close = difflib.get_close_matches(key, known, n=3)
+                hint = f"did you mean {' or '.join(map(repr, close))}?" if close else \
+                    f"the keys of a {config.model_type} config are: {', '.join(known)}."
+                raise RecipeConfigError(f"config_overrides: {config.model_type} configs have no key {key!r}; {hint}")
+            setattr(config, key, _convert(key, value, getattr(config, key)))
+    return config
+
+
+def _from_config(config: Any, args: ModelArguments, **kwargs: Any) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_config(config, **kwargs)
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        source = f"model_type={args.model_type!r}" if args.config_name is None else f"config_name={args.config_name!r}"
+        raise RecipeConfigError(f"Transformers rejects the config from {source} with config_overrides="
+                                f"{args.config_overrides!r}: {exc} Fix config_overrides.") from None
+
+
+def check_model_args(args: ModelArguments) -> None:
+    """Check what the model arguments name before anything is loaded: local paths exist (model, config,
+    tokenizer), and a from-scratch config (model_type / config_name + config_overrides) builds a model (on the meta
+    device: no memory, no time). Raises an :class:`~hf_attnswap.errors.AttnSwapError`."""
+    spec = parse_single_attn(args.attn)
+    _resolve(args.tokenizer_name, "tokenizer")
+    if args.model_name_or_path is not None:
+        _resolve(args.model_name_or_path, "model")
+        return
+    config = build_config(args)
+    with torch.device("meta"):
+        _from_config(config, args, **spec.load_kwargs())
 
 
 def parse_single_attn(text: str) -> AttnSpec:
@@ -43,7 +152,7 @@ def load_tokenizer(args: ModelArguments) -> Any:
     """The tokenizer of ``args.tokenizer_name`` (default ``model_name_or_path``), with a pad token (EOS if none)."""
     from transformers import AutoTokenizer
 
-    name = _resolve(args.tokenizer_name or args.model_name_or_path)
+    name = _resolve(args.tokenizer_name or args.model_name_or_path, "tokenizer")
     if name is None:
         raise RecipeConfigError("training from scratch needs tokenizer_name (a Hub name, a folder, or the offline "
                                 "asset gpt2-tokenizer).")
@@ -70,9 +179,7 @@ def build_model(args: ModelArguments, tokenizer: Any, *, block_size: int | None 
     spec = parse_single_attn(args.attn)
     dtype = DTYPES[args.torch_dtype]
     if args.model_name_or_path is not None:
-        name = _resolve(args.model_name_or_path)
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-            raise ModelLoadError(f"model folder not found: {Path(name).expanduser().resolve()}. Check the path.")
+        name = _resolve(args.model_name_or_path, "model")
         try:
             if block_size is not None:
                 check_block_size(AutoConfig.from_pretrained(name), block_size)
@@ -82,24 +189,12 @@ def build_model(args: ModelArguments, tokenizer: Any, *, block_size: int | None 
             raise ModelLoadError(f"could not load the model {name!r}: {exc}. Pass a folder written by "
                                  f"save_pretrained, a Hub name (needs the Hub), or an offline asset name (smollm2).") from None
     else:
-        try:
-            if args.config_name is not None:
-                config = AutoConfig.from_pretrained(_resolve(args.config_name))
-            else:
-                config = AutoConfig.for_model(args.model_type)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not build a config from model_type={args.model_type!r} / "
-                                 f"config_name={args.config_name!r}: {exc}") from None
-        if args.config_overrides:
-            try:
-                config.update_from_string(args.config_overrides)
-            except ValueError as exc:
-                raise RecipeConfigError(f"config_overrides {args.config_overrides!r}: {exc}") from None
+        config = build_config(args)
         if getattr(config, "vocab_size", None) is not None and config.vocab_size < len(tokenizer):
             config.vocab_size = len(tokenizer)
         if block_size is not None:
             check_block_size(config, block_size)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **spec.load_kwargs())
+        model = _from_config(config, args, dtype=dtype, **spec.load_kwargs())
     embeddings = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embeddings:
         model.resize_token_embeddings(len(tokenizer))

@@ -10,7 +10,13 @@ from torch import nn
 from .. import is_mechanism_parameter
 from .arguments import TrainArguments
 
-__all__ = ["build_optimizer", "build_scheduler", "parameter_groups"]
+__all__ = ["build_optimizer", "build_scheduler", "parameter_groups", "peak_learning_rates"]
+
+
+def peak_learning_rates(args: TrainArguments) -> dict[str, float]:
+    """The peak learning rate of each parameter group (by its ``name``)."""
+    return {"decay": args.learning_rate, "no_decay": args.learning_rate,
+            "attnswap": args.learning_rate if args.attnswap_learning_rate is None else args.attnswap_learning_rate}
 
 
 def parameter_groups(model: nn.Module, args: TrainArguments) -> list[dict[str, Any]]:
@@ -27,11 +33,11 @@ def parameter_groups(model: nn.Module, args: TrainArguments) -> list[dict[str, A
             groups["no_decay"].append(p)
         else:
             groups["decay"].append(p)
+    peaks = peak_learning_rates(args)
     settings = {
-        "decay": {"weight_decay": args.weight_decay, "lr": args.learning_rate},
-        "no_decay": {"weight_decay": 0.0, "lr": args.learning_rate},
-        "attnswap": {"weight_decay": 0.0, "lr": args.learning_rate if args.attnswap_learning_rate is None
-                     else args.attnswap_learning_rate},
+        "decay": {"weight_decay": args.weight_decay, "lr": peaks["decay"]},
+        "no_decay": {"weight_decay": 0.0, "lr": peaks["no_decay"]},
+        "attnswap": {"weight_decay": 0.0, "lr": peaks["attnswap"]},
     }
     return [{"name": k, "params": v, **settings[k]} for k, v in groups.items() if v]
 

@@ -53,6 +53,8 @@ def write_results(output_dir: Path, outcome: TrainingOutcome, *, spec: AttnSpec,
         "tokens_seen": outcome.tokens_seen,
         "train_loss": outcome.train_loss,
         "seconds": outcome.seconds,
+        "skipped_steps": outcome.skipped_steps,  # non-finite steps whose update was skipped (max_bad_steps)
+        "inexact_resume": outcome.inexact_resume,  # why a resume was not exact (allow_inexact_resume); [] if none
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "git_revision": git_revision(),
