@@ -13,6 +13,13 @@ from typing import Any
 
 import torch
 
+from .data.hints import param
+from .errors import AttnSwapError
+
+
+class DemoError(AttnSwapError):
+    """Bad input to :func:`run_demo` (a prompt and continuation longer than the model's positions, ...)."""
+
 # A short embedded English text (written for this project), scored under every mechanism.
 DEFAULT_TEXT = (
     "The river rises in the hills to the north of the town and flows south through farmland before it reaches "
@@ -51,7 +58,7 @@ def run_demo(model_name_or_path: str | None = None, prompt: str = DEFAULT_PROMPT
     """Load ``model_name_or_path`` (default: the offline SmolLM2) under each mechanism; print and return a table."""
     from rich.console import Console
     from rich.table import Table
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     import hf_attnswap
@@ -59,13 +66,31 @@ def run_demo(model_name_or_path: str | None = None, prompt: str = DEFAULT_PROMPT
     console = Console()
     if not console.is_terminal:  # logs and CI: wide enough for the table
         console = Console(width=140)
-    if model_name_or_path is None:
-        from .data.assets import prepare_smollm2
+    from .data.assets import prepare_smollm2, resolve_model
+    from .evaluation.perplexity import model_max_positions
 
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise DemoError(f"{param('max_new_tokens')} must be an integer >= 1, got {max_new_tokens!r}.")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DemoError(f"{param('prompt')} must be a non-empty text to continue, got {prompt!r}.")
+    if model_name_or_path is None:
         model_name_or_path = str(prepare_smollm2())
+    else:
+        model_name_or_path = resolve_model(model_name_or_path, what=param("model"))
     hf_logging.set_verbosity_error()  # the "newly initialised daGPAM parameters" report is expected here
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    positions = model_max_positions(AutoConfig.from_pretrained(model_name_or_path))
+    text_tokens, prompt_tokens = len(tokenizer(DEFAULT_TEXT).input_ids), len(tokenizer(prompt).input_ids)
+    if positions is not None and text_tokens > positions:
+        raise DemoError(f"{model_name_or_path} has only {positions} positions, fewer than the {text_tokens} tokens of "
+                        f"the demo's embedded text; run the demo on a model with at least {text_tokens} positions.")
+    if positions is not None and prompt_tokens + max_new_tokens > positions:
+        raise DemoError(
+            f"the prompt ({prompt_tokens} tokens) plus {param('max_new_tokens')} {max_new_tokens} needs "
+            f"{prompt_tokens + max_new_tokens} positions, but the model has {positions}; pass "
+            f"{param('max_new_tokens')} <= {max(positions - prompt_tokens, 1)} or a shorter {param('prompt')}."
+        )
     console.print(f"[bold]hf_attnswap {hf_attnswap.__version__}[/bold] demo on [cyan]{model_name_or_path}[/cyan]")
     console.print(f"Perplexity on a {len(DEFAULT_TEXT.split())}-word embedded text; greedy continuation of {prompt!r}.\n")
     rows = []

@@ -35,6 +35,7 @@ The token is never printed, logged or put in an exception message.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
+from .data.hints import param
 from .errors import AttnSwapError, NotSwappedError, OptionError
 from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parse_options
 
@@ -59,7 +61,9 @@ __all__ = [
     "MissingTokenError",
     "RepoIdError",
     "card_text",
+    "check_repo_id",
     "push_to_hub",
+    "read_eval_results",
     "save_for_hub",
 ]
 
@@ -180,21 +184,65 @@ def card_text(
     return str(_card(model, share, repo_id=repo_id))
 
 
+def check_repo_id(repo_id: Any) -> str:
+    """``repo_id`` if it is a valid Hub repository id ``owner/name``, else :class:`RepoIdError` saying why."""
+    return _check_repo_id(repo_id)
+
+
+def read_eval_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read and check a JSON file of evaluation results (a list of objects with ``metric``, ``value``,
+    ``dataset``, ...; see the module docstring) for :func:`push_to_hub`'s ``eval_results``.
+
+    Raises :class:`HubError` naming the file and what is wrong: missing, not UTF-8, not JSON (with the line and
+    column), not a list of objects, or an entry without ``metric``/``value``/``dataset``."""
+    file = Path(path).expanduser()
+    example = f"[{_EXAMPLE_RESULT}]"
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise HubError(f"eval results file {file} does not exist; pass a JSON file such as {example}.") from None
+    except IsADirectoryError:
+        raise HubError(f"eval results file {file} is a folder; pass a JSON file such as {example}.") from None
+    except UnicodeDecodeError as err:
+        raise HubError(f"eval results file {file} is not UTF-8 text ({err.reason} at byte {err.start}); pass a JSON "
+                       f"file such as {example}.") from None
+    except OSError as err:
+        raise HubError(f"eval results file {file} cannot be read ({err.strerror or err}).") from None
+    if not text.strip():
+        raise HubError(f"eval results file {file} is empty; it must hold a JSON list such as {example}.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HubError(f"eval results file {file}: line {err.lineno}, column {err.colno} is not valid JSON "
+                       f"({err.msg}); it must hold a JSON list such as {example}.") from None
+    if isinstance(data, dict):
+        data = [data] if "metric" in data else data  # one result on its own is accepted as a list of one
+    if not isinstance(data, list):
+        raise HubError(f"eval results file {file} holds a JSON {type(data).__name__}, not a list of results; it must "
+                       f"hold a JSON list such as {example}.")
+    try:
+        return _check_eval_results(data)
+    except HubError as err:
+        raise HubError(f"eval results file {file}: {err}") from None
+
+
 # --------------------------------------------------------------------------------------------- validation
 
 
 def _check_repo_id(repo_id: Any) -> str:
-    example = f"Use 'owner/name', e.g. push_to_hub(model, {_EXAMPLE_REPO!r}) (owner: your user or organisation name)."
+    flag = param("repo_id")
+    shown = f"{flag} {_EXAMPLE_REPO}" if flag.startswith("-") else f"push_to_hub(model, {_EXAMPLE_REPO!r})"
+    example = f"Use 'owner/name', e.g. {shown} (owner: your user or organisation name)."
     if not isinstance(repo_id, str) or not repo_id:
-        raise RepoIdError(f"repo_id must be a string like 'owner/name', got {repo_id!r}. {example}")
+        raise RepoIdError(f"{flag} must be a string like 'owner/name', got {repo_id!r}. {example}")
     owner, sep, name = repo_id.partition("/")
     if not sep or not owner or not name:
-        raise RepoIdError(f"repo_id {repo_id!r} has no owner part. {example}")
+        raise RepoIdError(f"{flag} {repo_id!r} has no owner part. {example}")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise RepoIdError(
-            f"repo_id {repo_id!r} is not a valid Hub repository id: {err} Owner and name may use letters, digits, "
+            f"{flag} {repo_id!r} is not a valid Hub repository id: {err} Owner and name may use letters, digits, "
             f"'-', '_' and '.', not start or end with '-' or '.', and hold no '--' or '..'. {example}"
         ) from None
     return repo_id

@@ -318,7 +318,7 @@ def test_cli_probe_writes_json_and_plots(tiny_model_dir, texts_file, tmp_path, c
 @pytest.mark.parametrize("case, message", [
     ("unknown", "Did you mean 'softmax'"),
     ("sdpa", "'sdpa' returns no attention weights"),
-    ("missing", "file not found"),
+    ("missing", "nope.jsonl does not exist"),
     ("empty", "is empty"),
     ("unwritable", "cannot write there"),
     ("top_n", "--top-n takes comma-separated integers"),

@@ -55,7 +55,7 @@ def diagnose_file(path: str | Path, kind: str) -> str | None:
             return "is empty (0 bytes)"
         bad = first_utf8_error(path)
         if bad is not None:
-            return f"is not UTF-8 text ({bad}); save it as UTF-8"
+            return f"is not UTF-8 text ({bad})"
         if kind not in ("json", "jsonl"):
             return None
         text = path.read_text(encoding="utf-8-sig")

@@ -26,6 +26,7 @@ CLI_FLAGS: dict[str, str] = {
     "stride": "--stride", "batch_size": "--batch-size", "max_tokens": "--max-tokens",
     "max_new_tokens": "--max-new-tokens", "num_beams": "--num-beams", "template": "--template",
     "example_index": "--example", "top_n": "--top-n", "model": "--model", "tokenizer": "--tokenizer",
+    "prompt": "--prompt", "repo_id": "--repo-id", "eval_results": "--eval-results", "base_model": "--base-model",
 }  # fmt: skip
 #: Keyword -> flag of ``recipes/continue_pretrain.py`` and ``recipes/finetune_translation.py`` (HfArgumentParser).
 RECIPE_FLAGS: dict[str, str] = {

@@ -199,8 +199,8 @@ def _from_files(paths: list[Path], split: str, column: str, config_name: str | N
         for p in paths:  # say which file is bad and where (not UTF-8, line N is not JSON), not datasets' internals
             problem = _file_problem(p)
             if problem is not None:
-                fix = "one JSON object per line" if builder == "json" else f"valid {builder}"
-                raise TextDataError(f"load_texts: {problem}. Fix the file ({fix}, UTF-8) or pass another one.") from None
+                fix = "UTF-8, one JSON object per line" if builder == "json" else f"UTF-8 {builder}"
+                raise TextDataError(f"load_texts: {problem}. Fix the file ({fix}) or pass another one.") from None
         if _means_no_rows(exc):
             raise TextDataError(f"load_texts: {shown} has no rows; pass a file with at least one document.") from exc
         detail = f"{type(exc).__name__}: {exc}" + (f" (caused by {type(cause).__name__}: {cause})" if cause else "")

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.hints import param, setting
 from ..errors import AttnSwapError
+from ..evaluation.perplexity import model_max_positions
 from ..mechanisms.common import repeat_kv, visible_mask
 from ..patching import attention_modules
 from ..registry import use_backend
@@ -271,8 +273,12 @@ def probe_texts(
 ) -> ProbeResult:
     """:func:`probe` over ``texts``, batch by batch (right padding, each text cut to ``max_length`` tokens),
     merged into one result. Texts with fewer than 2 tokens are skipped; ``example_index`` counts the kept texts."""
-    if max_length < 2:
-        raise ProbeError(f"max_length must be >= 2 tokens; got {max_length}.")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ProbeError(f"{param('max_length')} must be an integer >= 2 (tokens); got {max_length!r}.")
+    positions = model_max_positions(model)
+    if positions is not None and max_length > positions:  # a longer text would index past the position embeddings
+        raise ProbeError(f"{setting('max_length', str(max_length))} is larger than the model's {positions} positions; "
+                         f"pass {param('max_length')} <= {positions}.")
     encoded = [ids[:max_length] for ids in (tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts if t)]
     encoded = [ids for ids in encoded if len(ids) >= 2]
     if not encoded:
