@@ -40,6 +40,14 @@ def push_to_hub(model: nn.Module, repo_id: str, **kwargs: Any) -> Any:
     return _push(model, repo_id, **kwargs)
 
 
+def attention_transfer(model: nn.Module, mechanism: str, /, **kwargs: Any) -> Any:
+    """Convert ``model`` to ``mechanism`` by attention transfer (stage 1 of a conversion); see
+    :func:`hf_attnswap.conversion.attention_transfer`."""
+    from .conversion import attention_transfer as _transfer
+
+    return _transfer(model, mechanism, **kwargs)
+
+
 def save_adapter(peft_model: nn.Module, save_directory: Any, **kwargs: Any) -> Any:
     """Save a PEFT adapter with the mechanism and options of its base; see :func:`hf_attnswap.adapters.save_adapter`."""
     from .adapters import save_adapter as _save
@@ -82,6 +90,7 @@ __all__ = [
     "UnknownMechanismError",
     "UnsupportedModelError",
     "__version__",
+    "attention_transfer",
     "get_mechanism",
     "is_mechanism_parameter",
     "list_mechanisms",

@@ -1,0 +1,369 @@
+"""Stage 1 of converting a pretrained model: attention transfer (LoLCATs, arXiv 2410.10254; SCIENCE.md).
+
+The model keeps its weights frozen. In one forward, every attention layer computes both its original attention
+(the *teacher*: Transformers' SDPA, the function a model loaded with ``sdpa`` or ``eager`` runs) and the new
+mechanism (the *student*) from the same ``q, k, v``; the student is trained to match the teacher's per-head outputs
+(MSE), or for short blocks its weights (cross-entropy). With teacher forcing (default) each layer passes the
+teacher's output on, so the layers train at once and independently: nothing backpropagates through the network,
+only into each layer's query/key projections and the mechanism's own parameters.
+
+```python
+objective = TransferObjective(model, "polynomial", degree=3)    # swaps the student in, freezes the rest
+loss = objective(input_ids=ids, attention_mask=mask).loss        # the transfer loss; .backward() as usual
+objective.finish()                                               # the model now runs the student: save it
+```
+:func:`attention_transfer` is the same in a plain loop; ``recipes/convert.py`` runs it on the training loop
+(checkpoints, exact resume, Accelerate). Memory: each layer's student activations live until the backward, as
+in any training step; no attention matrix is kept beyond its layer's loss (the ``"mse"`` loss never builds one on
+the fast paths).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface
+
+from ..errors import AttnSwapError, OptionError
+from ..mechanisms.common import masked_softmax, repeat_kv, visible_mask
+from ..patching import attention_modules, install
+from ..registry import (
+    PARAMS_ATTR,
+    ROPE_ATTR,
+    _attention_interface,
+    boolean_mask,
+    get_mechanism,
+    is_mechanism,
+    is_transformers_attention,
+    parse_options,
+)
+
+__all__ = ["LOSSES", "TRANSFER_ATTENTION", "TransferError", "TransferObjective", "TransferResult",
+           "attention_transfer", "default_trainable", "query_key_patterns"]
+
+TRANSFER_ATTENTION = "attnswap_transfer"  # the attention name a model runs during stage 1
+LOSSES = ("mse", "xent")
+
+#: Parameter-name patterns of the query/key projections (the default trainable set), per attention layout:
+#: separate projections (Llama, Mistral, Qwen2, ...), and fused QKV (GPT-2's ``c_attn``, others' ``qkv_proj``,
+#: ``Wqkv``, ``query_key_value``), trained whole: the value columns receive no gradient, because the student reads
+#: the values detached, and AdamW without weight decay leaves them bit-identical.
+_QK_NAMES = ("q_proj", "k_proj", "query", "key", "c_attn", "qkv_proj", "Wqkv", "query_key_value")
+
+
+class TransferError(AttnSwapError):
+    """Attention transfer cannot run: the target mechanism is the one the model has, a trainable pattern matches
+    nothing, the teacher produced no output."""
+
+
+@dataclass
+class _Step:
+    """One forward of the objective. In the *teacher* pass (the original model: frozen originals of the trained
+    projections) each layer records its teacher output; in the *student* pass each layer takes its recorded output
+    back, in the same order, and adds its loss. When nothing the teacher depends on is trained, one pass does both."""
+
+    teacher_forcing: bool
+    loss: str
+    token_mask: torch.Tensor | None  # (B, T) bool: which query positions count
+    mode: str = "both"  # "teacher", "student" or "both"
+    recorded: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
+    calls: int = 0
+    total: torch.Tensor | None = None
+    layers: int = 0
+    per_layer: list[float] = field(default_factory=list)
+
+
+_STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("hf_attnswap_transfer_step", default=None)
+
+
+def _teacher(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             attention_mask: torch.Tensor | None, scaling: float | None, kwargs: dict[str, Any]) -> torch.Tensor:
+    """The original attention's output (B, Q, H, d): Transformers' SDPA with the boolean mask, no dropout."""
+    sdpa = AttentionInterface()["sdpa"]
+    keep = {k: v for k, v in kwargs.items() if k not in ("output_attentions",)}
+    out, _ = sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **keep)
+    return out
+
+
+def _transfer_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                        **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The attention function of stage 1 (``AttentionInterface`` signature), on ``q, k, v`` (B, H, Q, d) /
+    (B, H_kv, K, d): records the teacher's output (teacher pass), or adds the student's loss against it (student
+    pass) and returns the teacher's output (B, Q, H, d) with teacher forcing, else the student's."""
+    step = _STEP.get()
+    mech = getattr(module, "_attnswap_transfer_mechanism", None)
+    if step is None or mech is None:
+        raise TransferError("the model runs the attention-transfer function outside a TransferObjective forward; "
+                            "call the objective, or objective.finish() to run the converted model.")
+    if step.mode in ("teacher", "both"):
+        with torch.no_grad():
+            teacher = _teacher(module, query, key, value, attention_mask, scaling, kwargs)
+        if teacher is None or not isinstance(teacher, torch.Tensor):
+            raise TransferError(f"the teacher attention of {type(module).__name__} returned no output.")
+        t_qk = (query.detach(), key.detach()) if step.loss == "xent" else (None, None)
+        if step.mode == "teacher":
+            step.recorded.append((teacher, *t_qk))
+            return teacher, None
+    else:
+        if step.calls >= len(step.recorded):
+            raise TransferError("the student pass ran more attention layers than the teacher pass.")
+        teacher, *t_qk = step.recorded[step.calls]
+        step.calls += 1
+    b, h, q_len, d = query.shape
+    rows = step.token_mask[:, -q_len:] if step.token_mask is not None else None  # (B, Q)
+    if step.loss == "mse":
+        student, _ = _attention_interface(mech, module, query, key, value.detach(), attention_mask,
+                                          scaling=scaling, dropout=0.0, **kwargs)
+        err = (student.float() - teacher.float()).pow(2).mean(dim=(-2, -1))  # (B, Q): mean over heads and dims
+    else:
+        err, student = _weight_cross_entropy(mech, module, query, key, value, attention_mask, scaling, kwargs, *t_qk)
+    if rows is not None:
+        err = err * rows
+    layer_sum = err.sum()
+    step.total = layer_sum if step.total is None else step.total + layer_sum
+    step.layers += 1
+    step.per_layer.append(float(layer_sum.detach()))
+    return (teacher if step.teacher_forcing else student), None
+
+
+def _weight_cross_entropy(mech: Any, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, scaling: float | None, kwargs: dict[str, Any],
+                          t_query: torch.Tensor | None, t_key: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-Σ_j p_teacher log p_student`` per query row, mean over heads, (B, Q); and the student output (B, Q, H, d).
+    The student's weights come from its reference path, ``|a|`` renormalised (polynomial weights may be negative)."""
+    from ..mechanisms.common import AttentionContext
+    from ..registry import module_options
+
+    b, h, q_len, d = query.shape
+    n_rep = h // key.shape[1]
+    mask = visible_mask(attention_mask, b, q_len, key.shape[-2], query.device)
+    s = scaling if scaling is not None else d**-0.5
+    ctx = AttentionContext(scaling=s, options=module_options(module, mech),
+                           params=getattr(module, PARAMS_ATTR, None) if mech.make_params is not None else None,
+                           rope=getattr(module, ROPE_ATTR, None), module=module, extra=kwargs)
+    k_rep, v_rep = repeat_kv(key, n_rep), repeat_kv(value.detach(), n_rep)
+    out, weights = mech.forward(query, k_rep, v_rep, mask, ctx)
+    if weights is None:
+        raise TransferError(f"loss='xent' needs the attention weights, but mechanism {mech.name!r} returns none; "
+                            "use loss='mse'.")
+    tq = query if t_query is None else t_query
+    tk = k_rep if t_key is None else repeat_kv(t_key, n_rep)
+    with torch.no_grad():
+        p_t = masked_softmax(tq.float() @ tk.float().transpose(-1, -2) * s, mask)
+    a = weights.float().abs() * mask
+    log_p = torch.log(a / a.sum(-1, keepdim=True).clamp_min(1e-12) + 1e-12)
+    return -(p_t * log_p).sum(-1).mean(1), out.transpose(1, 2)
+
+
+def _register() -> None:
+    if TRANSFER_ATTENTION not in AttentionInterface().valid_keys():
+        AttentionInterface.register(TRANSFER_ATTENTION, _transfer_attention)
+        AttentionMaskInterface.register(TRANSFER_ATTENTION, boolean_mask)
+
+
+def query_key_patterns() -> tuple[str, ...]:
+    """The default trainable-parameter patterns: each attention layer's query/key projections (see ``_QK_NAMES``)
+    and every mechanism parameter (``.attnswap.``)."""
+    return tuple(rf"\.{re.escape(n)}\.(weight|bias)$" for n in _QK_NAMES) + (rf"\.{PARAMS_ATTR}\.",)
+
+
+def default_trainable(model: nn.Module) -> list[str]:
+    """Names of the parameters stage 1 trains by default: the query/key projections inside the attention layers,
+    and the mechanism's parameters."""
+    layers = {id(m) for m in attention_modules(model)}
+    inside = set()
+    for name, module in model.named_modules():
+        if id(module) in layers:
+            inside.update(f"{name}.{n}" for n, _ in module.named_parameters())
+    pats = [re.compile(p) for p in query_key_patterns()]
+    return [n for n in inside if any(p.search("." + n) for p in pats)]
+
+
+class TransferObjective(nn.Module):
+    """``model`` with its attention layers running teacher and student; ``forward`` returns ``.loss``, the transfer
+    loss, so any training loop (``hf_attnswap.training``'s included) can train it.
+
+    - ``mechanism``, ``options``: the student (any registered mechanism, options validated as usual).
+    - ``loss``: ``"mse"`` (per-head outputs, default) or ``"xent"`` (``-Σ p_teacher log p_student`` on the student's
+      weights, ``|a|`` renormalised; materialises each layer's weights: for short blocks).
+    - ``trainable``: regular expressions over parameter names (searched); default: :func:`default_trainable`.
+      Everything else is frozen (``requires_grad=False``) and stays bit-identical. A pattern that matches no
+      parameter is an error.
+    - ``teacher_forcing``: pass the teacher's output on (default; layers train independently), or the student's
+      (the loss then backpropagates through the network).
+
+    The teacher is the original model: when trained parameters feed it (the query/key projections), each forward
+    first runs a teacher pass with frozen copies of their original values (``torch.func.functional_call``), whose
+    per-layer outputs the student pass then matches and, with teacher forcing, passes on. So the target never moves
+    while the projections train. The loss is ``Σ_layers Σ_tokens mean_{heads,dims}(student - teacher)²`` over the non-padding tokens, divided by
+    ``num_items_in_batch`` (the training loop's target-token count for the whole step) or else by the tokens in the
+    batch times the layers. Call :meth:`finish` at the end: the model then runs the student, ``config.json`` records
+    it, and ``requires_grad`` is restored.
+    """
+
+    def __init__(self, model: PreTrainedModel, mechanism: str, options: dict[str, Any] | None = None, *,
+                 loss: str = "mse", trainable: Iterable[str] | None = None, teacher_forcing: bool = True) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise OptionError(f"attention transfer: loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
+        original = getattr(model.config, "_attn_implementation", None)
+        mech = get_mechanism(mechanism)
+        opts = parse_options(mech, options or {})
+        if is_mechanism(original):
+            if get_mechanism(original).name == mech.name:
+                raise TransferError(f"the model already runs {mech.name!r}: attention transfer converts a model from "
+                                    f"its original attention to another one. Load it with attn_implementation='sdpa' "
+                                    f"(or hf_attnswap.unswap(model)) first, or train it with the recipes.")
+            raise TransferError(f"the model runs hf_attnswap's {original!r}; the teacher must be Transformers' own "
+                                "attention. Load the base with attn_implementation='sdpa', or unswap it first.")
+        if original is not None and not is_transformers_attention(original):
+            raise TransferError(f"cannot use the model's attention {original!r} as the teacher.")
+        self.model = model
+        self.mechanism, self.options, self.loss_name, self.teacher_forcing = mech, opts, loss, teacher_forcing
+        self.original = original or "sdpa"
+        install(model, mech, opts, reinit=True)  # the student's parameters (e.g. daGPAM's W⁻, λ); checks the model
+        for module in attention_modules(model):
+            object.__setattr__(module, "_attnswap_transfer_mechanism", mech)
+        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        names = self._select(list(trainable) if trainable is not None else None)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in names)
+        self.trainable_names = sorted(names)
+        # The teacher is the original model: frozen copies of the trained parameters it depends on (all but the
+        # mechanism's own) stand in for them in a teacher pass. None of them: one pass does both.
+        self._originals = {n: p.detach().clone() for n, p in model.named_parameters()
+                           if n in names and f".{PARAMS_ATTR}." not in f".{n}"}
+        _register()
+        model.set_attn_implementation(TRANSFER_ATTENTION)
+
+    def _select(self, patterns: list[str] | None) -> set[str]:
+        names = [n for n, _ in self.model.named_parameters()]
+        if patterns is None:
+            chosen = set(default_trainable(self.model))
+            if not chosen:
+                raise TransferError(f"found no query/key projection in {type(self.model).__name__}'s attention layers "
+                                    f"(looked for {', '.join(_QK_NAMES)}); pass trainable=[regex, ...].")
+            return chosen
+        chosen: set[str] = set()
+        for pat in patterns:
+            try:
+                rx = re.compile(pat)
+            except re.error as err:
+                raise TransferError(f"trainable pattern {pat!r} is not a regular expression: {err}.") from None
+            hit = {n for n in names if rx.search(n)}
+            if not hit:
+                raise TransferError(f"trainable pattern {pat!r} matches no parameter of {type(self.model).__name__} "
+                                    f"(e.g. {', '.join(names[:3])}, ...).")
+            chosen |= hit
+        return chosen
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, num_items_in_batch: int | None = None, **kwargs: Any) -> Any:
+        """input_ids, attention_mask: (B, T). Returns ``SimpleNamespace(loss, layers, per_layer)``."""
+        token_mask = attention_mask.bool() if attention_mask is not None else None
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if "logits_to_keep" in _forward_params(self.model):
+            kw["logits_to_keep"] = 1
+        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both")
+        token = _STEP.set(step)
+        try:
+            if self._originals:
+                step.mode = "teacher"
+                with torch.no_grad():
+                    torch.func.functional_call(self.model, self._originals, args=(), kwargs=kw, strict=False)
+                step.mode = "student"
+            self.model(**kw)
+        finally:
+            _STEP.reset(token)
+        if step.mode == "student" and step.calls != len(step.recorded):
+            raise TransferError(f"the student pass ran {step.calls} attention layers, the teacher pass {len(step.recorded)}.")
+        if step.layers == 0 or step.total is None:
+            raise TransferError("no attention layer reported a transfer loss: the teacher produced no output for this "
+                                "model (does its attention go through Transformers' AttentionInterface?).")
+        tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
+        denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
+        loss = step.total / (denom * step.layers)
+        return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer])
+
+    def finish(self) -> PreTrainedModel:
+        """Point the model at the student (its ``config.json`` records mechanism and options), restore
+        ``requires_grad``, and return the converted model."""
+        for module in attention_modules(self.model):
+            module.__dict__.pop("_attnswap_transfer_mechanism", None)
+        self.model.set_attn_implementation(self.mechanism.name)
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(n, True))
+        return self.model
+
+
+def _forward_params(model: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+@dataclass
+class TransferResult:
+    """What :func:`attention_transfer` did: the losses per step, the trained parameter names, the tokens seen."""
+
+    losses: list[float]
+    trainable: list[str]
+    tokens: int
+    steps: int
+
+
+def attention_transfer(model: PreTrainedModel, mechanism: str, /, *, data: Iterable[Any], steps: int,
+                       learning_rate: float = 1e-3, loss: str = "mse", trainable: Iterable[str] | None = None,
+                       teacher_forcing: bool = True, max_grad_norm: float = 1.0, **options: Any) -> TransferResult:
+    """Convert ``model`` in place to ``mechanism`` (with ``options``) by attention transfer; see :class:`TransferObjective`.
+
+    ``data``: an iterable (cycled) of ``input_ids`` tensors (B, T) or dicts with ``input_ids`` and optionally
+    ``attention_mask``. Runs ``steps`` AdamW steps at ``learning_rate`` (no weight decay) with gradient clipping, then
+    :meth:`TransferObjective.finish`. A non-finite loss stops with an error, leaving the model as it was before
+    the step (and not converted)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise OptionError(f"attention_transfer: steps must be a positive integer, got {steps!r}.")
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+        raise OptionError(f"attention_transfer: learning_rate must be a finite number > 0, got {learning_rate!r}.")
+    objective = TransferObjective(model, mechanism, options, loss=loss, trainable=trainable,
+                                  teacher_forcing=teacher_forcing)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    was_training = model.training
+    model.train()
+    losses: list[float] = []
+    tokens = 0
+    batches = iter(())
+    for step in range(steps):
+        batch = next(batches, None)
+        if batch is None:
+            batches = iter(data)
+            batch = next(batches, None)
+            if batch is None:
+                raise TransferError("attention_transfer: data is empty.")
+        if isinstance(batch, torch.Tensor):
+            batch = {"input_ids": batch}
+        out = objective(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        if not torch.isfinite(out.loss):
+            raise TransferError(f"attention_transfer: the transfer loss is {float(out.loss)} at step {step + 1}; "
+                                "lower learning_rate.")
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        losses.append(float(out.loss.detach()))
+        tokens += int(batch["input_ids"].numel())
+    model.train(was_training)
+    objective.finish()
+    return TransferResult(losses=losses, trainable=objective.trainable_names, tokens=tokens, steps=steps)

@@ -1,0 +1,193 @@
+"""Stage 1 of a conversion, attention transfer (hf_attnswap.conversion), on tiny random models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import hf_attnswap
+from conftest import random_ids, tiny_config
+from hf_attnswap.conversion import TransferError, TransferObjective, attention_transfer
+from hf_attnswap.conversion import transfer as transfer_module
+from hf_attnswap.errors import OptionError
+from hf_attnswap.patching import attention_modules
+
+
+def _model(arch: str, seed: int = 0, **cfg):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch, **cfg), attn_implementation="sdpa")
+
+
+def _data(n: int = 3, batch: int = 4, length: int = 24):
+    return [random_ids(batch, length, seed=i) for i in range(n)]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("mechanism,options", [("polynomial", {"degree": 3}), ("dagpam", {"lambda_init": 0.5}),
+                                               ("softmax", {"temperature": 3.0})])
+def test_transfer_lowers_the_loss_and_converts(arch, mechanism, options):
+    model = _model(arch)
+    result = attention_transfer(model, mechanism, data=_data(), steps=25, learning_rate=3e-3, **options)
+    assert result.losses[-1] < 0.5 * result.losses[0], result.losses
+    assert model.config._attn_implementation == mechanism
+    assert model.config.attnswap["mechanism"] == mechanism
+    if mechanism == "dagpam":
+        assert any(".attnswap." in n for n in result.trainable)
+    model(random_ids(1, 8))  # runs the student now
+
+
+def test_linear_polynomial_transfers():
+    model = _model("llama", max_position_embeddings=256)
+    result = attention_transfer(model, "polynomial", degree=2, backend="linear", data=_data(2, 2, 160), steps=10,
+                                learning_rate=3e-3)
+    assert result.losses[-1] < result.losses[0]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_frozen_parameters_stay_bit_identical(arch):
+    model = _model(arch)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = attention_transfer(model, "polynomial", data=_data(), steps=5, learning_rate=1e-2)
+    after = dict(model.named_parameters())
+    for name, old in before.items():
+        if name not in result.trainable:
+            assert torch.equal(after[name], old), name
+    assert all(not torch.equal(after[n], before[n]) for n in result.trainable if n.endswith("weight"))
+    if arch == "gpt2":  # fused QKV: only the query/key columns move; the values are read detached
+        d = model.config.n_embd
+        for layer in range(model.config.n_layer):
+            w = f"transformer.h.{layer}.attn.c_attn.weight"
+            assert torch.equal(after[w][:, 2 * d:], before[w][:, 2 * d:])
+            assert not torch.equal(after[w][:, :2 * d], before[w][:, :2 * d])
+    assert all(p.requires_grad for p in model.parameters()), "requires_grad restored"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_teacher_is_the_models_own_attention(arch):
+    """The teacher stays the original model while the query/key projections train: after some steps, both the
+    teacher pass and (with teacher forcing) the student pass give every layer the original model's attention output."""
+    model = _model(arch)
+    ids, mask = random_ids(2, 12), torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0
+
+    def capture(store):
+        return [m.register_forward_hook(lambda mod, args, out: store.append(out[0].detach()))
+                for m in attention_modules(model)]
+
+    original: list[torch.Tensor] = []
+    hooks = capture(original)
+    model.eval()(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for batch in _data():
+        optimizer.zero_grad()
+        objective(input_ids=batch).loss.backward()
+        optimizer.step()
+    taught: list[torch.Tensor] = []
+    hooks = capture(taught)
+    out = objective(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    layers = len(original)
+    assert out.layers == layers and len(taught) == 2 * layers  # a teacher pass, then the student pass
+    for a, teacher, student in zip(original, taught[:layers], taught[layers:]):
+        torch.testing.assert_close(teacher, a, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(student, a, atol=1e-6, rtol=1e-6)
+
+
+def test_training_only_mechanism_parameters_needs_one_pass():
+    model = _model("llama")
+    objective = TransferObjective(model, "dagpam", {"lambda_init": 0.5}, trainable=[r"\.attnswap\."])
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in attention_modules(model)]
+    objective(input_ids=random_ids(1, 6)).loss.backward()
+    for h in hooks:
+        h.remove()
+    assert len(calls) == len(attention_modules(model))
+
+
+def test_padding_tokens_do_not_count():
+    model = _model("llama")
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    ids = random_ids(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :4] = 0
+    full = objective(input_ids=ids, attention_mask=mask).loss
+    other = ids.clone()
+    other[1, :4] = 7  # different tokens under the padding
+    torch.testing.assert_close(objective(input_ids=other, attention_mask=mask).loss, full)
+
+
+def test_weight_cross_entropy_loss_lowers():
+    model = _model("llama")
+    result = attention_transfer(model, "softmax", temperature=3.0, loss="xent", data=_data(), steps=20,
+                                learning_rate=3e-3)
+    assert result.losses[-1] < result.losses[0]
+
+
+@dataclass
+class _GainOptions(hf_attnswap.MechanismOptions):
+    bias: float = -1.0
+
+
+def test_a_user_mechanism_converts():
+    @hf_attnswap.register_mechanism("shifted_sigmoid_t", _GainOptions, overwrite=True)
+    def shifted_sigmoid(query, key, value, mask, ctx):
+        w = torch.sigmoid(query @ key.transpose(-1, -2) * ctx.scaling + ctx.options.bias) * mask
+        return w.to(value.dtype) @ value, w
+
+    model = _model("gpt2")
+    result = attention_transfer(model, "shifted_sigmoid_t", bias=-2.0, data=_data(), steps=20, learning_rate=3e-3)
+    assert result.losses[-1] < result.losses[0]
+    assert model.config.attnswap == {"mechanism": "shifted_sigmoid_t", "bias": -2.0}
+
+
+def test_converted_model_saves_and_reloads(tmp_path):
+    model = _model("llama")
+    attention_transfer(model, "dagpam", lambda_init=0.2, data=_data(), steps=3)
+    ids = random_ids(1, 8)
+    expected = model.eval()(ids).logits
+    model.save_pretrained(tmp_path)
+    again, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(again.eval()(ids).logits, expected, atol=1e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_converting_to_the_mechanism_the_model_has_is_an_error():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="polynomial")
+    with pytest.raises(TransferError, match="already runs 'polynomial'"):
+        TransferObjective(model, "polynomial")
+
+
+def test_a_trainable_pattern_that_matches_nothing_is_an_error():
+    with pytest.raises(TransferError, match=r"'q_projection' matches no parameter"):
+        TransferObjective(_model("llama"), "polynomial", trainable=["q_projection"])
+
+
+def test_invalid_mechanism_options_are_an_error():
+    with pytest.raises(OptionError, match="'degree' must be an integer"):
+        TransferObjective(_model("llama"), "polynomial", {"degree": 2.5})
+    with pytest.raises(OptionError, match="loss must be one of"):
+        TransferObjective(_model("llama"), "polynomial", loss="kl")
+
+
+def test_a_teacher_that_returns_no_output_is_an_error(monkeypatch):
+    monkeypatch.setattr(transfer_module, "_teacher", lambda *a, **k: None)
+    objective = TransferObjective(_model("llama"), "polynomial")
+    with pytest.raises(TransferError, match="returned no output"):
+        objective(input_ids=random_ids(1, 6))
+
+
+def test_the_transfer_attention_outside_an_objective_is_an_error():
+    objective = TransferObjective(_model("llama"), "polynomial")
+    with pytest.raises(TransferError, match="outside a TransferObjective"):
+        objective.model(random_ids(1, 6))
