@@ -251,6 +251,21 @@ def test_translation_recipe_refuses_a_finished_output_dir_before_loading(assets,
     assert "finished run" in err and "results.json" in err
 
 
+def test_resume_into_a_finished_run_continues_it_but_not_from_a_foreign_checkpoint(assets, tmp_path, capsys):
+    out, other = tmp_path / "done", tmp_path / "other"
+    argv = _argv(assets, out, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    assert _run(argv) == 0 and _run(_argv(assets, other, "--max_train_steps", "2", "--checkpointing_steps", "2")) == 0
+    capsys.readouterr()
+    more = [*argv, "--max_train_steps", "3", "--resume_from_checkpoint", "latest"]
+    assert _run(more) == 0
+    assert "resuming the finished run" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["steps"] == 3
+    foreign = [*argv, "--resume_from_checkpoint", str(other / "checkpoints" / "step_00000002")]
+    assert _run(foreign) == 2
+    assert "not one of its checkpoints" in capsys.readouterr().err
+    assert _run([*foreign, "--overwrite_output_dir"]) == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 5 and 9. resuming from incomplete, damaged or foreign checkpoints
 
@@ -298,6 +313,29 @@ def test_resume_with_another_number_of_processes_is_refused(assets, ckpt_run, tm
     assert _run(argv) == 2
     err = capsys.readouterr().err
     assert "2 processes" in err and "1 process" in err and "--allow_inexact_resume" in err
+
+
+def test_a_checkpoint_without_manifest_or_world_size_still_resumes(assets, ckpt_run, tmp_path):
+    """Checkpoints written before recipe_state.json carried them."""
+    out = _copy_checkpoints(ckpt_run, tmp_path / "run")
+    ckpt = out / "checkpoints" / "step_00000002"
+    state = json.loads((ckpt / "recipe_state.json").read_text())
+    del state["files"], state["world_size"]
+    (ckpt / "recipe_state.json").write_text(json.dumps(state))
+    assert _run(_argv(assets, out, "--checkpointing_steps", "2", "--eval_before_training", "false",
+                      "--resume_from_checkpoint", str(ckpt))) == 0
+    a, b = _weights(out), load_file(ckpt_run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "still bit-identical"
+
+
+def test_resume_command_replaces_resume_and_overwrite_flags():
+    from hf_attnswap.training.loop import resume_command
+
+    command = ["python", "recipes/continue_pretrain.py", "--config", "c.yaml", "--overwrite_output_dir", "--seed", "1",
+               "--resume_from_checkpoint=latest", "--learning_rate", "1e-3", "--overwrite_output_dir", "true"]
+    assert shlex.split(resume_command(command, "out/checkpoints/step_00000002", learning_rate="0.0001")) == [
+        "python", "recipes/continue_pretrain.py", "--config", "c.yaml", "--seed", "1", "--learning_rate", "0.0001",
+        "--resume_from_checkpoint", "out/checkpoints/step_00000002"]
 
 
 def _truncate(path: Path) -> None:
@@ -417,7 +455,7 @@ def test_a_yaml_value_can_be_unset_on_the_command_line(tmp_path, capsys):
     _, data, train = parse_recipe_args(types, ["--config", str(cfg)])
     assert (data.dataset_name, train.eval_steps) == ("news-text", 5)
     _, data, train = parse_recipe_args(types, ["--config", str(cfg), "--eval_steps", "none", "--dataset_name", "",
-                                               "--max_train_steps=null", "--attnswap_learning_rate", "None"])
+                                               "--max-train-steps=null", "--attnswap_learning_rate", "None"])
     assert (data.dataset_name, train.eval_steps, train.max_train_steps, train.attnswap_learning_rate) == (
         None, None, None, None)
     _, data, _ = parse_recipe_args(types, ["--config", str(cfg), "--dataset_name", "none", "--train_file", "a.txt"])

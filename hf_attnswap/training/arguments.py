@@ -253,6 +253,7 @@ def _take_unset(argv: list[str], optional: set[str]) -> tuple[list[str], set[str
         word = argv[i]
         if word.startswith("--"):
             name, eq, value = word[2:].partition("=")
+            name = name.replace("-", "_")  # HfArgumentParser also accepts --eval-steps
             if name in optional:
                 if eq and value.strip().lower() in UNSET:
                     unset.add(name)
