@@ -228,6 +228,16 @@ def test_second_run_into_a_finished_output_dir_is_refused_unless_overwrite(asset
     assert steps == [1, 2], "the old run's log was cleared, not appended to"
 
 
+def test_a_log_left_by_a_failed_run_is_not_appended_to(assets, tmp_path, capsys):
+    out = tmp_path / "failed"
+    assert _run(_argv(assets, out, "--learning_rate", "1e6", "--max_grad_norm", "0")) == 1
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert _run(_argv(assets, out, "--max_train_steps", "1")) == 2
+    assert "log.jsonl of an earlier run" in capsys.readouterr().err
+    assert _run(_argv(assets, out, "--max_train_steps", "1", "--overwrite_output_dir")) == 0
+    assert not [r for r in _log(out) if r.get("event") == "non_finite"]
+
+
 @pytest.mark.parametrize("marker", ["results.json", "model.safetensors"])
 def test_finished_output_dir_is_checked_before_data_and_model(assets, tmp_path, capsys, marker):
     out = tmp_path / "done"

@@ -225,14 +225,16 @@ def prepare_output_dir(args: TrainArguments, accelerator: Any) -> ResumePoint | 
     existing = list_checkpoints(out)
     point = None
     if args.resume_from_checkpoint is None:
-        if (existing or finished) and not args.overwrite_output_dir:
+        old_log = (out / "log.jsonl").is_file() and not existing and not finished  # a run that left nothing else
+        if (existing or finished or old_log) and not args.overwrite_output_dir:
             what = " and ".join([*([f"checkpoints (newest: {existing[-1].name})"] if existing else []),
-                                 *([f"a finished run ({', '.join(finished)})"] if finished else [])])
+                                 *([f"a finished run ({', '.join(finished)})"] if finished else []),
+                                 *(["the log.jsonl of an earlier run (which left no checkpoint)"] if old_log else [])])
             raise CheckpointError(
                 f"{out} already holds {what}. Pick another --output_dir, pass --overwrite_output_dir to delete the old "
                 f"run (checkpoints, log.jsonl, results.json, weights), or continue it with --resume_from_checkpoint latest"
                 f"{' and a larger max_train_steps' if finished else ''}.")
-        if (existing or finished) and accelerator.is_main_process:
+        if (existing or finished or old_log) and accelerator.is_main_process:
             _clear(out, final_only=False)
     else:
         point = resolve_resume(args.resume_from_checkpoint, out, world_size=accelerator.num_processes,
@@ -452,7 +454,8 @@ def train(
                                      f"{args.max_bad_steps}.)")
         if good is None:
             return (f"No checkpoint was saved before step {bad_step} (set --checkpointing_steps): start again with a "
-                    f"lower learning rate, e.g. --learning_rate {lower['learning_rate']}.{skip}")
+                    f"lower learning rate, e.g. --learning_rate {lower['learning_rate']} --overwrite_output_dir."
+                    f"{skip}")
         return (f"The last good checkpoint is {good}; resume from it with a lower learning rate:\n  "
                 f"{resume_command(command, good, processes=accelerator.num_processes, **lower)}\n{skip.strip()}")
 
@@ -587,7 +590,8 @@ def train(
         if accelerator.is_main_process:
             where = (f"the last checkpoint is {done}.\nresume with: "
                      f"{resume_command(command, done, processes=accelerator.num_processes)}" if done
-                     else "no checkpoint was saved yet (set checkpointing_steps).")
+                     else "no checkpoint was saved yet (set checkpointing_steps; start again with "
+                          "--overwrite_output_dir).")
             print(f"\ninterrupted at step {step} ({outcome.signal}); {where}", flush=True)
         log.write({"step": step, "event": "interrupted", "signal": outcome.signal})
         return model, outcome
