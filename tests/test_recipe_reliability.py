@@ -358,6 +358,8 @@ DAMAGE = {
     "deleted_model": lambda c: (c / "model.safetensors").unlink(),
     "truncated_optimizer": lambda c: _truncate(c / "optimizer.bin"),
     "truncated_state": lambda c: _truncate(c / "recipe_state.json"),
+    "deleted_state": lambda c: (c / "recipe_state.json").unlink(),
+    "deleted_scheduler": lambda c: (c / "custom_checkpoint_0.pkl").unlink(),
     "garbled_state": lambda c: (c / "recipe_state.json").write_text('{"step": 4}'),
     "garbage_state": lambda c: (c / "recipe_state.json").write_text("\x00\x01 not json"),
 }

@@ -56,11 +56,12 @@ def _step_of(path: Path) -> int | None:
 
 
 def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Checkpoint folders under ``output_dir`` (those with a ``recipe_state.json``; not checked), oldest first."""
+    """The ``step_N`` folders under ``<output_dir>/checkpoints``, oldest first; not checked (a complete one was
+    renamed into place with its ``recipe_state.json``: see :func:`inspect_checkpoint`)."""
     folder = Path(output_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
-    found = [(s, p) for p in folder.iterdir() if (s := _step_of(p)) is not None and (p / STATE_FILE).is_file()]
+    found = [(s, p) for p in folder.iterdir() if (s := _step_of(p)) is not None and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
