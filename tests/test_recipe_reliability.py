@@ -477,6 +477,22 @@ def test_a_yaml_value_can_be_unset_on_the_command_line(tmp_path, capsys):
     assert "none" in capsys.readouterr().out.lower()
 
 
+def test_from_scratch_settings_with_a_pretrained_model_are_named_as_ignored_and_can_be_unset(assets, tmp_path,
+                                                                                            capsys):
+    from hf_attnswap.training.model import check_model_args
+
+    cfg = tmp_path / "scratch.yaml"
+    cfg.write_text("model_type: gpt2\nconfig_overrides: n_layer=2\n")
+    types = [ModelArguments, DataArguments, TrainArguments]
+    model, _, _ = parse_recipe_args(types, ["--config", str(cfg), "--model_name_or_path", str(assets / "model")])
+    check_model_args(model)
+    assert "model_type='gpt2', config_overrides='n_layer=2'" in capsys.readouterr().err
+    model, _, _ = parse_recipe_args(types, ["--config", str(cfg), "--model_name_or_path", str(assets / "model"),
+                                            "--model_type", "none", "--config_overrides", "none"])
+    check_model_args(model)
+    assert (model.model_type, model.config_overrides) == (None, None) and "ignored" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # SIGTERM (what schedulers send) behaves like Ctrl-C
 

@@ -5,6 +5,8 @@ optionally wrapped with PEFT LoRA (the mechanism's own parameters stay trainable
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from typing import Any
 
 import torch
@@ -134,6 +136,12 @@ def check_model_args(args: ModelArguments) -> None:
     _resolve(args.tokenizer_name, "tokenizer")
     if args.model_name_or_path is not None:
         _resolve(args.model_name_or_path, "model")
+        scratch = [f"{n}={getattr(args, n)!r}" for n in ("model_type", "config_name", "config_overrides")
+                   if getattr(args, n) is not None]
+        if scratch and int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: model_name_or_path={args.model_name_or_path!r} loads a pretrained model; "
+                  f"{', '.join(scratch)} (settings for a model from scratch) are ignored. Unset them (e.g. "
+                  f"--{scratch[0].split('=')[0]} none) to silence this.", file=sys.stderr, flush=True)
         return
     config = build_config(args)
     with torch.device("meta"):
