@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         [ModelArguments, DataArguments, TrainArguments, LoraArguments], argv)
     accelerator = make_accelerator(train_args, "continue_pretrain")
     check_model_args(model_args)  # paths exist, a from-scratch config builds (on the meta device)
-    resume = prepare_output_dir(train_args, accelerator)  # no overwriting of a run; the checkpoint is intact
+    start = prepare_output_dir(train_args, accelerator)  # no overwriting of a run; the checkpoint is intact
 
     from accelerate.utils import set_seed
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"ppl": r.ppl, "nll": r.nll, "tokens": r.tokens}
 
     # --- train ------------------------------------------------------------------------------------------------
-    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate, resume=resume,
+    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate, start=start,
                            command=recipe_command(__file__, argv),
                            project_name="continue_pretrain",
                            hparams={**vars(model_args), **vars(data_args), **vars(train_args), **vars(lora_args)})

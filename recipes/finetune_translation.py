@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{mt_args.eval_max_new_tokens}.")
     accelerator = make_accelerator(train_args, "finetune_translation")
     check_model_args(model_args)  # paths exist, a from-scratch config builds (on the meta device)
-    resume = prepare_output_dir(train_args, accelerator)  # no overwriting of a run; the checkpoint is intact
+    start = prepare_output_dir(train_args, accelerator)  # no overwriting of a run; the checkpoint is intact
 
     from accelerate.utils import set_seed
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.wait_for_everyone()
 
     # --- train ------------------------------------------------------------------------------------------------
-    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate, resume=resume,
+    model, outcome = train(accelerator, model, train_dataset, collate, train_args, evaluate=evaluate, start=start,
                            command=recipe_command(__file__, argv),
                            best_metric=("bleu", "max"), on_best=save_best, project_name="finetune_translation",
                            hparams={**vars(model_args), **vars(data_args), **vars(mt_args), **vars(train_args),

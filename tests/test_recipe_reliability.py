@@ -223,6 +223,9 @@ def test_second_run_into_a_finished_output_dir_is_refused_unless_overwrite(asset
     err = capsys.readouterr().err
     assert "finished run" in err and "--overwrite_output_dir" in err and "Traceback" not in err
     assert ((out / "results.json").read_text(), (out / "model.safetensors").read_bytes()) == before
+    typo = [*argv, "--overwrite_output_dir", "--train_file", str(tmp_path / "typo.jsonl")]
+    assert _run(typo) == 2 and "typo.jsonl" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before[0], "nothing is deleted before the data and model loaded"
     assert _run([*argv, "--overwrite_output_dir"]) == 0
     steps = [r["step"] for r in _log(out) if "loss" in r]
     assert steps == [1, 2], "the old run's log was cleared, not appended to"

@@ -36,7 +36,7 @@ from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, ResumePoint, latest_i
                          load_checkpoint, resolve_resume, save_checkpoint)
 from .optim import build_optimizer, build_scheduler, peak_learning_rates
 
-__all__ = ["JsonlLog", "LaunchError", "NonFiniteError", "Terminated", "TrainingOutcome", "check_launch",
+__all__ = ["JsonlLog", "LaunchError", "NonFiniteError", "RunStart", "Terminated", "TrainingOutcome", "check_launch",
            "finished_run_files", "make_accelerator", "prepare_output_dir", "recipe_command", "resume_command",
            "run_recipe", "save_final", "train"]
 
@@ -208,22 +208,31 @@ def _clear(out: Path, *, final_only: bool) -> None:
         shutil.rmtree(out / name, ignore_errors=True)
 
 
-def prepare_output_dir(args: TrainArguments, accelerator: Any) -> ResumePoint | None:
-    """Check ``output_dir`` and the resume checkpoint before anything heavy is loaded (call right after
-    :func:`make_accelerator`); return the checked :class:`~.checkpoint.ResumePoint` (``None``: a fresh run).
+@dataclass
+class RunStart:
+    """What :func:`prepare_output_dir` decided: the checked checkpoint to resume from (``None``: a fresh run) and
+    what :func:`train` deletes of an earlier run before it starts (``"all"``, ``"final"`` or ``None``)."""
 
-    A fresh run refuses a folder that holds checkpoints or a finished run (``results.json``, model weights) unless
-    ``overwrite_output_dir`` (then they are deleted, with ``log.jsonl``, ``best/`` and ``tracking/``). A resume into a
-    folder with a finished run is allowed when it continues that run (the checkpoint is in its ``checkpoints/``);
-    from elsewhere it needs ``overwrite_output_dir`` (then only the finished run's results and weights go).
-    A damaged checkpoint, or an inexact resume without ``allow_inexact_resume``, raises
-    :class:`~.checkpoint.CheckpointError`."""
+    resume: ResumePoint | None = None
+    clear: str | None = None
+
+
+def prepare_output_dir(args: TrainArguments, accelerator: Any) -> RunStart:
+    """Check ``output_dir`` and the resume checkpoint before anything heavy is loaded (call right after
+    :func:`make_accelerator`, pass the result to :func:`train`).
+
+    A fresh run refuses a folder that holds checkpoints, a finished run (``results.json``, model weights) or the
+    ``log.jsonl`` of an earlier run, unless ``overwrite_output_dir``: then :func:`train` deletes them (with ``best/``
+    and ``tracking/``) when it starts, i.e. only once the data and the model have loaded. A resume into a folder with
+    a finished run is allowed when it continues that run (the checkpoint is in its ``checkpoints/``); from elsewhere
+    it needs ``overwrite_output_dir`` (then only the finished run's results and weights go). A damaged checkpoint,
+    or an inexact resume without ``allow_inexact_resume``, raises :class:`~.checkpoint.CheckpointError`."""
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"output_dir {out} is a file, not a folder; pick another --output_dir.")
     finished = finished_run_files(out)
     existing = list_checkpoints(out)
-    point = None
+    point, clear = None, None
     if args.resume_from_checkpoint is None:
         old_log = (out / "log.jsonl").is_file() and not existing and not finished  # a run that left nothing else
         if (existing or finished or old_log) and not args.overwrite_output_dir:
@@ -234,8 +243,8 @@ def prepare_output_dir(args: TrainArguments, accelerator: Any) -> ResumePoint | 
                 f"{out} already holds {what}. Pick another --output_dir, pass --overwrite_output_dir to delete the old "
                 f"run (checkpoints, log.jsonl, results.json, weights), or continue it with --resume_from_checkpoint latest"
                 f"{' and a larger max_train_steps' if finished else ''}.")
-        if (existing or finished or old_log) and accelerator.is_main_process:
-            _clear(out, final_only=False)
+        if existing or finished or old_log:
+            clear = "all"
     else:
         point = resolve_resume(args.resume_from_checkpoint, out, world_size=accelerator.num_processes,
                                process_index=accelerator.process_index, allow_inexact=args.allow_inexact_resume)
@@ -245,8 +254,7 @@ def prepare_output_dir(args: TrainArguments, accelerator: Any) -> ResumePoint | 
                 raise CheckpointError(
                     f"{out} already holds a finished run ({', '.join(finished)}), and {point.path} is not one of its "
                     f"checkpoints: resuming would replace it. Pick another --output_dir, or pass --overwrite_output_dir.")
-            if accelerator.is_main_process:
-                _clear(out, final_only=True)
+            clear = "final"
         if accelerator.is_main_process:
             for line in point.skipped:
                 print(line, flush=True)
@@ -256,8 +264,7 @@ def prepare_output_dir(args: TrainArguments, accelerator: Any) -> ResumePoint | 
             for why in point.inexact:
                 print(f"WARNING: inexact resume (--allow_inexact_resume): {why}. This run will not end with the "
                       f"weights of an uninterrupted run; results.json records it.", file=sys.stderr, flush=True)
-    accelerator.wait_for_everyone()
-    return point
+    return RunStart(point, clear)
 
 
 def recipe_command(script: str | os.PathLike[str], argv: list[str] | None) -> list[str]:
@@ -356,7 +363,7 @@ def train(
     on_best: Callable[[nn.Module, int, dict[str, float]], None] | None = None,
     project_name: str = "recipe",
     hparams: dict[str, Any] | None = None,
-    resume: ResumePoint | None | bool = True,
+    start: RunStart | None = None,
     command: list[str] | None = None,
 ) -> tuple[nn.Module, TrainingOutcome]:
     """Train ``model`` on ``train_dataset``; return the prepared (possibly wrapped) model and the outcome.
@@ -368,7 +375,7 @@ def train(
     the end, on every process; with ``best_metric=(name, "max"|"min")`` each improvement calls ``on_best``.
     Checkpoints every ``checkpointing_steps``; ``resume_from_checkpoint`` restores model, optimiser, schedule,
     random states and the data position, so a resumed run ends with the same weights as an uninterrupted one.
-    ``resume``: what :func:`prepare_output_dir` returned, if the recipe called it already (``True``: call it here).
+    ``start``: what :func:`prepare_output_dir` returned, if the recipe called it already (else it is called here).
     Ctrl-C or SIGTERM stops the run (``outcome.interrupted``, ``outcome.signal``): the last complete checkpoint
     stays as it was, and the message gives the command (``command``, from :func:`recipe_command`) to resume.
 
@@ -380,10 +387,12 @@ def train(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    if resume is True:
-        resume = prepare_output_dir(args, accelerator)
-    point = resume if isinstance(resume, ResumePoint) else None
+    start = start if start is not None else prepare_output_dir(args, accelerator)
+    point = start.resume
     out = Path(args.output_dir)
+    if start.clear is not None and accelerator.is_main_process:  # --overwrite_output_dir: the earlier run goes now
+        _clear(out, final_only=start.clear == "final")
+    accelerator.wait_for_everyone()
     log = JsonlLog(out / "log.jsonl", enabled=accelerator.is_main_process)
     dataloader = DataLoader(train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
                             collate_fn=collate_fn, drop_last=False)
