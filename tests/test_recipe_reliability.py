@@ -522,3 +522,24 @@ def test_sigterm_stops_cleanly_and_prints_a_resume_command_that_works(assets, tm
     ckpt = words[words.index("--resume_from_checkpoint") + 1]
     assert Path(ckpt).parent == out / "checkpoints" and Path(ckpt) in done
     assert _run([*words[2:], "--stop_after_steps", "1"]) == 0
+
+
+def test_a_signal_while_a_checkpoint_is_renamed_into_place_waits_for_it(assets, tmp_path, monkeypatch):
+    """SIGTERM arrives between removing an older copy of the step's checkpoint and renaming the new one into place
+    (sent from inside os.replace, so no timing is involved): the checkpoint is completed first."""
+    import hf_attnswap.training.checkpoint as checkpoint_module
+
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "step_00000002":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace)
+    out = tmp_path / "run"
+    assert _run(_argv(assets, out, "--checkpointing_steps", "2", "--eval_before_training", "false")) == 143
+    assert [d.name for d in _checkpoints(out)] == ["step_00000002"]
+    monkeypatch.setattr(checkpoint_module.os, "replace", real)
+    assert _run(_argv(assets, out, "--checkpointing_steps", "2", "--eval_before_training", "false",
+                      "--resume_from_checkpoint", "latest")) == 0

@@ -17,11 +17,15 @@ saving run, makes the resume inexact: refused unless ``allow_inexact_resume``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,6 +244,19 @@ def resolve_resume(value: str, output_dir: str | os.PathLike[str], *, world_size
     return ResumePoint(report.path, report.state, list(report.inexact), skipped)
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (POSIX, main thread) until the block is done: they arrive right after it."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike[str], step: int, state: dict[str, Any], *,
                     total_limit: int | None = None, keep: set[Path] | None = None) -> Path:
     """Save the full training state for ``step`` atomically; prune to the newest ``total_limit`` checkpoints
@@ -256,9 +273,10 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike[str], step: 
     if accelerator.is_main_process:
         record = {**state, "step": step, "world_size": accelerator.num_processes, "files": _manifest(tmp)}
         (tmp / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with _signals_deferred():  # Ctrl-C / SIGTERM between the two never leaves no checkpoint for this step
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
         if total_limit is not None:
             done = list_checkpoints(output_dir)
             for old in done[: max(len(done) - total_limit, 0)]:
