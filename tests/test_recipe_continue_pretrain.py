@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+import hf_attnswap
 from hf_attnswap.training.arguments import DataArguments, ModelArguments, RecipeConfigError, TrainArguments, parse_recipe_args
 from hf_attnswap.training.loop import run_recipe
 from hf_attnswap.errors import AttnSwapError
@@ -160,6 +161,11 @@ def test_lora_trains_adapters_and_mechanism_parameters_and_merged_export_loads(a
     assert any("c_attn" in n for n in changed) and not any("mlp" in n for n in changed)
     lam = [float(p.detach().mean()) for n, p in merged.named_parameters() if n.endswith("lambda_param")]
     assert any(abs(v - 0.1) > 1e-4 for v in lam)
+    # the adapter records its mechanism: load_adapter rebuilds the swapped base and gives the merged model's logits
+    assert json.loads((out / "adapter" / "attnswap.json").read_text())["attn_implementation"] == "dagpam"
+    ids = torch.tensor([[5, 6, 7, 8]])
+    reloaded = hf_attnswap.load_adapter(str(assets / "model"), out / "adapter").eval()
+    torch.testing.assert_close(reloaded(ids).logits, merged.eval()(ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_gradient_checkpointing_and_bf16_run(assets, tmp_path):

@@ -618,7 +618,8 @@ def train(
 
 def save_final(accelerator: Any, model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike[str]) -> Path:
     """Save the trained model and tokenizer to ``output_dir`` (config.json keeps the mechanism and its options).
-    A PEFT model is saved twice: the adapter (with the mechanism's parameters, ``modules_to_save``) under
+    A PEFT model is saved twice: the adapter (with the mechanism's parameters, ``modules_to_save``, and its
+    ``attnswap.json``, so that ``hf_attnswap.load_adapter(base, adapter)`` rebuilds the base) under
     ``<output_dir>/adapter`` and the merged model in ``output_dir``, which loads as a normal swapped model."""
     out = Path(output_dir)
     accelerator.wait_for_everyone()
@@ -626,8 +627,10 @@ def save_final(accelerator: Any, model: nn.Module, tokenizer: Any, output_dir: s
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        if hasattr(unwrapped, "merge_and_unload"):  # PEFT
-            unwrapped.save_pretrained(out / "adapter")
+        if hasattr(unwrapped, "merge_and_unload"):  # PEFT; the adapter records the mechanism (attnswap.json)
+            from ..adapters import save_adapter
+
+            save_adapter(unwrapped, out / "adapter")
             merged = unwrapped.merge_and_unload()
             merged.save_pretrained(out)
         else:
