@@ -30,12 +30,15 @@ def _data(n: int = 3, batch: int = 4, length: int = 24):
                                                ("softmax", {"temperature": 3.0})])
 def test_transfer_lowers_the_loss_and_converts(arch, mechanism, options):
     model = _model(arch)
-    result = attention_transfer(model, mechanism, data=_data(), steps=25, learning_rate=3e-3, **options)
-    assert result.losses[-1] < 0.5 * result.losses[0], result.losses
+    result = attention_transfer(model, mechanism, data=_data(), steps=24, learning_rate=3e-3, **options)
+    first, last = sum(result.losses[:3]), sum(result.losses[-3:])  # the data cycles through 3 batches
+    assert last < (0.8 if mechanism == "dagpam" else 0.5) * first, result.losses
     assert model.config._attn_implementation == mechanism
     assert model.config.attnswap["mechanism"] == mechanism
-    if mechanism == "dagpam":
-        assert any(".attnswap." in n for n in result.trainable)
+    if mechanism == "dagpam":  # a mechanism with parameters trains those, and only those
+        assert result.trainable and all(".attnswap." in n for n in result.trainable)
+    else:
+        assert result.trainable and all(n.split(".")[-2] in ("q_proj", "k_proj", "c_attn") for n in result.trainable)
     model(random_ids(1, 8))  # runs the student now
 
 

@@ -5,7 +5,8 @@ The model keeps its weights frozen. In one forward, every attention layer comput
 mechanism (the *student*) from the same ``q, k, v``; the student is trained to match the teacher's per-head outputs
 (MSE), or for short blocks its weights (cross-entropy). With teacher forcing (default) each layer passes the
 teacher's output on, so the layers train at once and independently: nothing backpropagates through the network,
-only into each layer's query/key projections and the mechanism's own parameters.
+only into each layer's new parameters: the mechanism's own (daGPAM's ``W⁻`` and λ), or the query/key projections
+of a mechanism without any (SCIENCE.md).
 
 ```python
 objective = TransferObjective(model, "polynomial", degree=3)    # swaps the student in, freezes the rest
@@ -172,20 +173,23 @@ def _register() -> None:
 
 
 def query_key_patterns() -> tuple[str, ...]:
-    """The default trainable-parameter patterns: each attention layer's query/key projections (see ``_QK_NAMES``)
-    and every mechanism parameter (``.attnswap.``)."""
+    """Trainable-parameter patterns: each attention layer's query/key projections (see ``_QK_NAMES``), then every
+    mechanism parameter (``.attnswap.``)."""
     return tuple(rf"\.{re.escape(n)}\.(weight|bias)$" for n in _QK_NAMES) + (rf"\.{PARAMS_ATTR}\.",)
 
 
 def default_trainable(model: nn.Module) -> list[str]:
-    """Names of the parameters stage 1 trains by default: the query/key projections inside the attention layers,
-    and the mechanism's parameters."""
+    """Names of the parameters stage 1 trains by default (SCIENCE.md): the mechanism's own parameters (daGPAM's
+    ``W⁻`` and λ) if it has any, else the query/key projections inside the attention layers."""
+    own = [n for n, _ in model.named_parameters() if f".{PARAMS_ATTR}." in f".{n}"]
+    if own:
+        return own
     layers = {id(m) for m in attention_modules(model)}
     inside = set()
     for name, module in model.named_modules():
         if id(module) in layers:
             inside.update(f"{name}.{n}" for n, _ in module.named_parameters())
-    pats = [re.compile(p) for p in query_key_patterns()]
+    pats = [re.compile(p) for p in query_key_patterns()[:-1]]
     return [n for n in inside if any(p.search("." + n) for p in pats)]
 
 
@@ -196,7 +200,8 @@ class TransferObjective(nn.Module):
     - ``mechanism``, ``options``: the student (any registered mechanism, options validated as usual).
     - ``loss``: ``"mse"`` (per-head outputs, default) or ``"xent"`` (``-Σ p_teacher log p_student`` on the student's
       weights, ``|a|`` renormalised; materialises each layer's weights: for short blocks).
-    - ``trainable``: regular expressions over parameter names (searched); default: :func:`default_trainable`.
+    - ``trainable``: regular expressions over parameter names (searched); default: :func:`default_trainable` (the
+      mechanism's parameters, or the query/key projections of a mechanism without any).
       Everything else is frozen (``requires_grad=False``) and stays bit-identical. A pattern that matches no
       parameter is an error.
     - ``teacher_forcing``: pass the teacher's output on (default; layers train independently), or the student's
