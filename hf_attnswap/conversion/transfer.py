@@ -21,10 +21,11 @@ the fast paths).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -299,6 +300,16 @@ class TransferObjective(nn.Module):
         denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
         loss = step.total / (denom * step.layers)
         return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer])
+
+    @contextlib.contextmanager
+    def student_view(self) -> Iterator[PreTrainedModel]:
+        """Inside the block the model runs the student as it is now (e.g. to measure the raw swap's perplexity
+        before any step, or stage 1's progress); afterwards it is back in transfer mode."""
+        self.model.set_attn_implementation(self.mechanism.name)
+        try:
+            yield self.model
+        finally:
+            self.model.set_attn_implementation(TRANSFER_ATTENTION)
 
     def finish(self) -> PreTrainedModel:
         """Point the model at the student (its ``config.json`` records mechanism and options), restore

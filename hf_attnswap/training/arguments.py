@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ..errors import AttnSwapError
 
 __all__ = [
+    "ConversionArguments",
     "DataArguments",
     "LoraArguments",
     "ModelArguments",
@@ -110,6 +111,32 @@ class LoraArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Comma-separated module names, or all-linear."})
+
+
+@dataclass
+class ConversionArguments:
+    """``recipes/convert.py``: stage 1 (attention transfer) before the fine-tuning of ``TrainArguments`` (stage 2)."""
+
+    max_transfer_steps: int = field(default=100, metadata={
+        "help": "Stage 1 optimiser steps (batches as for stage 2: per_device_train_batch_size x "
+                "gradient_accumulation_steps); 0 skips stage 1 (the 'stage 2 alone' ablation)."})
+    transfer_learning_rate: float = field(default=1e-3, metadata={"help": "Stage 1 peak learning rate (AdamW, no decay)."})
+    transfer_warmup_steps: int = field(default=0, metadata={"help": "Stage 1 linear warmup steps (then cosine)."})
+    transfer_loss: str = field(default="mse", metadata={
+        "help": "mse (per-head attention outputs) or xent (cross-entropy on the attention weights; short blocks)."})
+    transfer_trainable: str | None = field(default=None, metadata={
+        "help": "Comma-separated regular expressions over parameter names that stage 1 trains. Default: the "
+                "mechanism's own parameters, or the query/key projections of a mechanism without any."})
+    transfer_teacher_forcing: bool = field(default=True, metadata={
+        "help": "Each layer passes the teacher's output on (layers train independently)."})
+    skip_finetune: bool = field(default=False, metadata={"help": "Stop after stage 1 (no stage 2)."})
+    distill_kl_weight: float = field(default=0.0, metadata={
+        "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
+    distill_temperature: float = field(default=1.0, metadata={"help": "Stage 2: temperature of that KL loss."})
+    eval_datasets: str = field(default="news-text", metadata={
+        "help": "Comma-separated corpora (offline asset names, files or Hub datasets) whose documents measure "
+                "held-out perplexity at every phase, besides the training corpus's validation split. Their first "
+                "max_eval_samples documents are used; they must not be the training corpus."})
 
 
 @dataclass
@@ -319,6 +346,19 @@ def _validate(obj: Any) -> None:
                                     "(from scratch, with config_overrides).")
         if obj.torch_dtype not in ("float32", "bfloat16", "float16"):
             raise RecipeConfigError(f"torch_dtype must be float32, bfloat16 or float16; got {obj.torch_dtype!r}.")
+    elif isinstance(obj, ConversionArguments):
+        if not isinstance(obj.max_transfer_steps, int) or obj.max_transfer_steps < 0:
+            raise RecipeConfigError(f"max_transfer_steps must be an integer >= 0, got {obj.max_transfer_steps!r}.")
+        if obj.transfer_learning_rate <= 0 or obj.transfer_warmup_steps < 0:
+            raise RecipeConfigError("transfer_learning_rate must be > 0 and transfer_warmup_steps >= 0; got "
+                                    f"{obj.transfer_learning_rate}, {obj.transfer_warmup_steps}.")
+        if obj.transfer_loss not in ("mse", "xent"):
+            raise RecipeConfigError(f"transfer_loss must be mse or xent; got {obj.transfer_loss!r}.")
+        if obj.distill_kl_weight < 0 or obj.distill_temperature <= 0:
+            raise RecipeConfigError("distill_kl_weight must be >= 0 and distill_temperature > 0; got "
+                                    f"{obj.distill_kl_weight}, {obj.distill_temperature}.")
+        if obj.max_transfer_steps == 0 and obj.skip_finetune:
+            raise RecipeConfigError("max_transfer_steps 0 with skip_finetune leaves nothing to do.")
     elif isinstance(obj, LoraArguments):
         if obj.lora:
             positive("lora_r")

@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""Convert a pretrained causal LM to another attention and get its quality back: stage 1, attention transfer (the
+new attention learns the original one, layer by layer, the model frozen), then stage 2, fine-tuning (full or LoRA,
+optionally with a KL loss to the original model). SCIENCE.md, "Converting a pretrained model"; LoLCATs.
+
+    python recipes/convert.py --config recipes/configs/convert_smollm2_polynomial.yaml
+    python recipes/convert.py --config recipes/configs/convert_smollm2_polynomial.yaml --output_dir runs/x --max_transfer_steps 50
+
+``attn`` names the target (``polynomial:degree=3``); the base is loaded with its own attention (``sdpa``), which
+is the teacher. Outputs in ``output_dir``: the converted model (``from_pretrained(output_dir)`` after ``import
+hf_attnswap``), ``results.json`` (perplexity of the base, right after the swap, after stage 1 and after stage 2 on
+every evaluation corpus; tokens, time, the gap closed), ``conversion.png``, and ``stage1/`` / ``stage2/`` (each
+stage's checkpoints and log). ``--resume_from_checkpoint latest`` continues the stage that was interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import hf_attnswap  # noqa: F401  (registers the mechanisms in every process, before any model is built)
+from hf_attnswap.conversion import TransferObjective
+from hf_attnswap.conversion.distill import DistillObjective
+from hf_attnswap.data.assets import resolve_asset
+from hf_attnswap.data.lm import load_lm_texts, pack_texts
+from hf_attnswap.data.text import load_texts
+from hf_attnswap.evaluation.perplexity import perplexity
+from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, LoraArguments, ModelArguments,
+                                            RecipeConfigError, TrainArguments, parse_recipe_args)
+from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
+                                       run_recipe, save_final, train)
+from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, parse_single_attn, wrap_lora
+from hf_attnswap.training.report import git_revision
+
+STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Packed blocks -> ``input_ids`` and ``labels``, shape (batch, block_size)."""
+    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def _resume(resuming: bool, stage_dir: Path) -> str | None:
+    """``latest`` if this resumed run finds a checkpoint of the stage, else None (the stage starts over; a resumed
+    run may overwrite what the interrupted one left there, e.g. a log without a checkpoint)."""
+    from hf_attnswap.training.checkpoint import list_checkpoints
+
+    return "latest" if resuming and list_checkpoints(stage_dir) else None
+
+
+def gap_closed(base: float, swapped: float, final: float) -> float | None:
+    """Share of the log-perplexity gap of the raw swap that the conversion closed: 1 = back to the base."""
+    gap = math.log(swapped) - math.log(base)
+    return None if gap <= 0 else (math.log(swapped) - math.log(final)) / gap
+
+
+def main(argv: list[str] | None = None) -> int:
+    # --- configuration, checked before anything heavy ---------------------------------------------------------
+    model_args, data_args, train_args, lora_args, conv = parse_recipe_args(
+        [ModelArguments, DataArguments, TrainArguments, LoraArguments, ConversionArguments], argv)
+    target = parse_single_attn(model_args.attn)
+    if target.name in ("sdpa", "eager"):
+        raise RecipeConfigError(f"attn={model_args.attn!r} is the model's own attention; name the mechanism to convert "
+                                "to, e.g. polynomial:degree=3.")
+    if model_args.model_name_or_path is None:
+        raise RecipeConfigError("convert.py converts a pretrained model: set model_name_or_path.")
+    accelerator = make_accelerator(train_args, "convert")
+    check_model_args(model_args)
+    out = Path(train_args.output_dir)
+    resuming = train_args.resume_from_checkpoint is not None
+    if resuming and train_args.resume_from_checkpoint != "latest":
+        raise RecipeConfigError("convert.py resumes with --resume_from_checkpoint latest (the interrupted stage "
+                                "continues from its newest intact checkpoint).")
+    done = finished_run_files(out)
+    if done and not train_args.overwrite_output_dir:
+        raise RecipeConfigError(f"{out} already holds a finished conversion ({', '.join(done)}). Pick another "
+                                "--output_dir, or pass --overwrite_output_dir to replace it.")
+    if not resuming and any((out / d).exists() for d in ("stage1", "stage2", STATE_FILE)):
+        if not train_args.overwrite_output_dir:
+            raise RecipeConfigError(f"{out} holds an interrupted conversion. Continue it with --resume_from_checkpoint "
+                                    "latest, or pass --overwrite_output_dir to start over.")
+        if accelerator.is_main_process:
+            for name in ("stage1", "stage2"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in (STATE_FILE, *done):
+                (out / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    state = json.loads((out / STATE_FILE).read_text()) if resuming and (out / STATE_FILE).is_file() else {}
+
+    from accelerate.utils import set_seed
+
+    set_seed(train_args.seed)
+
+    # --- data: the training corpus (with its held-out documents) and the other evaluation corpora --------------
+    with accelerator.main_process_first():
+        texts = load_lm_texts(
+            dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
+            train_file=data_args.train_file, validation_file=data_args.validation_file,
+            text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
+            max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples)
+    eval_sets = {"train-corpus held out": texts.validation}
+    for name in (n.strip() for n in conv.eval_datasets.split(",") if n.strip()):
+        if name == data_args.dataset_name:
+            raise RecipeConfigError(f"eval_datasets names the training corpus {name!r}; its held-out documents are "
+                                    "measured anyway. Name other corpora.")
+        source = resolve_asset(name) or name
+        eval_sets[name] = load_texts(source, limit=data_args.max_eval_samples)
+    tokenizer = load_tokenizer(model_args)
+    base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
+    model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
+    with accelerator.main_process_first():
+        dataset = pack_texts(texts.train, tokenizer, data_args.block_size, num_proc=data_args.preprocessing_num_workers)
+
+    def measure(m: torch.nn.Module, phase: str) -> dict[str, float]:
+        m.eval()
+        ppl = {}
+        for name, docs in eval_sets.items():
+            r = perplexity(m, tokenizer, docs, max_length=data_args.block_size,
+                           batch_size=train_args.per_device_eval_batch_size, progress=False)
+            ppl[name] = r.ppl
+        if accelerator.is_main_process:
+            print(f"{phase}: " + ", ".join(f"{k} ppl {v:.4g}" for k, v in ppl.items()), flush=True)
+        return ppl
+
+    def record(phase: str, **values: Any) -> None:
+        state[phase] = values
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    if "base" not in state:
+        record("base", ppl=measure(model, "base"))
+    per_step = train_args.per_device_train_batch_size * train_args.gradient_accumulation_steps \
+        * accelerator.num_processes * data_args.block_size
+    command = recipe_command(__file__, argv)
+
+    # --- stage 1: attention transfer (skipped with max_transfer_steps 0: the 'stage 2 alone' ablation) ----------
+    stage1_dir = out / "stage1"
+    if conv.max_transfer_steps == 0:
+        if "swapped" not in state:
+            hf_attnswap.swap(model, target.name, **target.options)
+            record("swapped", ppl=measure(model, "swapped"))
+        else:
+            hf_attnswap.swap(model, target.name, **target.options)
+    elif "stage1" in state:  # finished before an interruption of stage 2: its converted model is on disk
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(stage1_dir, dtype=model.dtype)
+    else:
+        trainable = [p.strip() for p in conv.transfer_trainable.split(",")] if conv.transfer_trainable else None
+        objective = TransferObjective(model, target.name, target.options, loss=conv.transfer_loss,
+                                      trainable=trainable, teacher_forcing=conv.transfer_teacher_forcing)
+        if "swapped" not in state:
+            with objective.student_view() as swapped:
+                record("swapped", ppl=measure(swapped, "right after the swap"))
+        if accelerator.is_main_process:
+            print(f"stage 1: attention transfer to {target.label}, {conv.max_transfer_steps} steps of {per_step:,} "
+                  f"tokens, training {len(objective.trainable_names)} tensors "
+                  f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)", flush=True)
+        s1_args = dataclasses.replace(
+            train_args, output_dir=str(stage1_dir), max_train_steps=conv.max_transfer_steps,
+            learning_rate=conv.transfer_learning_rate, attnswap_learning_rate=None, weight_decay=0.0,
+            num_warmup_steps=conv.transfer_warmup_steps, lr_scheduler_type="cosine", eval_steps=None,
+            eval_before_training=False, push_to_hub=False, overwrite_output_dir=resuming,
+            resume_from_checkpoint=_resume(resuming, stage1_dir))
+        started = time.perf_counter()
+        _, outcome = train(accelerator, objective, dataset, collate, s1_args, start=prepare_output_dir(s1_args, accelerator),
+                           command=command, project_name="convert-stage1")
+        if outcome.interrupted:
+            accelerator.end_training()
+            return outcome.exit_code
+        model = objective.finish()
+        save_final(accelerator, model, tokenizer, stage1_dir)
+        losses = [json.loads(line) for line in (stage1_dir / "log.jsonl").read_text().splitlines()] \
+            if accelerator.is_main_process else []
+        record("stage1", ppl=measure(model, "after stage 1"), steps=outcome.step, tokens=outcome.tokens_seen,
+               seconds=time.perf_counter() - started, trainable=objective.trainable_names,
+               loss=[r["loss"] for r in losses if "loss" in r])
+
+    # --- stage 2: fine-tuning on the training loop (full or LoRA; optionally distilled) -------------------------
+    if not conv.skip_finetune:
+        student: torch.nn.Module = wrap_lora(model, lora_args) if lora_args.lora else model
+        trained: torch.nn.Module = student
+        if conv.distill_kl_weight > 0:
+            teacher, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
+            trained = DistillObjective(student, teacher, conv.distill_kl_weight, conv.distill_temperature)
+        stage2_dir = out / "stage2"
+        s2_args = dataclasses.replace(
+            train_args, output_dir=str(stage2_dir), push_to_hub=False, overwrite_output_dir=resuming,
+            eval_before_training=False, resume_from_checkpoint=_resume(resuming, stage2_dir))
+
+        def evaluate(eval_model: torch.nn.Module, step: int) -> dict[str, float]:
+            inner = eval_model.student if isinstance(eval_model, DistillObjective) else eval_model
+            r = perplexity(inner, tokenizer, texts.validation, max_length=data_args.block_size,
+                           batch_size=train_args.per_device_eval_batch_size, progress=False)
+            return {"ppl": r.ppl}
+
+        started = time.perf_counter()
+        prepared, outcome = train(accelerator, trained, dataset, collate, s2_args, evaluate=evaluate,
+                                  start=prepare_output_dir(s2_args, accelerator), command=command,
+                                  project_name="convert-stage2")
+        if outcome.interrupted:
+            accelerator.end_training()
+            return outcome.exit_code
+        unwrapped = accelerator.unwrap_model(prepared)
+        student = unwrapped.student if isinstance(unwrapped, DistillObjective) else unwrapped
+        save_final(accelerator, student, tokenizer, out)
+        if hasattr(student, "merge_and_unload"):  # LoRA: measure the merged model that was saved
+            from transformers import AutoModelForCausalLM
+
+            student = AutoModelForCausalLM.from_pretrained(out, dtype=model.dtype)
+        losses = [json.loads(line) for line in (stage2_dir / "log.jsonl").read_text().splitlines()] \
+            if accelerator.is_main_process else []
+        record("stage2", ppl=measure(student, "after stage 2"), steps=outcome.step, tokens=outcome.tokens_seen,
+               seconds=time.perf_counter() - started, loss=[r["loss"] for r in losses if "loss" in r])
+    else:
+        save_final(accelerator, model, tokenizer, out)
+
+    # --- report ---------------------------------------------------------------------------------------------------
+    if accelerator.is_main_process:
+        results = report(out, state, target=target.label, options=target.options, model=model_args.model_name_or_path,
+                         data=texts.source, block_size=data_args.block_size, tokens_per_step=per_step)
+        for name, row in results["ratio_to_base"].items():
+            print(f"{name}: perplexity {row['final']:.4g} = {row['ratio']:.3g}x the base ({row['base']:.4g}); gap "
+                  f"closed {row['gap_closed']}", flush=True)
+        print(f"saved {out}", flush=True)
+    accelerator.end_training()
+    return 0
+
+
+def report(out: Path, state: dict[str, Any], **info: Any) -> dict[str, Any]:
+    """Write ``results.json`` and ``conversion.png`` from the phases in ``state``; return the results."""
+    phases = [p for p in ("base", "swapped", "stage1", "stage2") if p in state]
+    final = phases[-1]
+    ratios = {}
+    for name, base in state["base"]["ppl"].items():
+        last = state[final]["ppl"][name]
+        swapped = state.get("swapped", {}).get("ppl", {}).get(name)
+        ratios[name] = {"base": base, "swapped": swapped, "final": last, "ratio": last / base,
+                        "gap_closed": gap_closed(base, swapped, last) if swapped else None}
+    results = {**info, "phases": {p: state[p] for p in phases}, "final_phase": final, "ratio_to_base": ratios,
+               "tokens": sum(state.get(p, {}).get("tokens", 0) for p in ("stage1", "stage2")),
+               "seconds": sum(state.get(p, {}).get("seconds", 0.0) for p in ("stage1", "stage2")),
+               "git_revision": git_revision()}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(out / "conversion.png", state, phases, title=f"{info.get('model')} -> {info.get('target')}")
+    return results
+
+
+def plot(path: Path, state: dict[str, Any], phases: list[str], *, title: str) -> None:
+    """Perplexity per phase and corpus (log scale), and each stage's training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    labels = {"base": "base", "swapped": "swapped", "stage1": "after stage 1", "stage2": "after stage 2"}
+    for name in state["base"]["ppl"]:
+        axes[0].plot([labels[p] for p in phases], [state[p]["ppl"][name] for p in phases], marker="o", label=name)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("held-out perplexity")
+    axes[0].legend(fontsize=8)
+    for ax, stage, what in ((axes[1], "stage1", "transfer loss"), (axes[2], "stage2", "next-token loss")):
+        loss = state.get(stage, {}).get("loss") or []
+        ax.plot(range(1, len(loss) + 1), loss)
+        ax.set_title(f"{labels[stage]}: {what}" if loss else f"{labels[stage]}: not run")
+        ax.set_xlabel("step")
+        if loss and min(loss) > 0:
+            ax.set_yscale("log")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(run_recipe(main))

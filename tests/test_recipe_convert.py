@@ -1,0 +1,131 @@
+"""recipes/convert.py on a tiny GPT-2 and Llama: both stages, outputs, resume, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+import hf_attnswap  # noqa: F401
+from hf_attnswap.training.loop import run_recipe
+
+from conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+convert = _load("convert")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A word-level tokenizer, tiny GPT-2 and Llama checkpoints, a training corpus and a second evaluation corpus."""
+    root = tmp_path_factory.mktemp("convert_assets")
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>")
+    for arch in ("gpt2", "llama"):
+        tok.save_pretrained(root / arch)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(tiny_config(arch), attn_implementation="sdpa").save_pretrained(root / arch)
+    g = torch.Generator().manual_seed(0)
+    for name, n in (("train", 40), ("other", 6)):
+        docs = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (int(k),), generator=g))
+                for k in torch.randint(10, 40, (n,), generator=g)]
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return root
+
+
+def _argv(assets: Path, out: Path, *extra: str, arch: str = "gpt2", attn: str = "polynomial:degree=3") -> list[str]:
+    return ["--model_name_or_path", str(assets / arch), "--attn", attn, "--train_file", str(assets / "train.jsonl"),
+            "--validation_split_percentage", "10", "--eval_datasets", str(assets / "other.jsonl"),
+            "--block_size", "16", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+            "--max_transfer_steps", "4", "--transfer_learning_rate", "1e-2", "--max_train_steps", "3",
+            "--learning_rate", "1e-3", "--disable_progress_bar", "--output_dir", str(out), *extra]
+
+
+def _run(argv: list[str]) -> int:
+    AcceleratorState._reset_state(True)
+    return run_recipe(lambda: convert.main(argv))
+
+
+@pytest.mark.parametrize("arch,attn", [("gpt2", "polynomial:degree=3"), ("llama", "dagpam:lambda_init=0.3")])
+def test_both_stages_run_and_the_output_is_a_normal_swapped_model(assets, tmp_path, arch, attn):
+    out = tmp_path / "run"
+    assert _run(_argv(assets, out, arch=arch, attn=attn)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["phases"]) == ["base", "swapped", "stage1", "stage2"]
+    for phase in results["phases"].values():
+        assert set(phase["ppl"]) == {"train-corpus held out", str(assets / "other.jsonl")}
+    s1 = results["phases"]["stage1"]
+    assert s1["steps"] == 4 and s1["tokens"] == 4 * 2 * 2 * 16 and len(s1["loss"]) == 4
+    assert results["phases"]["stage2"]["steps"] == 3
+    assert (out / "conversion.png").stat().st_size > 1000
+    model = AutoModelForCausalLM.from_pretrained(out)  # no keyword: the mechanism is in config.json
+    assert model.config._attn_implementation == attn.split(":")[0]
+    model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
+    base = load_file(assets / arch / "model.safetensors")
+    stage1 = load_file(out / "stage1" / "model.safetensors")
+    moved = {k for k in base if k in stage1 and not torch.equal(base[k], stage1[k])}
+    if arch == "gpt2":  # stage 1 trains only the query/key projections of a mechanism without parameters
+        assert moved and all("c_attn" in k for k in moved)
+    else:  # and only the mechanism's own parameters of one with them
+        assert not moved and any("attnswap" in k for k in stage1)
+
+
+def test_stage2_alone_and_stage1_alone(assets, tmp_path):
+    assert _run(_argv(assets, tmp_path / "s2", "--max_transfer_steps", "0")) == 0
+    phases = json.loads((tmp_path / "s2" / "results.json").read_text())["phases"]
+    assert list(phases) == ["base", "swapped", "stage2"]
+    assert _run(_argv(assets, tmp_path / "s1", "--skip_finetune")) == 0
+    results = json.loads((tmp_path / "s1" / "results.json").read_text())
+    assert results["final_phase"] == "stage1"
+    AutoModelForCausalLM.from_pretrained(tmp_path / "s1")
+
+
+@pytest.mark.parametrize("where", ["stage1", "stage2"])
+def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, where):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    args = ("--checkpointing_steps", "1", "--max_transfer_steps", "3", "--max_train_steps", "3")
+    assert _run(_argv(assets, full, *args)) == 0
+    if where == "stage1":  # stop_after_steps stops the first stage that runs
+        assert _run(_argv(assets, cut, *args, "--stop_after_steps", "2")) == 0
+        assert not (cut / "results.json").exists() and not (cut / "stage1" / "model.safetensors").exists()
+    else:
+        assert _run(_argv(assets, cut, *args[:-2], "--max_train_steps", "3", "--skip_finetune")) == 0
+        (cut / "results.json").unlink()
+        (cut / "model.safetensors").unlink()
+        state = json.loads((cut / "conversion.json").read_text())
+        assert "stage1" in state
+    assert _run(_argv(assets, cut, *args, "--resume_from_checkpoint", "latest")) == 0
+    a, b = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_is_a_clear_error(assets, tmp_path, capsys):
+    assert _run(_argv(assets, tmp_path / "a", attn="sdpa")) == 2
+    assert "is the model's own attention" in capsys.readouterr().err
+    assert _run(_argv(assets, tmp_path / "b", "--transfer_trainable", "no_such_weight")) == 2
+    assert "'no_such_weight' matches no parameter" in capsys.readouterr().err
+    assert _run(_argv(assets, tmp_path / "c", attn="polynomial:degree=2.5")) == 2
+    assert "'degree' must be an integer" in capsys.readouterr().err
+    out = tmp_path / "d"
+    assert _run(_argv(assets, out, "--max_train_steps", "1", "--max_transfer_steps", "1")) == 0
+    assert _run(_argv(assets, out)) == 2
+    assert "already holds a finished conversion" in capsys.readouterr().err
