@@ -53,6 +53,8 @@ def _check_output_file(path: str | None, flag: str) -> None:
     folder), so a long run does not end in ``[Errno 21] Is a directory``."""
     if path is None:
         return
+    if not path.strip():
+        raise CLIError(f"{flag} needs a file name, e.g. {flag} results.json.")
     file = Path(path).expanduser()
     if file.is_dir():
         raise CLIError(f"{flag} {path} is a folder; pass a file name, e.g. {file / 'results.json'}.")
@@ -110,6 +112,17 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_datasets() -> None:
+    """No datasets progress bars, and none of its logged errors: every datasets failure reaches the user as one
+    ``attnswap: error:`` message that says what is wrong with the file (and quotes datasets' own error)."""
+    try:
+        import datasets
+    except ImportError:
+        return
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -129,6 +142,7 @@ def _eval_ppl(args: argparse.Namespace) -> int:
     _check_output_file(args.json, "--json")
     model = _default_model(args.model)
     source = _dataset(args.dataset)
+    _quiet_datasets()
     load_kw: dict[str, Any] = {"text_column": args.text_column, "limit": args.limit, "txt_sample_by": args.sample_by}
     if args.split is not None:
         load_kw["split"] = args.split
@@ -184,6 +198,7 @@ def _eval_mt(args: argparse.Namespace) -> int:
     _check_output_file(args.json, "--json")
     model = _default_model(args.model)
     limit = args.limit if args.limit and args.limit > 0 else None
+    _quiet_datasets()
     pairs = load_parallel(_dataset(args.dataset), args.split, src_lang=args.src, tgt_lang=args.tgt, limit=limit,
                           config_name=args.config_name)
     _quiet_transformers()
@@ -224,9 +239,11 @@ def _push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
     from .data.assets import resolve_model, resolve_tokenizer
-    from .hub import HubError, check_repo_id, read_eval_results
+    from .hub import HubError, check_repo_id, check_token, read_eval_results
 
     check_repo_id(args.repo_id)  # everything that needs no model first: a typo costs no loading
+    if args.dry_run is None:
+        check_token()
     eval_results = read_eval_results(args.eval_results) if args.eval_results else None
     if args.dry_run is not None:
         out = Path(args.dry_run).expanduser()
@@ -272,6 +289,7 @@ def _probe(args: argparse.Namespace) -> int:
         raise ProbeError(f"--out {out}: cannot write there ({err.strerror or err}); pick a writable folder.") from None
     model = _default_model(args.model)
     source = _dataset("news-lee" if args.dataset == "news" else args.dataset)
+    _quiet_datasets()
     texts = load_texts(source, text_column=args.text_column, limit=args.max_texts, txt_sample_by=args.sample_by)
     if not 0 <= args.example < len(texts):
         raise ProbeError(f"--example {args.example} is outside the {len(texts)} texts loaded (0 to {len(texts) - 1}).")
@@ -494,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AttnSwapError, OSError) as err:  # bad input, missing files: a message, not a traceback
         print(f"attnswap: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("attnswap: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
-from .data.hints import param
+from .data.hints import param, setting
 from .errors import AttnSwapError, NotSwappedError, OptionError
 from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parse_options
 
@@ -62,6 +62,7 @@ __all__ = [
     "RepoIdError",
     "card_text",
     "check_repo_id",
+    "check_token",
     "push_to_hub",
     "read_eval_results",
     "save_for_hub",
@@ -182,6 +183,12 @@ def card_text(
     """The ``README.md`` (YAML metadata + body) that :func:`save_for_hub` would write for ``model``."""
     share = _prepare(model, base_model=base_model, eval_results=eval_results, extra_tags=extra_tags)
     return str(_card(model, share, repo_id=repo_id))
+
+
+def check_token(token: str | None = None) -> str:
+    """The token :func:`push_to_hub` would use (``token``, else ``HF_TOKEN``, else the cached login), or
+    :class:`MissingTokenError` saying how to get one. Never printed or logged."""
+    return _resolve_token(token)
 
 
 def check_repo_id(repo_id: Any) -> str:
@@ -318,7 +325,7 @@ def _base_model(model: nn.Module, given: str | None) -> str | None:
     if given is not None:
         if not isinstance(given, str) or not _is_hub_id(given):
             raise HubError(
-                f"base_model must be the Hub id of the model you started from, e.g. 'HuggingFaceTB/SmolLM2-135M', "
+                f"{param('base_model')} must be the Hub id of the model you started from, e.g. 'HuggingFaceTB/SmolLM2-135M', "
                 f"not {given!r} (a local path cannot be linked from the Hub). Leave it out if there is none."
             )
         return given
@@ -362,9 +369,11 @@ def _resolve_token(token: str | None) -> str:
     token = token or get_token()
     if not token:
         raise MissingTokenError(
-            "no Hugging Face token found: pass token=..., set the HF_TOKEN environment variable, or run "
+            f"no Hugging Face token found: {'pass token=..., ' if param('token') else ''}set the HF_TOKEN environment "
+            "variable, or run "
             "`hf auth login` once (create a token with write access at https://huggingface.co/settings/tokens). "
-            "Use dry_run='<folder>' to write the files without uploading."
+            f"Use {setting('dry_run', '<folder>' if param('dry_run').startswith('-') else repr('<folder>'))} to write "
+            "the files without uploading."
         )
     return token
 

@@ -494,3 +494,38 @@ def test_eval_ppl_says_how_to_cap_a_long_run(model_dir, tmp_path, monkeypatch, c
     code, _, err = run(["eval", "ppl", "--model", model_dir, "--attn", "sdpa", "--dataset", novel, "--no-progress"],
                        capsys)
     assert code == 0 and "--max-tokens N stops after N tokens" in err and "--sample-by paragraph" in err
+
+
+# ------------------------------------------------------------------------------------------ more hostile input
+
+
+def test_push_without_a_token_fails_before_loading_and_names_no_python_keyword(tmp_path, monkeypatch, capsys):
+    import hf_attnswap.hub as hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hub, "get_token", lambda: None)
+    code, _, err = run(["push", "--model", tmp_path / "never_loaded", "--repo-id", "a/b"], capsys)
+    assert_clear(code, err, "no Hugging Face token found", "HF_TOKEN", "--dry-run <folder>")
+    assert "token=" not in err and "dry_run=" not in err
+
+
+def test_push_base_model_hint_names_the_flag(swapped_dir, tmp_path, capsys):
+    code, _, err = run(["push", "--model", swapped_dir, "--repo-id", "a/b", "--base-model", "./local",
+                        "--dry-run", tmp_path / "out"], capsys)
+    assert_clear(code, err, "--base-model must be the Hub id")
+
+
+def test_json_flag_without_a_name(tmp_path, capsys):
+    code, _, err = run(["eval", "ppl", "--model", tmp_path / "never_loaded", "--json", ""], capsys)
+    assert_clear(code, err, "--json needs a file name")
+
+
+def test_ctrl_c_is_a_short_message(monkeypatch, capsys):
+    import hf_attnswap.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_list", interrupted)
+    code, _, err = run(["list"], capsys)
+    assert code == 130 and err.strip() == "attnswap: interrupted"

@@ -27,6 +27,7 @@ CLI_FLAGS: dict[str, str] = {
     "max_new_tokens": "--max-new-tokens", "num_beams": "--num-beams", "template": "--template",
     "example_index": "--example", "top_n": "--top-n", "model": "--model", "tokenizer": "--tokenizer",
     "prompt": "--prompt", "repo_id": "--repo-id", "eval_results": "--eval-results", "base_model": "--base-model",
+    "dry_run": "--dry-run", "token": "",  # "": the command has no such flag (the token comes from HF_TOKEN or a login)
 }  # fmt: skip
 #: Keyword -> flag of ``recipes/continue_pretrain.py`` and ``recipes/finetune_translation.py`` (HfArgumentParser).
 RECIPE_FLAGS: dict[str, str] = {
@@ -50,7 +51,8 @@ def option_names(names: Mapping[str, str]) -> Iterator[None]:
 
 
 def param(name: str) -> str:
-    """How the caller spells setting ``name``: its flag inside :func:`option_names`, else the keyword itself."""
+    """How the caller spells setting ``name``: its flag inside :func:`option_names`, else the keyword itself
+    (``""`` when the caller has no way to set it, e.g. the CLI has no ``--token``)."""
     names = _NAMES.get()
     return names.get(name, name) if names else name
 
