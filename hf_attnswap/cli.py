@@ -45,6 +45,8 @@ def _dataset(name: str) -> str:
     local path that does not exist is an error that says so."""
     from .data.assets import resolve_source
 
+    if any(c in name for c in "*?[") and not Path(name).expanduser().exists():
+        return name  # a glob pattern: load_texts expands it (and says so when nothing matches)
     return resolve_source(name, "--dataset")
 
 
@@ -190,9 +192,11 @@ def _eval_ppl(args: argparse.Namespace) -> int:
 def _eval_mt(args: argparse.Namespace) -> int:
     import hf_attnswap
 
+    from transformers import AutoConfig, AutoTokenizer
+
     from .data.parallel import load_parallel
     from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
-    from .evaluation.translation import evaluate_translation
+    from .evaluation.translation import check_translation_fits, evaluate_translation
 
     specs = parse_attn_specs(args.attn)
     _check_output_file(args.json, "--json")
@@ -202,6 +206,9 @@ def _eval_mt(args: argparse.Namespace) -> int:
     pairs = load_parallel(_dataset(args.dataset), args.split, src_lang=args.src, tgt_lang=args.tgt, limit=limit,
                           config_name=args.config_name)
     _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    check_translation_fits(AutoConfig.from_pretrained(model), tokenizer, [p[0] for p in pairs], src_lang=args.src,
+                           tgt_lang=args.tgt, template=args.template, max_new_tokens=args.max_new_tokens)
     print(f"translation {args.src}->{args.tgt} by {model} on {args.dataset}/{args.split} ({len(pairs)} pairs), "
           f"hf_attnswap {hf_attnswap.__version__}", file=sys.stderr)
     if args.dataset == "de-en-ding":
@@ -216,7 +223,7 @@ def _eval_mt(args: argparse.Namespace) -> int:
                 "bleu_signature": r.bleu_signature, "chrf_signature": r.chrf_signature, "metric_backend": r.backend,
                 "metric_backend_note": r.backend_note, "examples": r.examples, "settings": r.settings}
 
-    rows = compare(model, specs, evaluate,
+    rows = compare(model, specs, evaluate, tokenizer=tokenizer,
                    on_result=lambda r: print(f"  {r['attn']}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f}", file=sys.stderr))
     print_table(f"{args.src}->{args.tgt} translation, {Path(model).name} on {args.dataset}/{args.split}", rows, [
         ("bleu", "BLEU", "{:.2f}"), ("chrf", "chrF", "{:.2f}"), ("sentences", "sentences", "{:,}"),

@@ -129,6 +129,20 @@ def test_eval_mt_max_new_tokens_beyond_positions_is_refused(gpt2_char_dir, pairs
                  "pass --max-new-tokens <=")
 
 
+def test_eval_mt_checks_positions_before_loading_any_weights(gpt2_char_dir, pairs_dir, tmp_path, capsys):
+    import shutil
+
+    config_only = tmp_path / "config_only"  # config and tokenizer, weights removed: the check must not need them
+    shutil.copytree(gpt2_char_dir, config_only)
+    (config_only / "model.safetensors").unlink()
+    code, _, err = run(["eval", "mt", "--model", config_only, "--attn", "sdpa", "--dataset", pairs_dir,
+                        "--max-new-tokens", "1000", "--no-progress"], capsys)
+    assert_clear(code, err, "--max-new-tokens 1000 is too many")
+    code, _, err = run(["eval", "mt", "--model", config_only, "--attn", "sdpa", "--dataset", pairs_dir,
+                        "--template", "no placeholder"], capsys)
+    assert_clear(code, err, "--template 'no placeholder' has no '{source}' placeholder")
+
+
 def test_evaluate_translation_checks_positions_in_python(gpt2_char_dir):
     from hf_attnswap.evaluation.translation import TranslationError, evaluate_translation
     from test_translation import char_tokenizer
@@ -529,3 +543,12 @@ def test_ctrl_c_is_a_short_message(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_list", interrupted)
     code, _, err = run(["list"], capsys)
     assert code == 130 and err.strip() == "attnswap: interrupted"
+
+
+def test_dataset_glob_pattern_is_not_taken_for_a_missing_path(model_dir, docs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["eval", "ppl", "--model", model_dir, "--attn", "sdpa", "--dataset", "./*.jsonl",
+                        "--max-length", "16", "--no-progress"], capsys)
+    assert code == 0, err
+    code, _, err = run(["eval", "ppl", "--model", model_dir, "--attn", "sdpa", "--dataset", "./nothing/*.jsonl"], capsys)
+    assert_clear(code, err, "no file matches the pattern")

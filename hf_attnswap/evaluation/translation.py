@@ -43,6 +43,7 @@ __all__ = [
     "TranslationError",
     "TranslationResult",
     "build_prompt",
+    "check_translation_fits",
     "cut_translation",
     "evaluate_translation",
     "resolve_template",
@@ -212,6 +213,27 @@ def _check_positions(model: Any, lengths: Sequence[int], max_new_tokens: int) ->
             f"{longest} + {max_new_tokens} exceeds the model's {positions} positions; pass {param('max_new_tokens')} "
             f"<= {positions - longest}"
         )
+
+
+def check_translation_fits(
+    model: Any,
+    tokenizer: Any,
+    sources: Sequence[str],
+    *,
+    src_lang: str = "de",
+    tgt_lang: str = "en",
+    template: str | None = None,
+    max_new_tokens: int = 64,
+) -> None:
+    """What :func:`translate` checks before generating, without generating: the template, ``max_new_tokens`` and
+    that the longest prompt plus ``max_new_tokens`` fits in the model's positions. ``model`` may be just its config
+    (``AutoConfig.from_pretrained(...)``), so a bad setting fails before any weights are loaded."""
+    sources = _check_sources(sources)
+    template = resolve_template(src_lang, tgt_lang, template)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    if sources:
+        prompts = [build_prompt(template, s) for s in sources]
+        _check_positions(model, [len(ids) for ids in tokenizer(prompts)["input_ids"]], max_new_tokens)
 
 
 @torch.no_grad()
