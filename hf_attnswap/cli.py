@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: usage error (2) or --help (0), already printed
-        return exit_.code if isinstance(exit_.code, int) else 2
+        return 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 2
     flags = {**CLI_FLAGS, **_FLAGS_BY_COMMAND.get(args.command, {})}
     try:
         with option_names(flags):

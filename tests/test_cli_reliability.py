@@ -552,3 +552,8 @@ def test_dataset_glob_pattern_is_not_taken_for_a_missing_path(model_dir, docs, t
     assert code == 0, err
     code, _, err = run(["eval", "ppl", "--model", model_dir, "--attn", "sdpa", "--dataset", "./nothing/*.jsonl"], capsys)
     assert_clear(code, err, "no file matches the pattern")
+
+
+def test_help_and_usage_errors_return_exit_codes_instead_of_raising(capsys):
+    assert main(["eval", "ppl", "--help"]) == 0 and "--max-tokens" in capsys.readouterr().out
+    assert main(["nonsense"]) == 2 and "invalid choice" in capsys.readouterr().err
