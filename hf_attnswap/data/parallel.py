@@ -316,8 +316,8 @@ def prepare_de_en(force: bool = False, *, deb: str | os.PathLike[str] | None = N
     ``dpkg-deb -x``; nothing is installed system-wide. ``deb`` uses a ``.deb`` file you already have
     instead. The folder is built in a hidden sibling and renamed into place when complete.
 
-    Returns immediately when already prepared, unless ``force``. Raises :class:`~hf_attnswap.errors.AssetError` (a ``RuntimeError``) when apt-get or
-    dpkg-deb is missing or fails (the message says what to run).
+    Returns immediately when already prepared, unless ``force``. Raises :class:`~hf_attnswap.errors.AssetError`
+    (a ``RuntimeError``) when apt-get or dpkg-deb is missing or fails (the message says what to run).
     """
     target = de_en_path()
     if not force and is_de_en_prepared():
