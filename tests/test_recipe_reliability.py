@@ -543,3 +543,15 @@ def test_a_signal_while_a_checkpoint_is_renamed_into_place_waits_for_it(assets, 
     monkeypatch.setattr(checkpoint_module.os, "replace", real)
     assert _run(_argv(assets, out, "--checkpointing_steps", "2", "--eval_before_training", "false",
                       "--resume_from_checkpoint", "latest")) == 0
+
+
+def test_data_messages_name_the_recipe_flags(tmp_path, capsys):
+    """The shared loaders' hints name --text_column (the recipes' flag), not the Python keyword text_column=."""
+    from hf_attnswap.data.text import load_texts
+    from hf_attnswap.training.loop import run_recipe
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"body": "some words here"}\n')
+    assert run_recipe(lambda: load_texts(str(data), text_column="text")) == 2
+    err = capsys.readouterr().err
+    assert "--text_column" in err and "text_column=" not in err

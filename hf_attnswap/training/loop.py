@@ -654,8 +654,11 @@ def run_recipe(main: Callable[[], int]) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
+    from ..data.hints import RECIPE_FLAGS, option_names
+
     try:
-        return main()
+        with option_names(RECIPE_FLAGS):  # messages of the shared loaders name --text_column, not text_column=
+            return main()
     except AttnSwapError as exc:
         sys.stderr.write(f"error: {exc}\n")  # one write: the processes of a launch do not interleave their lines
         sys.stderr.flush()
