@@ -120,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     with accelerator.main_process_first():
         dataset = pack_texts(texts.train, tokenizer, data_args.block_size, num_proc=data_args.preprocessing_num_workers)
 
+    tokens: dict[str, int] = {}  # tokens scored per corpus (the same at every phase)
+
     def measure(m: torch.nn.Module, phase: str) -> dict[str, float]:
         m.eval()
         ppl = {}
         for name, docs in eval_sets.items():
             r = perplexity(m, tokenizer, docs, max_length=data_args.block_size,
+                           stride=conv.eval_stride or data_args.block_size, max_tokens=conv.eval_max_tokens,
                            batch_size=train_args.per_device_eval_batch_size, progress=False)
             ppl[name] = r.ppl
+            tokens[name] = r.tokens
         if accelerator.is_main_process:
             print(f"{phase}: " + ", ".join(f"{k} ppl {v:.4g}" for k, v in ppl.items()), flush=True)
         return ppl
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         def evaluate(eval_model: torch.nn.Module, step: int) -> dict[str, float]:
             inner = eval_model.student if isinstance(eval_model, DistillObjective) else eval_model
             r = perplexity(inner, tokenizer, texts.validation, max_length=data_args.block_size,
+                           stride=conv.eval_stride or data_args.block_size, max_tokens=conv.eval_max_tokens,
                            batch_size=train_args.per_device_eval_batch_size, progress=False)
             return {"ppl": r.ppl}
 
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     # --- report ---------------------------------------------------------------------------------------------------
     if accelerator.is_main_process:
         results = report(out, state, target=target.label, options=target.options, model=model_args.model_name_or_path,
-                         data=texts.source, block_size=data_args.block_size, tokens_per_step=per_step)
+                         data=texts.source, block_size=data_args.block_size, tokens_per_step=per_step,
+                         eval_tokens=tokens, eval_stride=conv.eval_stride or data_args.block_size)
         for name, row in results["ratio_to_base"].items():
             print(f"{name}: perplexity {row['final']:.4g} = {row['ratio']:.3g}x the base ({row['base']:.4g}); gap "
                   f"closed {row['gap_closed']}", flush=True)

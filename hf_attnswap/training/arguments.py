@@ -133,6 +133,11 @@ class ConversionArguments:
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Stage 2: temperature of that KL loss."})
+    eval_max_tokens: int | None = field(default=16384, metadata={
+        "help": "Score at most this many tokens of each evaluation corpus (the first ones, in document order), so "
+                "that every phase is measured on the same tokens in bounded time; none: all of them."})
+    eval_stride: int | None = field(default=None, metadata={
+        "help": "Perplexity window stride (default: block_size, i.e. non-overlapping windows)."})
     eval_datasets: str = field(default="news-text", metadata={
         "help": "Comma-separated corpora (offline asset names, files or Hub datasets) whose documents measure "
                 "held-out perplexity at every phase, besides the training corpus's validation split. Their first "
