@@ -170,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stage 1: attention transfer to {target.label}, {conv.max_transfer_steps} steps of {per_step:,} "
                   f"tokens, training {len(objective.trainable_names)} tensors "
                   f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)", flush=True)
+        resume_s1 = _resume(resuming, stage1_dir)
+        if conv.transfer_calibrate and objective.trains_projections and resume_s1 is None:
+            first = collate([dataset[i] for i in range(min(len(dataset), train_args.per_device_train_batch_size))])
+            factors = objective.calibrate_query_scale(first["input_ids"])
+            record("calibration", factors=factors)
+            if accelerator.is_main_process:
+                print("calibrated query scales: " + ", ".join(f"{v:.3g}" for v in factors.values()), flush=True)
         s1_args = dataclasses.replace(
             train_args, output_dir=str(stage1_dir), max_train_steps=conv.max_transfer_steps,
             learning_rate=conv.transfer_learning_rate, attnswap_learning_rate=None, weight_decay=0.0,
             num_warmup_steps=conv.transfer_warmup_steps, lr_scheduler_type="cosine", eval_steps=None,
             eval_before_training=False, push_to_hub=False, overwrite_output_dir=resuming,
-            resume_from_checkpoint=_resume(resuming, stage1_dir))
+            resume_from_checkpoint=resume_s1)
         started = time.perf_counter()
         _, outcome = train(accelerator, objective, dataset, collate, s1_args, start=prepare_output_dir(s1_args, accelerator),
                            command=command, project_name="convert-stage1")
@@ -254,6 +261,7 @@ def report(out: Path, state: dict[str, Any], **info: Any) -> dict[str, Any]:
         ratios[name] = {"base": base, "swapped": swapped, "final": last, "ratio": last / base,
                         "gap_closed": gap_closed(base, swapped, last) if swapped else None}
     results = {**info, "phases": {p: state[p] for p in phases}, "final_phase": final, "ratio_to_base": ratios,
+               "calibration": state.get("calibration"),
                "tokens": sum(state.get(p, {}).get("tokens", 0) for p in ("stage1", "stage2")),
                "seconds": sum(state.get(p, {}).get("seconds", 0.0) for p in ("stage1", "stage2")),
                "git_revision": git_revision()}

@@ -194,3 +194,29 @@ def test_the_transfer_attention_outside_an_objective_is_an_error():
     objective = TransferObjective(_model("llama"), "polynomial")
     with pytest.raises(TransferError, match="outside a TransferObjective"):
         objective.model(random_ids(1, 6))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_query_scale_calibration_lowers_the_loss_and_keeps_the_teacher(arch):
+    model = _model(arch)
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    batch = _data(1)[0]
+    before = objective(input_ids=batch).loss.item()
+    originals = {n: t.clone() for n, t in objective._originals.items()}
+    chosen = objective.calibrate_query_scale(batch, factors=[0.01, 0.1, 1.0])
+    assert len(chosen) == model.config.num_hidden_layers and set(chosen.values()) <= {0.01, 0.1, 1.0}
+    after = objective(input_ids=batch).loss.item()
+    assert after <= before
+    assert all(torch.equal(objective._originals[n], originals[n]) for n in originals)  # the teacher is unchanged
+    if arch == "gpt2":
+        d = model.config.n_embd
+        w = dict(model.named_parameters())["transformer.h.0.attn.c_attn.weight"]
+        torch.testing.assert_close(w[:, :d], originals["transformer.h.0.attn.c_attn.weight"][:, :d]
+                                   * chosen["transformer.h.0.attn"])
+        assert torch.equal(w[:, d:], originals["transformer.h.0.attn.c_attn.weight"][:, d:])
+
+
+def test_calibration_needs_a_trained_query_projection():
+    objective = TransferObjective(_model("llama"), "polynomial", trainable=[r"k_proj"])
+    with pytest.raises(TransferError, match="not trained"):
+        objective.calibrate_query_scale(_data(1)[0])

@@ -79,6 +79,7 @@ class _Step:
     mode: str = "both"  # "teacher", "student" or "both"
     recorded: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
     calls: int = 0
+    query_factor: float | None = None  # calibration only
     total: torch.Tensor | None = None
     layers: int = 0
     per_layer: list[float] = field(default_factory=list)
@@ -123,6 +124,9 @@ def _transfer_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         step.calls += 1
     b, h, q_len, d = query.shape
     rows = step.token_mask[:, -q_len:] if step.token_mask is not None else None  # (B, Q)
+    factor = step.query_factor
+    if factor is not None:  # calibration: the student's query scaled (as if its projection were)
+        query = query * factor
     if step.loss == "mse":
         student, _ = _attention_interface(mech, module, query, key, value.detach(), attention_mask,
                                           scaling=scaling, dropout=0.0, **kwargs)
@@ -277,10 +281,79 @@ class TransferObjective(nn.Module):
                 labels: torch.Tensor | None = None, num_items_in_batch: int | None = None, **kwargs: Any) -> Any:
         """input_ids, attention_mask: (B, T). Returns ``SimpleNamespace(loss, layers, per_layer)``."""
         token_mask = attention_mask.bool() if attention_mask is not None else None
+        step = self._run(input_ids, attention_mask)
+        tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
+        denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
+        loss = step.total / (denom * step.layers)
+        return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer])
+
+    @property
+    def trains_projections(self) -> bool:
+        """Whether parameters the teacher depends on (the query/key projections) are trained: then each forward
+        runs a teacher pass with their original values, and :meth:`calibrate_query_scale` can run."""
+        return bool(self._originals)
+
+    @torch.no_grad()
+    def calibrate_query_scale(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                              factors: Iterable[float] | None = None) -> dict[str, float]:
+        """Rescale each layer's query projection by the factor (from ``factors``, default ``2^(k/2)`` for k = -24…4)
+        whose student output is closest to the teacher's on this batch (B, T), before any training step.
+
+        A mechanism whose output scale differs from softmax's by orders of magnitude (polynomial's ``s^p`` has no
+        denominator) starts from a matched scale instead of spending its first hundreds of steps shrinking the
+        projections. With teacher forcing the layers are independent, so one forward per factor measures every
+        layer. Needs the query projection among the trained parameters (the teacher keeps the original); returns
+        ``{attention module name: factor}``."""
+        grid = list(factors) if factors is not None else [2 ** (k / 2) for k in range(-24, 5)]
+        targets = self._query_projections()
+        losses: list[list[float]] = []
+        for f in grid:
+            step = self._run(input_ids, attention_mask, query_factor=float(f))
+            losses.append(step.per_layer)
+        chosen = {}
+        for layer, (name, weight, bias, rows) in enumerate(targets):
+            best = min(range(len(grid)), key=lambda i: losses[i][layer] if math.isfinite(losses[i][layer]) else math.inf)
+            f = float(grid[best])
+            weight[rows[0]] *= f
+            if bias is not None:
+                bias[rows[1]] *= f
+            chosen[name] = f
+        return chosen
+
+    def _query_projections(self) -> list[tuple[str, torch.Tensor, torch.Tensor | None, Any]]:
+        """Per attention layer, in forward order: ``(name, weight, bias, (weight_index, bias_index))`` of its query
+        projection, the indices selecting the query outputs: Llama-style ``q_proj`` (Linear: all of it) or GPT-2's
+        fused ``c_attn`` (Conv1D: the first third of the output columns)."""
+        found = []
+        params = dict(self.model.named_parameters())
+        for name, module in self.model.named_modules():
+            if getattr(module, "_attnswap_transfer_mechanism", None) is None:
+                continue
+            q = getattr(module, "q_proj", None)
+            c = getattr(module, "c_attn", None)
+            if isinstance(q, nn.Linear):
+                pname = f"{name}.q_proj.weight"
+                found.append((name, q.weight, q.bias, (slice(None), slice(None))))
+            elif c is not None and hasattr(c, "weight") and c.weight.dim() == 2:
+                pname = f"{name}.c_attn.weight"
+                embed = c.weight.shape[1] // 3
+                found.append((name, c.weight, getattr(c, "bias", None), ((slice(None), slice(0, embed)), slice(0, embed))))
+            else:
+                raise TransferError(f"calibration rescales the query projection, but {type(module).__name__} has "
+                                    "neither q_proj nor c_attn; run without it (transfer_calibrate false).")
+            if pname not in self._originals:
+                raise TransferError(f"calibration rescales {pname}, which is not trained (the teacher would change "
+                                    "with it); train the query/key projections, or run without calibration.")
+        return found
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
+             query_factor: float | None = None) -> _Step:
+        token_mask = attention_mask.bool() if attention_mask is not None else None
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if "logits_to_keep" in _forward_params(self.model):
             kw["logits_to_keep"] = 1
-        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both")
+        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",
+                     query_factor=query_factor)
         token = _STEP.set(step)
         try:
             if self._originals:
@@ -296,10 +369,7 @@ class TransferObjective(nn.Module):
         if step.layers == 0 or step.total is None:
             raise TransferError("no attention layer reported a transfer loss: the teacher produced no output for this "
                                 "model (does its attention go through Transformers' AttentionInterface?).")
-        tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
-        denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
-        loss = step.total / (denom * step.layers)
-        return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer])
+        return step
 
     @contextlib.contextmanager
     def student_view(self) -> Iterator[PreTrainedModel]:

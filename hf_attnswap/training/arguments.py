@@ -129,6 +129,9 @@ class ConversionArguments:
                 "mechanism's own parameters, or the query/key projections of a mechanism without any."})
     transfer_teacher_forcing: bool = field(default=True, metadata={
         "help": "Each layer passes the teacher's output on (layers train independently)."})
+    transfer_calibrate: bool = field(default=True, metadata={
+        "help": "Before stage 1, rescale each layer's query projection by the factor (a grid of powers of sqrt 2) "
+                "whose student output best matches the teacher's on one batch. Needs the query projections trained."})
     skip_finetune: bool = field(default=False, metadata={"help": "Stop after stage 1 (no stage 2)."})
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
