@@ -287,7 +287,8 @@ def plot(path: Path, state: dict[str, Any], phases: list[str], *, title: str) ->
     for ax, stage, what in ((axes[1], "stage1", "transfer loss"), (axes[2], "stage2", "next-token loss")):
         loss = state.get(stage, {}).get("loss") or []
         ax.plot(range(1, len(loss) + 1), loss)
-        ax.set_title(f"{labels[stage]}: {what}" if loss else f"{labels[stage]}: not run")
+        name = stage.replace("stage", "stage ")
+        ax.set_title(f"{name}: {what}" if loss else f"{name}: not run")
         ax.set_xlabel("step")
         if loss and min(loss) > 0:
             ax.set_yscale("log")
