@@ -555,3 +555,29 @@ def test_data_messages_name_the_recipe_flags(tmp_path, capsys):
     assert run_recipe(lambda: load_texts(str(data), text_column="text")) == 2
     err = capsys.readouterr().err
     assert "--text_column" in err and "text_column=" not in err
+
+
+def test_signals_are_deferred_even_when_another_thread_receives_them():
+    """A process-directed SIGTERM may go to any thread that does not block it (a tokenizer's, torch's); Python still
+    runs the handler in the main thread. The checkpoint rename must not be interrupted either way."""
+    import threading
+
+    from hf_attnswap.training.checkpoint import _signals_deferred
+
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: caught.append("handler"))
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait, daemon=True)
+    helper.start()
+    try:
+        with _signals_deferred():
+            signal.pthread_kill(helper.ident, signal.SIGTERM)  # as the kernel may pick it
+            for _ in range(3_000_000):  # the main thread runs bytecode while the signal is pending
+                pass
+            inside = list(caught)
+        after = list(caught)
+    finally:
+        release.set()
+        helper.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert inside == [] and after == ["handler"]

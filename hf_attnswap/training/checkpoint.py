@@ -246,15 +246,31 @@ def resolve_resume(value: str, output_dir: str | os.PathLike[str], *, world_size
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (POSIX, main thread) until the block is done: they arrive right after it."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT and SIGTERM back (main thread) until the block is done: they are delivered right after it.
+
+    The Python-level handlers are swapped for one that only records the signal, then restored, and the recorded
+    signals raised again. (Masking the signals with ``pthread_sigmask`` would not do: a process-directed signal is
+    then delivered to another thread, such as a tokenizer's or torch's, and Python still runs its handler in the
+    main thread inside the block.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old = signal.signal(sig, hold)
+        previous[sig] = signal.SIG_DFL if old is None else old
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
 
 
 def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike[str], step: int, state: dict[str, Any], *,
