@@ -199,8 +199,13 @@ def sync_record(model: PreTrainedModel) -> None:
         return
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel) and not is_mechanism(getattr(sub.config, "_attn_implementation", None)):
-            for key in ("attn_implementation", "attnswap"):
-                sub.config.__dict__.pop(key, None)
+            _drop_record(sub.config)
+
+
+def _drop_record(config: Any) -> None:
+    """Remove what ``save_pretrained`` would persist of a mechanism (``attn_implementation``, ``attnswap``)."""
+    for key in ("attn_implementation", "attnswap"):
+        config.__dict__.pop(key, None)
 
 
 def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> PreTrainedModel:
@@ -234,8 +239,7 @@ def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> P
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel):
             sub.__dict__.pop("_init_weights", None)
-            for key in ("attn_implementation", "attnswap"):
-                sub.config.__dict__.pop(key, None)
+            _drop_record(sub.config)
     return model
 
 

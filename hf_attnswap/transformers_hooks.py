@@ -85,11 +85,9 @@ def check_attn_name(name: Any) -> None:
     hf_attnswap nor to Transformers (whose own error would not list the hf_attnswap mechanisms)."""
     if not isinstance(name, str) or "|" in name or "/" in name:  # None, per-submodel dicts, paged|..., hub kernels
         return
-    from transformers import AttentionInterface
+    from .registry import get_mechanism, is_mechanism, is_transformers_attention
 
-    from .registry import get_mechanism, is_mechanism
-
-    if name == "eager" or is_mechanism(name) or name in AttentionInterface().valid_keys():
+    if is_mechanism(name) or is_transformers_attention(name):
         return
     try:
         get_mechanism(name)

@@ -178,9 +178,8 @@ def _register() -> None:
 
 
 def query_key_patterns() -> tuple[str, ...]:
-    """Trainable-parameter patterns: each attention layer's query/key projections (see ``_QK_NAMES``), then every
-    mechanism parameter (``.attnswap.``)."""
-    return tuple(rf"\.{re.escape(n)}\.(weight|bias)$" for n in _QK_NAMES) + (rf"\.{PARAMS_ATTR}\.",)
+    """Parameter-name patterns of each attention layer's query/key projections (see ``_QK_NAMES``)."""
+    return tuple(rf"\.{re.escape(n)}\.(weight|bias)$" for n in _QK_NAMES)
 
 
 def default_trainable(model: nn.Module) -> list[str]:
@@ -194,7 +193,7 @@ def default_trainable(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if id(module) in layers:
             inside.update(f"{name}.{n}" for n, _ in module.named_parameters())
-    pats = [re.compile(p) for p in query_key_patterns()[:-1]]
+    pats = [re.compile(p) for p in query_key_patterns()]
     return [n for n in inside if any(p.search("." + n) for p in pats)]
 
 
@@ -325,7 +324,6 @@ class TransferObjective(nn.Module):
         projection, the indices selecting the query outputs: Llama-style ``q_proj`` (Linear: all of it) or GPT-2's
         fused ``c_attn`` (Conv1D: the first third of the output columns)."""
         found = []
-        params = dict(self.model.named_parameters())
         for name, module in self.model.named_modules():
             if getattr(module, "_attnswap_transfer_mechanism", None) is None:
                 continue
