@@ -15,13 +15,18 @@ Transformers has no public hook for "a model was just built" nor for extra keywo
 model cannot take, and ``set_attn_implementation`` to keep the saved record true to what the model computes. It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
 (``output_attentions=True``), which GPT-2 does not pass down to the attention function.
 
+One Accelerate internal lives here too: :func:`full_precision` undoes ``prepare``'s autocast wrapper for
+evaluations.
+
 ``tests/test_registry_and_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -191,3 +196,23 @@ def attention_weights_requested() -> bool:
     except LookupError:
         return False
     return bool(collected) and any("attentions" in key for key in collected)
+
+
+@contextlib.contextmanager
+def full_precision(model: Any) -> Iterator[Any]:
+    """Inside the block, ``model`` runs in its own dtype even if Accelerate's ``prepare`` wrapped its forward in
+    autocast (``mixed_precision="bf16"``/``"fp16"``), so that evaluations measure the model, not bf16 arithmetic.
+
+    Accelerate keeps the unwrapped bound method in the instance attribute ``_original_forward`` (private); the
+    wrapped forward is put back on exit. A model that was not wrapped is yielded unchanged.
+    """
+    inner = getattr(model, "__dict__", {}).get("_original_forward")
+    if inner is None or "forward" not in model.__dict__:
+        yield model
+        return
+    wrapped = model.__dict__["forward"]
+    model.forward = inner
+    try:
+        yield model
+    finally:
+        model.forward = wrapped

@@ -9,8 +9,10 @@ optionally with a KL loss to the original model). SCIENCE.md, "Converting a pret
 ``attn`` names the target (``polynomial:degree=3``); the base is loaded with its own attention (``sdpa``), which
 is the teacher. Outputs in ``output_dir``: the converted model (``from_pretrained(output_dir)`` after ``import
 hf_attnswap``), ``results.json`` (perplexity of the base, right after the swap, after stage 1 and after stage 2 on
-every evaluation corpus; tokens, time, the gap closed), ``conversion.png``, and ``stage1/`` / ``stage2/`` (each
-stage's checkpoints and log). ``--resume_from_checkpoint latest`` continues the stage that was interrupted.
+every evaluation corpus; tokens, time, the gap closed; the mechanism's added parameters), ``conversion.png``, and
+``stage1/`` / ``stage2/`` (each stage's checkpoints and log). ``--control`` also fine-tunes the unswapped model with
+the same stage 2 (``control/``) and reports it beside the conversion. ``--resume_from_checkpoint latest`` continues
+the stage that was interrupted.
 """
 
 from __future__ import annotations
@@ -57,6 +59,21 @@ def _resume(resuming: bool, stage_dir: Path) -> str | None:
     return "latest" if resuming and list_checkpoints(stage_dir) else None
 
 
+def mechanism_parameter_summary(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """The parameters the mechanism added (e.g. daGPAM's ``lambda_param``), grouped by their last name: how many
+    values, their mean, mean absolute value, min and max (raw parameter values). Empty for a mechanism without any."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if hf_attnswap.is_mechanism_parameter(name):
+            groups.setdefault(name.rsplit(".", 1)[-1], []).append(p.detach().float().flatten())
+    summary = {}
+    for leaf, values in sorted(groups.items()):
+        v = torch.cat(values)
+        summary[leaf] = {"numel": v.numel(), "mean": v.mean().item(), "mean_abs": v.abs().mean().item(),
+                         "min": v.min().item(), "max": v.max().item()}
+    return summary
+
+
 def gap_closed(base: float, swapped: float, final: float) -> float | None:
     """Share of the log-perplexity gap of the raw swap that the conversion closed: 1 = back to the base."""
     gap = math.log(swapped) - math.log(base)
@@ -84,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     if done and not train_args.overwrite_output_dir:
         raise RecipeConfigError(f"{out} already holds a finished conversion ({', '.join(done)}). Pick another "
                                 "--output_dir, or pass --overwrite_output_dir to replace it.")
-    if not resuming and any((out / d).exists() for d in ("stage1", "stage2", STATE_FILE)):
+    if conv.control and conv.skip_finetune:
+        raise RecipeConfigError("control runs stage 2 on the unswapped model, but skip_finetune skips stage 2; drop one.")
+    if not resuming and any((out / d).exists() for d in ("stage1", "stage2", "control", STATE_FILE)):
         if not train_args.overwrite_output_dir:
             raise RecipeConfigError(f"{out} holds an interrupted conversion. Continue it with --resume_from_checkpoint "
                                     "latest, or pass --overwrite_output_dir to start over.")
         if accelerator.is_main_process:
-            for name in ("stage1", "stage2"):
+            for name in ("stage1", "stage2", "control"):
                 shutil.rmtree(out / name, ignore_errors=True)
             for name in (STATE_FILE, *done):
                 (out / name).unlink(missing_ok=True)
@@ -195,19 +214,20 @@ def main(argv: list[str] | None = None) -> int:
             if accelerator.is_main_process else []
         record("stage1", ppl=measure(model, "after stage 1"), steps=outcome.step, tokens=outcome.tokens_seen,
                seconds=time.perf_counter() - started, trainable=objective.trainable_names,
-               loss=[r["loss"] for r in losses if "loss" in r])
+               loss=[r["loss"] for r in losses if "loss" in r], mechanism_parameters=mechanism_parameter_summary(model))
 
     # --- stage 2: fine-tuning on the training loop (full or LoRA; optionally distilled) -------------------------
-    if not conv.skip_finetune:
-        student: torch.nn.Module = wrap_lora(model, lora_args) if lora_args.lora else model
+    def finetune(m: torch.nn.Module, stage: str) -> tuple[torch.nn.Module | None, int]:
+        """Stage 2 on ``m`` in ``out/stage``; record the phase ``stage``. Returns (the model, 0) or (None, exit code)."""
+        student: torch.nn.Module = wrap_lora(m, lora_args) if lora_args.lora else m
         trained: torch.nn.Module = student
         if conv.distill_kl_weight > 0:
             teacher, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
             trained = DistillObjective(student, teacher, conv.distill_kl_weight, conv.distill_temperature)
-        stage2_dir = out / "stage2"
+        stage_dir = out / stage
         s2_args = dataclasses.replace(
-            train_args, output_dir=str(stage2_dir), push_to_hub=False, overwrite_output_dir=resuming,
-            eval_before_training=False, resume_from_checkpoint=_resume(resuming, stage2_dir))
+            train_args, output_dir=str(stage_dir), push_to_hub=False, overwrite_output_dir=resuming,
+            eval_before_training=False, resume_from_checkpoint=_resume(resuming, stage_dir))
 
         def evaluate(eval_model: torch.nn.Module, step: int) -> dict[str, float]:
             inner = eval_model.student if isinstance(eval_model, DistillObjective) else eval_model
@@ -216,26 +236,44 @@ def main(argv: list[str] | None = None) -> int:
                            batch_size=train_args.per_device_eval_batch_size, progress=False)
             return {"ppl": r.ppl}
 
+        set_seed(train_args.seed)  # the conversion and its control see the same data order
         started = time.perf_counter()
         prepared, outcome = train(accelerator, trained, dataset, collate, s2_args, evaluate=evaluate,
                                   start=prepare_output_dir(s2_args, accelerator), command=command,
-                                  project_name="convert-stage2")
+                                  project_name=f"convert-{stage}")
         if outcome.interrupted:
-            accelerator.end_training()
-            return outcome.exit_code
+            return None, outcome.exit_code
         unwrapped = accelerator.unwrap_model(prepared)
         student = unwrapped.student if isinstance(unwrapped, DistillObjective) else unwrapped
-        save_final(accelerator, student, tokenizer, out)
+        saved = out if stage == "stage2" else stage_dir
+        save_final(accelerator, student, tokenizer, saved)
         if hasattr(student, "merge_and_unload"):  # LoRA: measure the merged model that was saved
             from transformers import AutoModelForCausalLM
 
-            student = AutoModelForCausalLM.from_pretrained(out, dtype=model.dtype)
-        losses = [json.loads(line) for line in (stage2_dir / "log.jsonl").read_text().splitlines()] \
+            student = AutoModelForCausalLM.from_pretrained(saved, dtype=m.dtype)
+        losses = [json.loads(line) for line in (stage_dir / "log.jsonl").read_text().splitlines()] \
             if accelerator.is_main_process else []
-        record("stage2", ppl=measure(student, "after stage 2"), steps=outcome.step, tokens=outcome.tokens_seen,
-               seconds=time.perf_counter() - started, loss=[r["loss"] for r in losses if "loss" in r])
-    else:
+        label = "after stage 2" if stage == "stage2" else "control (its own attention, the same stage 2)"
+        record(stage, ppl=measure(student, label), steps=outcome.step, tokens=outcome.tokens_seen,
+               seconds=time.perf_counter() - started, loss=[r["loss"] for r in losses if "loss" in r],
+               mechanism_parameters=mechanism_parameter_summary(student))
+        return student, 0
+
+    if conv.skip_finetune:
         save_final(accelerator, model, tokenizer, out)
+    elif "stage2" not in state:
+        model, code = finetune(model, "stage2")
+        if model is None:
+            accelerator.end_training()
+            return code
+    if conv.control and "control" not in state:
+        control, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
+        if accelerator.is_main_process:
+            print("control: the same stage 2 on the model with its own attention", flush=True)
+        control, code = finetune(control, "control")
+        if control is None:
+            accelerator.end_training()
+            return code
 
     # --- report ---------------------------------------------------------------------------------------------------
     if accelerator.is_main_process:
@@ -260,10 +298,14 @@ def report(out: Path, state: dict[str, Any], **info: Any) -> dict[str, Any]:
         swapped = state.get("swapped", {}).get("ppl", {}).get(name)
         ratios[name] = {"base": base, "swapped": swapped, "final": last, "ratio": last / base,
                         "gap_closed": gap_closed(base, swapped, last) if swapped else None}
+        if "control" in state:
+            control = state["control"]["ppl"][name]
+            ratios[name].update(control=control, control_ratio=control / base, ratio_to_control=last / control)
     results = {**info, "phases": {p: state[p] for p in phases}, "final_phase": final, "ratio_to_base": ratios,
-               "calibration": state.get("calibration"),
+               "control": state.get("control"), "calibration": state.get("calibration"),
                "tokens": sum(state.get(p, {}).get("tokens", 0) for p in ("stage1", "stage2")),
                "seconds": sum(state.get(p, {}).get("seconds", 0.0) for p in ("stage1", "stage2")),
+               "control_seconds": state.get("control", {}).get("seconds"),
                "git_revision": git_revision()}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(out / "conversion.png", state, phases, title=f"{info.get('model')} -> {info.get('target')}")
@@ -280,13 +322,20 @@ def plot(path: Path, state: dict[str, Any], phases: list[str], *, title: str) ->
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     labels = {"base": "base", "swapped": "swapped", "stage1": "after stage 1", "stage2": "after stage 2"}
     for name in state["base"]["ppl"]:
-        axes[0].plot([labels[p] for p in phases], [state[p]["ppl"][name] for p in phases], marker="o", label=name)
+        line = axes[0].plot([labels[p] for p in phases], [state[p]["ppl"][name] for p in phases], marker="o",
+                            label=name)[0]
+        if "control" in state:  # the unswapped model after the same stage 2, at the last phase's position
+            axes[0].plot([labels[phases[-1]]], [state["control"]["ppl"][name]], marker="x", markersize=10,
+                         linestyle="none", color=line.get_color(), label=f"{name}: control (own attention)")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("held-out perplexity")
     axes[0].legend(fontsize=8)
-    for ax, stage, what in ((axes[1], "stage1", "transfer loss"), (axes[2], "stage2", "next-token loss")):
+    for ax, stage, what in ((axes[1], "stage1", "transfer loss"), (axes[2], "stage2", "training loss")):
         loss = state.get(stage, {}).get("loss") or []
-        ax.plot(range(1, len(loss) + 1), loss)
+        ax.plot(range(1, len(loss) + 1), loss, label="converted")
+        if stage == "stage2" and state.get("control", {}).get("loss"):
+            ax.plot(range(1, len(state["control"]["loss"]) + 1), state["control"]["loss"], label="control")
+            ax.legend(fontsize=8)
         name = stage.replace("stage", "stage ")
         ax.set_title(f"{name}: {what}" if loss else f"{name}: not run")
         ax.set_xlabel("step")

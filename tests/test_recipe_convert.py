@@ -99,6 +99,27 @@ def test_stage2_alone_and_stage1_alone(assets, tmp_path):
     AutoModelForCausalLM.from_pretrained(tmp_path / "s1")
 
 
+def test_control_runs_the_same_stage2_on_the_unswapped_model(assets, tmp_path, capsys):
+    out = tmp_path / "ctl"
+    argv = _argv(assets, out, "--max_transfer_steps", "0", "--control", "--attnswap_learning_rate", "1e-2",
+                 arch="llama", attn="dagpam:lambda_init=0.0")
+    assert _run(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    s2, control = results["phases"]["stage2"], results["control"]
+    # daGPAM at lambda = 0 is the original model: the first step (same seed, same batch) has the control's loss
+    assert s2["loss"][0] == pytest.approx(control["loss"][0], abs=1e-5)
+    assert s2["steps"] == control["steps"] == 3 and s2["tokens"] == control["tokens"]
+    lam = s2["mechanism_parameters"]["lambda_param"]
+    assert lam["numel"] > 0 and lam["mean_abs"] > 0  # trained away from 0
+    assert control["mechanism_parameters"] == {}
+    for row in results["ratio_to_base"].values():
+        assert row["ratio_to_control"] == pytest.approx(row["final"] / row["control"])
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "control")
+    assert reloaded.config._attn_implementation == "sdpa"
+    assert _run(_argv(assets, tmp_path / "bad", "--control", "--skip_finetune")) == 2
+    assert "skip_finetune skips stage 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("where", ["stage1", "stage2"])
 def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, where):
     full, cut = tmp_path / "full", tmp_path / "cut"

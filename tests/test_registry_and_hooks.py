@@ -116,3 +116,47 @@ def test_user_defined_mechanism(tmp_path):
         AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="shifted_sigmoid", attnswap={"bias": "low"})
     with pytest.raises(hf_attnswap.OptionError, match="unknown option 'scale'"):
         hf_attnswap.swap(model, "shifted_sigmoid", scale=2)
+
+
+def test_full_precision_undoes_accelerates_autocast_wrapper():
+    """Accelerate's ``prepare`` with bf16 wraps ``model.forward`` in autocast and keeps the original in the private
+    ``_original_forward``; evaluations (perplexity, translation) run inside ``full_precision`` and so in fp32."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from hf_attnswap.evaluation.perplexity import perplexity
+    from hf_attnswap.transformers_hooks import full_precision
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="polynomial")
+    seen: list[bool] = []
+    model.model.layers[0].register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+    AcceleratorState._reset_state(True)
+    try:
+        prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare(model)
+        assert "_original_forward" in prepared.__dict__, "Accelerate no longer keeps _original_forward: fix full_precision"
+        with torch.no_grad():
+            prepared(input_ids=ids)
+            with full_precision(prepared):
+                inside = prepared(input_ids=ids).logits
+            prepared(input_ids=ids)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert seen[1:] == [True, False, True]
+    torch.testing.assert_close(inside, reference, rtol=0, atol=0)
+
+    class Tok:  # a whitespace tokenizer over the tiny vocabulary
+        bos_token_id, add_bos_token = None, False
+
+        def __call__(self, texts, **_):
+            return {"input_ids": [[int(w) % model.config.vocab_size for w in t.split()] for t in texts]}
+
+    texts = [" ".join(str(i * 7 % 97) for i in range(40))]
+    with torch.no_grad():
+        wrapped_ppl = perplexity(prepared, Tok(), texts, max_length=16, progress=False).ppl
+        prepared.forward = prepared._original_forward
+        plain_ppl = perplexity(prepared, Tok(), texts, max_length=16, progress=False).ppl
+    assert wrapped_ppl == plain_ppl

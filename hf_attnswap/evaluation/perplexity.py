@@ -47,6 +47,7 @@ from torch import nn
 
 from ..data.hints import param, setting
 from ..errors import AttnSwapError
+from ..transformers_hooks import full_precision
 
 __all__ = [
     "DEFAULT_MAX_LENGTH_CAP",
@@ -227,7 +228,7 @@ def perplexity(
     bar = _progress_bar(total_targets, progress)
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(model):  # never in a training loop's bf16 autocast
             for i in range(0, len(windows), batch_size):
                 input_ids, attention_mask, labels = _collate(docs, windows[i : i + batch_size], device)
                 out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

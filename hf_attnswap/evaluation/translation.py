@@ -33,6 +33,7 @@ from transformers import StoppingCriteriaList, StopStringCriteria
 
 from ..data.hints import param
 from ..errors import AttnSwapError
+from ..transformers_hooks import full_precision
 from .perplexity import model_max_positions
 
 __all__ = [
@@ -159,7 +160,8 @@ def _check_sources(sources: Any) -> list[str]:
 
 @contextlib.contextmanager
 def _generation_state(model: Any, tokenizer: Any) -> Iterator[int]:
-    """Left padding and eval mode for the call; restores both. Yields the pad token id."""
+    """Left padding, eval mode and the model's own precision for the call; restores all three. Yields the pad
+    token id."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise TranslationError(
@@ -173,7 +175,8 @@ def _generation_state(model: Any, tokenizer: Any) -> Iterator[int]:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     try:
-        yield pad_id
+        with full_precision(model):  # never in a training loop's bf16 autocast
+            yield pad_id
     finally:
         tokenizer.padding_side = old_side
         if old_pad is None:

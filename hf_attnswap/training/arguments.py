@@ -136,6 +136,9 @@ class ConversionArguments:
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Stage 2: temperature of that KL loss."})
+    control: bool = field(default=False, metadata={
+        "help": "Also run stage 2 on the unswapped model (its own attention: the control), with the same data order, "
+                "seed and budget, and report it beside the conversion (saved in output_dir/control)."})
     eval_max_tokens: int | None = field(default=16384, metadata={
         "help": "Score at most this many tokens of each evaluation corpus (the first ones, in document order), so "
                 "that every phase is measured on the same tokens in bounded time; none: all of them."})
