@@ -74,6 +74,16 @@ def mechanism_parameter_summary(model: torch.nn.Module) -> dict[str, dict[str, f
     return summary
 
 
+def layer_errors(log: list[dict[str, Any]], last: int = 10) -> dict[str, list[float]] | None:
+    """Stage 1's per-layer relative error (squared error / the teacher output's mean square; 1.0 is no better than
+    an all-zero output) at the first step and averaged over the ``last`` steps, from the stage's log records."""
+    rows = [r["transfer/relative_error"] for r in log if "transfer/relative_error" in r]
+    if not rows:
+        return None
+    tail = rows[-last:]
+    return {"first_step": rows[0], f"last_{len(tail)}_steps": [sum(c) / len(tail) for c in zip(*tail)]}
+
+
 def gap_closed(base: float, swapped: float, final: float) -> float | None:
     """Share of the log-perplexity gap of the raw swap that the conversion closed: 1 = back to the base."""
     gap = math.log(swapped) - math.log(base)
@@ -214,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             if accelerator.is_main_process else []
         record("stage1", ppl=measure(model, "after stage 1"), steps=outcome.step, tokens=outcome.tokens_seen,
                seconds=time.perf_counter() - started, trainable=objective.trainable_names,
-               loss=[r["loss"] for r in losses if "loss" in r], mechanism_parameters=mechanism_parameter_summary(model))
+               loss=[r["loss"] for r in losses if "loss" in r], mechanism_parameters=mechanism_parameter_summary(model),
+               relative_error=layer_errors(losses))
 
     # --- stage 2: fine-tuning on the training loop (full or LoRA; optionally distilled) -------------------------
     def finetune(m: torch.nn.Module, stage: str) -> tuple[torch.nn.Module | None, int]:
@@ -319,7 +330,7 @@ def plot(path: Path, state: dict[str, Any], phases: list[str], *, title: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     labels = {"base": "base", "swapped": "swapped", "stage1": "after stage 1", "stage2": "after stage 2"}
     for name in state["base"]["ppl"]:
         line = axes[0].plot([labels[p] for p in phases], [state[p]["ppl"][name] for p in phases], marker="o",
@@ -341,6 +352,15 @@ def plot(path: Path, state: dict[str, Any], phases: list[str], *, title: str) ->
         ax.set_xlabel("step")
         if loss and min(loss) > 0:
             ax.set_yscale("log")
+    errors = state.get("stage1", {}).get("relative_error")
+    if errors:  # which layers transfer: 1.0 is no better than an all-zero output
+        for label, values in errors.items():
+            axes[3].plot(range(len(values)), values, marker=".", label=label.replace("_", " "))
+        axes[3].axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axes[3].set_xlabel("layer")
+        axes[3].set_ylabel("relative error")
+        axes[3].legend(fontsize=8)
+    axes[3].set_title("stage 1: per-layer transfer error" if errors else "stage 1: no per-layer errors")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

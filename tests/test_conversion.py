@@ -220,3 +220,37 @@ def test_calibration_needs_a_trained_query_projection():
     objective = TransferObjective(_model("llama"), "polynomial", trainable=[r"k_proj"])
     with pytest.raises(TransferError, match="not trained"):
         objective.calibrate_query_scale(_data(1)[0])
+
+
+def test_transfer_reports_each_layers_relative_error():
+    model = _model("llama")
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    out = objective(_data(1)[0])
+    rel = out.metrics["transfer/relative_error"]
+    assert len(rel) == len(out.per_layer) == model.config.num_hidden_layers
+    assert all(r > 0 for r in rel)
+    objective.finish()
+
+
+def test_distillation_adds_the_kl_to_the_original_model():
+    from hf_attnswap.conversion.distill import DistillObjective
+
+    ids = _data(1)[0]
+    same = DistillObjective(_model("llama"), _model("llama"), kl_weight=2.0)
+    out = same(input_ids=ids, labels=ids)
+    assert float(out.kl) == pytest.approx(0.0, abs=1e-6)  # the student is the teacher: no KL
+    torch.testing.assert_close(out.loss, out.lm_loss + 0.0, atol=1e-5, rtol=0)
+    student, teacher = _model("llama"), _model("llama", seed=1)
+    d = DistillObjective(student, teacher, kl_weight=2.0, temperature=2.0)
+    out = d(input_ids=ids, labels=ids)
+    s = student(input_ids=ids).logits[:, :-1].float() / 2
+    t = teacher(input_ids=ids).logits[:, :-1].float() / 2
+    kl = (t.softmax(-1) * (t.log_softmax(-1) - s.log_softmax(-1))).sum(-1).mean() * 4
+    torch.testing.assert_close(out.kl, kl.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss.detach(), out.lm_loss + 2.0 * kl.detach(), atol=1e-5, rtol=1e-5)
+    assert out.metrics == {"distill/lm_loss": pytest.approx(float(out.lm_loss)), "distill/kl": pytest.approx(float(kl))}
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters()) and student.model.embed_tokens.weight.grad is not None
+    assert not any("teacher" in k for k in d.state_dict())  # checkpoints hold only the student
+    with pytest.raises(OptionError, match="kl_weight > 0"):
+        DistillObjective(student, teacher, kl_weight=0.0)

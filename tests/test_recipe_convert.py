@@ -77,6 +77,7 @@ def test_both_stages_run_and_the_output_is_a_normal_swapped_model(assets, tmp_pa
     assert s1["steps"] == 4 and s1["tokens"] == 4 * 2 * 2 * 16 and len(s1["loss"]) == 4
     assert results["phases"]["stage2"]["steps"] == 3
     assert (out / "conversion.png").stat().st_size > 1000
+    assert all(len(v) == 2 for v in s1["relative_error"].values())  # per layer, at the first and the last steps
     model = AutoModelForCausalLM.from_pretrained(out)  # no keyword: the mechanism is in config.json
     assert model.config._attn_implementation == attn.split(":")[0]
     model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
@@ -97,6 +98,18 @@ def test_stage2_alone_and_stage1_alone(assets, tmp_path):
     results = json.loads((tmp_path / "s1" / "results.json").read_text())
     assert results["final_phase"] == "stage1"
     AutoModelForCausalLM.from_pretrained(tmp_path / "s1")
+
+
+def test_distilled_stage2_logs_both_terms(assets, tmp_path):
+    out = tmp_path / "kl"
+    assert _run(_argv(assets, out, "--distill_kl_weight", "0.5", arch="llama")) == 0
+    log = [json.loads(line) for line in (out / "stage2" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 3
+    for r in steps:
+        assert r["distill/kl"] > 0
+        assert r["loss"] == pytest.approx(r["distill/lm_loss"] + 0.5 * r["distill/kl"], rel=1e-5)
+    AutoModelForCausalLM.from_pretrained(out)
 
 
 def test_control_runs_the_same_stage2_on_the_unswapped_model(assets, tmp_path, capsys):

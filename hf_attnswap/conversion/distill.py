@@ -21,7 +21,8 @@ class DistillObjective(nn.Module):
     Both terms are sums over the target tokens (labels != -100) divided by ``num_items_in_batch`` (the training
     loop's count for the whole step), so accumulation and several processes give the same update. The teacher
     (the original model, frozen, eval mode) is held outside the module's parameters and state dict: checkpoints
-    hold only the student. ``forward`` returns ``.loss``, ``.lm_loss`` and ``.kl``.
+    hold only the student. ``forward`` returns ``.loss``, ``.lm_loss``, ``.kl`` and ``.metrics`` (both terms, which
+    the training loop logs; like the loss, normalised by ``num_items_in_batch``).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, kl_weight: float, temperature: float = 1.0) -> None:
@@ -48,4 +49,5 @@ class DistillObjective(nn.Module):
         denom = num_items_in_batch if num_items_in_batch else max(int(targets.sum()), 1)
         kl = (kl * targets).sum() / denom * self.temperature**2
         return SimpleNamespace(loss=out.loss + self.kl_weight * kl, lm_loss=out.loss.detach(), kl=kl.detach(),
-                               logits=out.logits)
+                               logits=out.logits,
+                               metrics={"distill/lm_loss": float(out.loss.detach()), "distill/kl": float(kl.detach())})

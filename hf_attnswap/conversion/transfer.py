@@ -83,6 +83,7 @@ class _Step:
     total: torch.Tensor | None = None
     layers: int = 0
     per_layer: list[float] = field(default_factory=list)
+    per_layer_teacher: list[float] = field(default_factory=list)  # mse only: the teacher's own mean square
 
 
 _STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("hf_attnswap_transfer_step", default=None)
@@ -139,6 +140,9 @@ def _transfer_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     step.total = layer_sum if step.total is None else step.total + layer_sum
     step.layers += 1
     step.per_layer.append(float(layer_sum.detach()))
+    if step.loss == "mse":  # what an all-zero output would score: the relative error's denominator
+        energy = teacher.float().pow(2).mean(dim=(-2, -1))
+        step.per_layer_teacher.append(float((energy * rows if rows is not None else energy).sum()))
     return (teacher if step.teacher_forcing else student), None
 
 
@@ -278,13 +282,22 @@ class TransferObjective(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, num_items_in_batch: int | None = None, **kwargs: Any) -> Any:
-        """input_ids, attention_mask: (B, T). Returns ``SimpleNamespace(loss, layers, per_layer)``."""
+        """input_ids, attention_mask: (B, T). Returns ``SimpleNamespace(loss, layers, per_layer, metrics)``:
+        ``per_layer`` is each layer's loss per token; ``metrics["transfer/relative_error"]`` (mse only) each
+        layer's squared error relative to the teacher output's mean square (1.0: no better than an all-zero
+        output), which the training loop logs."""
         token_mask = attention_mask.bool() if attention_mask is not None else None
         step = self._run(input_ids, attention_mask)
         tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
         denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
         loss = step.total / (denom * step.layers)
-        return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer])
+        metrics = {}
+        if step.per_layer_teacher:
+            share = tokens / denom  # like the loss, the metric adds up over a step's micro-batches
+            metrics["transfer/relative_error"] = [share * e / max(t, 1e-30)
+                                                  for e, t in zip(step.per_layer, step.per_layer_teacher)]
+        return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer],
+                               metrics=metrics)
 
     @property
     def trains_projections(self) -> bool:

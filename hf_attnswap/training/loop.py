@@ -117,6 +117,18 @@ def make_accelerator(args: TrainArguments, project_name: str) -> Any:
     return accelerator
 
 
+def _add_metrics(total: dict[str, Any], metrics: dict[str, Any] | None) -> None:
+    """Add a model output's ``metrics`` (``{name: float or list of floats}``, this process's) into ``total``; they
+    go into the step's log record beside the loss. Like the loss, each micro-batch's value is its share of the
+    step (normalised by ``num_items_in_batch``), so that they add up over the micro-batches."""
+    for name, value in (metrics or {}).items():
+        if isinstance(value, (list, tuple)):
+            prev = total.get(name) or [0.0] * len(value)
+            total[name] = [a + float(v) for a, v in zip(prev, value)]
+        else:
+            total[name] = total.get(name, 0.0) + float(value)
+
+
 class JsonlLog:
     """Append one JSON object per line to ``path`` (main process only)."""
 
@@ -514,13 +526,17 @@ def train(
                 total_targets = int(accelerator.reduce(torch.tensor(targets, device=accelerator.device), "sum"))
                 step_loss = torch.zeros((), device=accelerator.device)
                 step_tokens = 0
+                step_metrics: dict[str, Any] = {}
                 for i, batch in enumerate(micro_batches):
                     last = i == len(micro_batches) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(model):
                         # loss = (sum of this micro-batch's token losses) / (target tokens of the whole step)
-                        loss = model(**batch, num_items_in_batch=max(total_targets, 1)).loss
+                        output = model(**batch, num_items_in_batch=max(total_targets, 1))
+                        loss = output.loss
                         accelerator.backward(loss * accelerator.num_processes)  # DDP averages over processes
                     step_loss += loss.detach().float()
+                    _add_metrics(step_metrics, getattr(output, "metrics", None))
+                    del output
                     step_tokens += int(batch["input_ids"].numel()) * accelerator.num_processes
                 # the gradient norm, also without clipping (max_norm inf scales by exactly 1): logged and checked
                 norm = accelerator.clip_grad_norm_(model.parameters(),
@@ -570,10 +586,11 @@ def train(
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     record = {"step": step, "epoch": epoch, "loss": step_loss, "grad_norm": grad_norm,
-                              "tokens_per_second": tps, "tokens_seen": outcome.tokens_seen, **lrs}
+                              "tokens_per_second": tps, "tokens_seen": outcome.tokens_seen, **lrs, **step_metrics}
                     log.write(record)
                     if args.with_tracking:
-                        accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
+                        accelerator.log({k: v for k, v in record.items()
+                                         if k != "step" and isinstance(v, (int, float))}, step=step)
                     bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{next(iter(lrs.values())):.2e}",
                                     tok_s=f"{tps:.0f}", refresh=False)
                     window_start, window_tokens = now, 0
