@@ -74,6 +74,7 @@ class MechanismOptions:
     """Base class of every mechanism's options. Subclasses are dataclasses whose fields all have defaults."""
 
     mechanism: ClassVar[str] = ""
+    #: The values of the ``backend`` option; set by ``register_mechanism`` from its fast paths (the one source).
     backends: ClassVar[tuple[str, ...]] = ("reference",)
     #: Options that shape or initialise the mechanism's parameters: on a checkpoint that holds those parameters,
     #: a load-time value that differs from the saved one is an error (it would re-initialise them or mislabel
@@ -122,7 +123,6 @@ class SoftmaxOptions(MechanismOptions):
     """
 
     mechanism: ClassVar[str] = "softmax"
-    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused")
     temperature: float = 1.0
     backend: str = "auto"
 
@@ -149,7 +149,6 @@ class PolynomialOptions(MechanismOptions):
     """
 
     mechanism: ClassVar[str] = "polynomial"
-    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused", "triton", "linear")
     degree: int = 3
     length_scale: str = "visible"
     fixed_length: int | None = None
@@ -199,7 +198,6 @@ class DaGPAMOptions(MechanismOptions):
     """
 
     mechanism: ClassVar[str] = "dagpam"
-    backends: ClassVar[tuple[str, ...]] = ("auto", "reference", "fused")
     lambda_init: float = 0.0
     trainable_lambda: bool = True
     lambda_constraint: str = "none"

@@ -28,7 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 from .errors import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from .kernels.mask import AttentionMask
 from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
-from .options import MechanismOptions
+from .options import MechanismOptions, check_backend
 from .transformers_hooks import attention_weights_requested
 
 MechanismFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], tuple[torch.Tensor, torch.Tensor | None]]
@@ -69,6 +69,12 @@ class Mechanism:
     fast: dict[str, FastFn] = dataclasses.field(default_factory=dict)
     fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] = dataclasses.field(default_factory=dict)
     accepts: frozenset[str] = frozenset()
+    auto: tuple[str, ...] = ()  # the fast paths backend="auto" tries, in order
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The values of the ``backend`` option: ``"auto"`` and ``"reference"``, then the fast paths."""
+        return ("auto", "reference", *self.fast) if self.fast else ("reference",)
 
     @property
     def persisted_name(self) -> str:
@@ -88,6 +94,7 @@ def register_mechanism(
     fast: dict[str, FastFn] | None = None,
     fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] | None = None,
     accepts: tuple[str, ...] = (),
+    auto: tuple[str, ...] | None = None,
     overwrite: bool = False,
 ) -> Callable[[MechanismFn], MechanismFn]:
     """Decorator that registers an attention mechanism with hf_attnswap and with Transformers.
@@ -108,6 +115,12 @@ def register_mechanism(
 
     ``accepts``: the model-specific attention keywords (of :data:`SEMANTIC_KEYWORDS`, e.g. ``"softcap"``) that
     ``fn`` implements by reading ``ctx.extra``; models that pass the others are refused.
+
+    ``fast``: ``{backend name: fn}``, each ``fn(query, key, value, mask: AttentionMask, ctx) -> out`` (un-repeated
+    K/V). Registration is the one source of truth for backends: the options get a ``backend`` option (added
+    when the dataclass has none, default ``"auto"``) whose values are ``"auto"``, ``"reference"`` and these names;
+    ``fast_supports[name](query, ctx)`` says why a fast path cannot take a call (None: it can); ``auto`` lists
+    the fast paths ``backend="auto"`` tries, in order (default: all of ``fast``, in its order).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise OptionError(f"mechanism name must be a Python identifier such as 'sigmoid', got {name!r}.")
@@ -127,8 +140,19 @@ def register_mechanism(
             raise OptionError(f"register_mechanism({name!r}, accepts=...): {', '.join(map(repr, unknown))} not among the "
                               f"attention keywords hf_attnswap checks ({', '.join(SEMANTIC_KEYWORDS)}); other keywords "
                               "reach ctx.extra anyway.")
-        mech = Mechanism(name, fn, options_cls, make_params, needs_rope, doc, dict(fast or {}), dict(fast_supports or {}),
-                         frozenset(accepts))
+        fast_paths = dict(fast or {})
+        bad = sorted(set(fast_paths) & {"auto", "reference"}) or sorted(set(fast_supports or {}) - set(fast_paths))
+        if bad:
+            raise OptionError(f"register_mechanism({name!r}): {', '.join(map(repr, bad))} cannot be a fast path name "
+                              "here ('auto' and 'reference' are reserved; fast_supports names must be in fast).")
+        order = tuple(fast_paths) if auto is None else tuple(auto)
+        if set(order) - set(fast_paths):
+            raise OptionError(f"register_mechanism({name!r}, auto=...): {sorted(set(order) - set(fast_paths))} are not "
+                              f"fast paths of it (fast: {', '.join(fast_paths) or 'none'}).")
+        opts_cls = _with_backend_option(name, options_cls, fast_paths)
+        mech = Mechanism(name, fn, opts_cls, make_params, needs_rope, doc, fast_paths, dict(fast_supports or {}),
+                         frozenset(accepts), order)
+        opts_cls.backends = mech.backends
         _REGISTRY[name] = mech
         attention = partial(_attention_interface, mech)
         for key in (name, mech.persisted_name):
@@ -137,6 +161,25 @@ def register_mechanism(
         return fn
 
     return decorator
+
+
+def _with_backend_option(name: str, options_cls: type[MechanismOptions], fast: dict[str, Any]) -> type[MechanismOptions]:
+    """``options_cls``, or for a mechanism with fast paths whose options have no ``backend`` field, a dataclass
+    subclass (same name) that adds ``backend: str = "auto"``, checked against the registered backends."""
+    if not fast or "backend" in options_cls.field_names():
+        return options_cls
+    parent_post_init = getattr(options_cls, "__post_init__", None)
+
+    def __post_init__(self: Any) -> None:
+        if parent_post_init is not None:
+            parent_post_init(self)
+        self.backend = check_backend(name, self.backend, type(self).backends)
+
+    sub = dataclasses.make_dataclass(options_cls.__name__, [("backend", str, dataclasses.field(default="auto"))],
+                                     bases=(options_cls,), namespace={"__post_init__": __post_init__})
+    sub.__module__, sub.__qualname__ = options_cls.__module__, options_cls.__qualname__
+    sub.__doc__ = options_cls.__doc__
+    return sub
 
 
 #: Attention keywords that some Transformers models pass and that change what attention computes. A mechanism
@@ -239,7 +282,7 @@ def list_mechanisms() -> dict[str, dict[str, Any]]:
     """
     return {
         name: {"description": m.description, "options": m.options.defaults(), "adds_parameters": m.make_params is not None,
-               "backends": (["auto"] if "backend" in m.options.field_names() else []) + ["reference", *m.fast]}
+               "backends": list(m.backends)}
         for name, m in sorted(_REGISTRY.items())
     }
 
@@ -367,15 +410,16 @@ def use_backend(backend: str) -> Iterator[None]:
 def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor, ctx: AttentionContext, need_weights: bool) -> str:
     """The path to run: ``"reference"`` when weights are needed, else the options' (or forced) backend.
 
-    ``"auto"`` takes the first fast path whose predicate accepts the call (``triton`` before ``fused``), else
-    the reference. An explicitly requested fast path that cannot run raises, naming why.
+    ``"auto"`` takes the first fast path of ``mech.auto`` whose predicate accepts the call, else the reference
+    (``triton`` on CPU only when requested by name). An explicitly requested fast path that cannot run raises,
+    naming why.
     """
     forced = None if torch.compiler.is_compiling() else _FORCED_BACKEND.get()  # dynamo cannot trace ContextVar.get
     requested = forced or getattr(opts, "backend", "reference")
     if need_weights or requested == "reference":
         return "reference"
     if requested == "auto":
-        for name in ("triton", "fused"):
+        for name in mech.auto:
             if name == "triton" and not query.is_cuda:
                 continue  # on CPU Triton only runs interpreted (TRITON_INTERPRET=1): a test path, never the fastest
             if name in mech.fast and (name not in mech.fast_supports or mech.fast_supports[name](query, ctx) is None):

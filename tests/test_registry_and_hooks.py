@@ -160,3 +160,48 @@ def test_full_precision_undoes_accelerates_autocast_wrapper():
         prepared.forward = prepared._original_forward
         plain_ppl = perplexity(prepared, Tok(), texts, max_length=16, progress=False).ppl
     assert wrapped_ppl == plain_ppl
+
+
+def test_a_user_fast_path_runs_and_registration_defines_the_backends():
+    """The README's example: ``fast={"fused": fn}`` on options without a ``backend`` field. Registration adds the
+    option (default ``"auto"``), so the fast path runs; ``reference`` and ``fused`` can be asked for by name."""
+    calls: list[str] = []
+
+    @dataclass
+    class DoubledOptions(hf_attnswap.MechanismOptions):
+        gain: float = 1.0
+
+        def __post_init__(self):
+            self.gain = check_float("doubled_softmax", "gain", self.gain)
+
+    def fused(query, key, value, mask, ctx):
+        calls.append("fused")
+        attn_mask, is_causal = mask.sdpa_args()
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                                               is_causal=is_causal, scale=ctx.scaling, enable_gqa=True)
+        return out * ctx.options.gain
+
+    @hf_attnswap.register_mechanism("doubled_softmax", DoubledOptions, fast={"fused": fused}, overwrite=True)
+    def reference(query, key, value, mask, ctx):
+        calls.append("reference")
+        s = (query @ key.transpose(-1, -2) * ctx.scaling).masked_fill(~mask, float("-inf"))
+        w = s.softmax(-1)
+        return (w.to(value.dtype) @ value) * ctx.options.gain, w
+
+    info = hf_attnswap.list_mechanisms()["doubled_softmax"]
+    assert info["backends"] == ["auto", "reference", "fused"] and info["options"] == {"gain": 1.0, "backend": "auto"}
+    cfg = tiny_config("llama")
+    ids = random_ids(1, 8)
+    outs = {}
+    for backend in ("auto", "reference", "fused"):
+        calls.clear()
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_config(cfg, attn_implementation="doubled_softmax", attnswap={"backend": backend})
+        with torch.no_grad():
+            outs[backend] = m(input_ids=ids).logits
+        assert set(calls) == {"reference" if backend == "reference" else "fused"}, backend
+    torch.testing.assert_close(outs["fused"], outs["reference"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(hf_attnswap.OptionError, match="backend.*'nope'|'nope'.*backend"):
+        AutoModelForCausalLM.from_config(cfg, attn_implementation="doubled_softmax", attnswap={"backend": "nope"})
+    with pytest.raises(hf_attnswap.OptionError, match="not fast paths"):
+        hf_attnswap.register_mechanism("doubled_softmax2", DoubledOptions, fast={"fused": fused}, auto=("triton",))(reference)

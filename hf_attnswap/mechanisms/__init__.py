@@ -26,6 +26,7 @@ def register_builtins() -> None:
         "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
         fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton, "linear": polynomial_attention_linear},
         fast_supports={"triton": polynomial_triton_supports, "linear": polynomial_linear_supports},
+        auto=("triton", "fused"),  # "linear" is opt-in
     )(polynomial_attention)
     register_mechanism(
         "dagpam",
