@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- report ---------------------------------------------------------------------------------------------------
     if accelerator.is_main_process:
-        results = report(out, state, target=target.label, options=target.options, model=model_args.model_name_or_path,
+        results = report(out, state, command=command, target=target.label, options=target.options,
+                         model=model_args.model_name_or_path,
                          data=texts.source, block_size=data_args.block_size, tokens_per_step=per_step,
                          eval_tokens=tokens, eval_stride=conv.eval_stride or data_args.block_size)
         for name, row in results["ratio_to_base"].items():

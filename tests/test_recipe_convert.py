@@ -78,6 +78,7 @@ def test_both_stages_run_and_the_output_is_a_normal_swapped_model(assets, tmp_pa
     assert results["phases"]["stage2"]["steps"] == 3
     assert (out / "conversion.png").stat().st_size > 1000
     assert all(len(v) == 2 for v in s1["relative_error"].values())  # per layer, at the first and the last steps
+    assert results["command"][1].endswith("convert.py") and "--max_transfer_steps" in results["command"]
     model = AutoModelForCausalLM.from_pretrained(out)  # no keyword: the mechanism is in config.json
     assert model.config._attn_implementation == attn.split(":")[0]
     model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False)
