@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -166,3 +167,144 @@ def test_headline_and_deep_layers():
 def test_clean_json_has_no_nan():
     assert R._clean({"a": float("nan"), "b": [float("inf"), 1.0]}) == {"a": None, "b": ["inf", 1.0]}
     assert math.isinf(R._num("inf")) and math.isnan(R._num(None))
+
+
+# ------------------------------------------------------------- claim 4: recipes/convert.py's committed results
+
+
+def _conversion(final=(30.0, 60.0), *, base=(20.0, 35.0), swapped=(2e9, 1e9), command=None, lam=False,
+                control=None, errors=None):
+    """A results.json dict as recipes/convert.py's report() writes it, for two corpora."""
+    corpora = ("held out", "news")
+    ppl = lambda v: dict(zip(corpora, v))  # noqa: E731
+    stage2 = {"ppl": ppl(final), "steps": 150, "tokens": 153600, "seconds": 900.0, "loss": [3.0, 2.5]}
+    stage1 = {"ppl": ppl((270.0, 510.0)), "steps": 200, "tokens": 204800, "seconds": 600.0, "loss": [1.0]}
+    if lam:
+        stage2["mechanism_parameters"] = {"lambda_param": {"numel": 270, "mean": 0.05, "mean_abs": 0.12,
+                                                           "min": -0.3, "max": 0.4}}
+    if errors:
+        stage1["relative_error"] = errors
+    ratios = {c: {"base": b, "swapped": s, "final": f, "ratio": f / b,
+                  "gap_closed": (math.log(s) - math.log(f)) / (math.log(s) - math.log(b))}
+              for c, b, s, f in zip(corpora, base, swapped, final)}
+    r = {"target": "polynomial:degree=3", "model": "smollm2", "final_phase": "stage2", "ratio_to_base": ratios,
+         "phases": {"base": {"ppl": ppl(base)}, "swapped": {"ppl": ppl(swapped)}, "stage1": stage1, "stage2": stage2},
+         "control": None, "tokens": 358400, "seconds": 1500.0, "git_revision": "abc1234"}
+    if control:
+        r["control"] = {"ppl": ppl(control), "steps": 150, "tokens": 153600, "seconds": 890.0}
+        for c, v in zip(corpora, control):
+            ratios[c].update(control=v, control_ratio=v / ratios[c]["base"], ratio_to_control=ratios[c]["final"] / v)
+    if command is not None:
+        r["command"] = command
+    return r
+
+
+def _plain(final):
+    """An ablation_plain results.json: no stage 1, stage 2 only."""
+    r = _conversion(final)
+    del r["phases"]["stage1"]
+    return r
+
+
+def test_conversion_verdict():
+    near = _conversion((30.0, 60.0))  # 1.5x and 1.71x the base
+    v = R.verdict_conversion(near, {"plain": _plain((900.0, 1500.0))})
+    assert v["verdict"] == "yes" and v["near_base"] and v["beats_plain"] and v["raised"]
+    assert v["per_corpus"]["held out"]["ratio"] == pytest.approx(1.5)
+    assert v["per_corpus"]["news"]["plain"] == 1500.0
+    # no plain continued pretraining ablation: at most partly, and it says why
+    v = R.verdict_conversion(near, {"stage2_only": _plain((900.0, 1500.0))})
+    assert v["verdict"] == "partly" and v["beats_plain"] is None and "no plain continued pretraining" in v["reason"]
+    # plain continued pretraining does as well on one corpus
+    v = R.verdict_conversion(near, {"plain": _plain((900.0, 55.0))})
+    assert v["verdict"] == "partly" and v["beats_plain"] is False and "not below" in v["reason"]
+    # more than 2x the base on one corpus: no, even though it beats the ablation
+    far = _conversion((30.0, 71.0))
+    v = R.verdict_conversion(far, {"plain": _plain((900.0, 1500.0))})
+    assert v["verdict"] == "no" and not v["near_base"] and "news" in v["reason"]
+    assert R.verdict_conversion(far, {})["verdict"] == "no"
+    assert R.verdict_conversion(_conversion((30.0, float("nan"))), {})["verdict"] == "no"  # a diverged evaluation
+    v = R.verdict_conversion(_conversion((40.0, 70.0)), {})  # exactly 2x counts as within
+    assert v["verdict"] == "partly" and v["per_corpus"]["news"]["gap_closed"] == pytest.approx(
+        (math.log(1e9) - math.log(70.0)) / (math.log(1e9) - math.log(35.0)))
+
+
+def test_load_conversions_and_claim4_choice(tmp_path):
+    (tmp_path / "convert_smollm2_polynomial" / "ablation_plain").mkdir(parents=True)
+    (tmp_path / "convert_smollm2_polynomial" / "ablation_stage2_only").mkdir()  # no results.json: skipped
+    (tmp_path / "convert_smollm2_dagpam").mkdir()
+    (tmp_path / "convert_smollm2_broken").mkdir()  # no results.json: skipped
+    (tmp_path / "mt_smollm2_de_en.json").write_text("{}")
+    poly = _conversion()
+    (tmp_path / "convert_smollm2_polynomial" / "results.json").write_text(json.dumps(poly))
+    (tmp_path / "convert_smollm2_polynomial" / "conversion.png").write_bytes(b"png")
+    (tmp_path / "convert_smollm2_polynomial" / "ablation_plain" / "results.json").write_text(
+        json.dumps(_plain((900.0, 1500.0))))
+    dag = {**_conversion(), "target": "dagpam:lambda_init=0.1"}
+    (tmp_path / "convert_smollm2_dagpam" / "results.json").write_text(json.dumps(dag))
+    convs = R.load_conversions(tmp_path)
+    assert [c["name"] for c in convs] == ["convert_smollm2_dagpam", "convert_smollm2_polynomial"]
+    assert convs[1]["results"] == poly and list(convs[1]["ablations"]) == ["plain"]
+    assert convs[1]["plot"] and not convs[0]["plot"] and convs[0]["ablations"] == {}
+    assert R.conversion_for_claim4(convs)["name"] == "convert_smollm2_polynomial"  # claim 4 is about polynomial
+    assert R.conversion_for_claim4(convs[:1]) is None
+    assert R.load_conversions(tmp_path / "missing") == []
+
+
+def test_render_conversion_tables_ratios_and_command():
+    cmd = ["python", "recipes/convert.py", "--config", "recipes/configs/convert_smollm2_polynomial.yaml",
+           "--output_dir", "runs/my conv"]
+    r = _conversion((30.0, 60.0), command=cmd, lam=True, control=(18.0, 32.0),
+                    errors={"first_step": [1.0, 0.8], "last_10_steps": [0.2, 0.4]})
+    md = R.render_conversion("convert_smollm2_polynomial", r, "results/convert_smollm2_polynomial/conversion.png")
+    lines = md.splitlines()
+    assert "| phase | ppl held out | ppl news | tokens | minutes |" in lines
+    assert "| base (own attention) | 20.00 | 35.00 | — | — |" in lines
+    assert "| right after the swap | 2.00e+09 | 1.00e+09 | — | — |" in lines
+    assert "| after stage 1 (attention transfer), 200 steps | 270.0 | 510.0 | 204,800 | 10.0 |" in lines
+    assert "| after stage 2 (fine-tuning), 150 steps | 30.00 | 60.00 | 153,600 | 15.0 |" in lines
+    assert "| control: own attention, the same stage 2, 150 steps | 18.00 | 32.00 | 153,600 | 14.8 |" in lines
+    assert "held out **1.50×**, news **1.71×**" in md
+    assert f"held out {100 * r['ratio_to_base']['held out']['gap_closed']:.1f} %" in md
+    assert "final / control perplexity: held out 1.67×, news 1.88×" in md
+    assert "358,400 training tokens, 25.0 min" in md
+    assert "`lambda_param` (270 values): mean |λ| 0.120, mean 0.050, min -0.300, max 0.400" in md
+    assert "first step 0.900 (1.00), last 10 steps 0.300 (0.400)" in md
+    assert ("```bash\npython recipes/convert.py --config recipes/configs/convert_smollm2_polynomial.yaml "
+            "--output_dir 'runs/my conv'\n```") in md
+    assert "![conversion.png](results/convert_smollm2_polynomial/conversion.png)" in md
+    old = R.render_conversion("old", _conversion())  # written before convert.py recorded its command
+    assert "command not recorded" in old and "```bash" not in old and "control:" not in old and "![" not in old
+
+
+def test_render_ablations_and_section():
+    parent = _conversion((30.0, 60.0))
+    plain = {**_plain((900.0, 1500.0)), "command": ["python", "recipes/convert.py", "--max_transfer_steps", "0"]}
+    md = R.render_ablations(parent, {"plain": plain})
+    lines = md.splitlines()
+    assert ("| method | tokens | final ppl held out | final ppl news | ratio to base held out | ratio to base news |"
+            in lines)
+    assert "| stage 1 + stage 2 (the conversion) | 358,400 | 30.00 | 60.00 | 1.50× | 1.71× |" in lines
+    assert "| `ablation_plain` (plain continued pretraining) | 358,400 | 900.0 | 1500.0 | 45.00× | 42.86× |" in lines
+    assert "# ablation_plain\npython recipes/convert.py --max_transfer_steps 0" in md
+    assert R.render_ablations(parent, {}) == ""
+    convs = [{"name": "convert_smollm2_polynomial", "results": parent, "ablations": {"plain": plain}, "plot": False}]
+    claim = {"name": "convert_smollm2_polynomial", **R.verdict_conversion(parent, {"plain": plain})}
+    section = R.render_conversions(convs, claim)
+    assert section.startswith("## Conversion of SmolLM2 (recipes/convert.py)\n")
+    assert "### `convert_smollm2_polynomial`: smollm2 → `polynomial:degree=3`" in section
+    assert "| `ablation_plain` (plain continued pretraining)" in section
+    assert "**Verdict (claim 4, on `convert_smollm2_polynomial`): yes**" in section
+
+
+def test_headline_claim4_uses_the_conversion():
+    parent = _conversion((30.0, 60.0))
+    older = {"verdict": "partly", "rows": [{"steps": 24}]}
+    rows = R.headline({4}, {"claim4": {"verdict": "not run"}})  # no conversion results: the older row
+    assert rows[0][0].startswith("4. swap to polynomial raises ppl; continued pretraining") and rows[0][1] == "not run"
+    claim = {"name": "convert_smollm2_polynomial", **R.verdict_conversion(parent, {})}
+    rows = R.headline({4}, {"claim4": {**older, "conversion": claim}})
+    assert "conversion recovers most of the gap" in rows[0][0] and rows[0][1] == "partly"
+    assert "held out 20.00 → 2.00e+09 → 30.00 (1.50× the base" in rows[0][2]
+    assert "no plain continued pretraining ablation" in rows[0][2]
+    assert "older 24-step continued pretraining runs: partly" in rows[0][2]
