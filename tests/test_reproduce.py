@@ -308,3 +308,178 @@ def test_headline_claim4_uses_the_conversion():
     assert "held out 20.00 → 2.00e+09 → 30.00 (1.50× the base" in rows[0][2]
     assert "no plain continued pretraining ablation" in rows[0][2]
     assert "older 24-step continued pretraining runs: partly" in rows[0][2]
+
+
+# ------------------------------------------------------------- --render-only: the report from reproduce.json
+
+
+def _fake_run(mech, seed, *, final=None, losses=None):
+    """A :func:`scratch_run` dict of the QUICK scale (2 layers, 3 hidden states), with a probe."""
+    final = 100.0 + 10 * seed + {"softmax": 0, "dagpam": 5, "poly_scaled": -5, "poly_unscaled": 20}[mech] \
+        if final is None else final
+    losses = [(1, 6.0 + 0.1 * seed), (2, 5.5), (3, 5.0 - 0.1 * seed)] if losses is None else losses
+    health = R.loss_health([v for _, v in losses])
+    shift = {"softmax": 0.0, "dagpam": 0.05, "poly_scaled": -0.2, "poly_unscaled": -0.3}[mech] + 0.01 * seed
+    per_layer = {"rank_collapse_residual": [0.9, 0.8 + shift, 0.7 + shift], "token_cosine": [0.1, 0.3 - shift, 0.5],
+                 "query_grad_norm": [0.01, 0.02 + seed / 100], "entropy": [3.0 + shift, 3.1 + shift],
+                 "sink_strength": [0.04 + shift / 10, 0.05], "max_weight": [0.1, 0.2], "frobenius_ratio": [0.2, 0.3]}
+    return {"lambdas": {"per_layer": [[0.1, -0.2]], "mean": 0.01 * seed, "min": -0.2, "max": 0.1}
+            if mech == "dagpam" else None, "mech": mech, "seed": seed, "attn": R.MECH_TITLES[mech][:7],
+            "first_ppl": 5000.0 + seed, "final_ppl": final, "seconds": 12.5 + seed, "tokens_seen": 192, "steps": 3,
+            "losses": losses, "evals": [(0, 5000.0 + seed), (3, final)], **health,
+            "stable": R.run_stable(health, 5000.0 + seed, final),
+            "probe": {"weights_convention": "probabilities" if mech == "softmax" else "abs_renormalised",
+                      "per_layer": per_layer}}
+
+
+def _fake_collected(seeds, conversions):
+    """What :func:`collect` returns for every claim (tiny numbers; one diverged unscaled run with NaNs)."""
+    def claim1(seed):
+        models = {m: {"pairs": {"fused_vs_sdpa": 0.0, "reference_vs_eager": 1e-7 * seed},
+                      "context": {"eager_vs_sdpa": 2e-6, "max_abs_logit": 4.0 + seed}}
+                  for m in ("smollm2", "tiny_gpt2", "tiny_llama")}
+        return {"seed": seed, "models": models}
+
+    scratch = {m: {s: _fake_run(m, s) for s in seeds} for m in R.MECHS}
+    scratch["poly_unscaled"][seeds[-1]] = _fake_run("poly_unscaled", seeds[-1], final=float("nan"),
+                                                    losses=[(1, 6.0), (2, float("nan")), (3, float("nan"))])
+    base = {"ppl": 35.0, "nll": math.log(35.0)}
+    runs4 = {s: {"evaluations": [{"step": 0, "eval/nll": math.log(7e9), "eval/ppl": 7e9},
+                                 {"step": 2, "eval/nll": math.log(2e7 + s), "eval/ppl": 2e7 + s}],
+                 "seconds": 20.0, "tokens_seen": 64, "steps": 2, "losses": [(1, 12.0), (2, 11.0 - s)]} for s in seeds}
+    return {"claim1": {s: claim1(s) for s in seeds}, "scratch": scratch, "claim4": {"sdpa": base, "runs": runs4},
+            "conversions": conversions}
+
+
+def _fake_meta():
+    return {"git_revision": "1234abc", "date": "2026-11-22 08:55", "machine": "2-core test CPU", "wall_seconds": 600.0,
+            "jobs": 11, "cached_jobs": 0, "job_seconds_total": 1100.0, "jobs_at_once": 2,
+            "command": "python benchmarks/reproduce.py --out X --quick", "example_commands": ["python recipe <seed>"],
+            "runs_dir": "runs/reproduce_quick", "failed_jobs": [], "unigram": {"ppl": 2000.0, "tokens": 60,
+                                                                              "smoothing": 1.0},
+            "computed_run": None}
+
+
+@pytest.fixture
+def committed_run(tmp_path, monkeypatch):
+    """A finished run's outputs in tmp_path: <out>/reproduce.json as main() writes it, and the report a run renders
+    from its data (conversions from a fake docs/results)."""
+    conv_root = tmp_path / "results"
+    (conv_root / "convert_smollm2_polynomial").mkdir(parents=True)
+    (conv_root / "convert_smollm2_polynomial" / "results.json").write_text(json.dumps(_conversion((30.0, 60.0))))
+    monkeypatch.setattr(R, "CONVERSIONS_DIR", conv_root)
+    claims, seeds, scale = {1, 2, 3, 4, 5}, [0, 1], R.QUICK
+    data = _fake_collected(seeds, R.load_conversions(conv_root))
+    analysis = R.analyse(claims, seeds, data, scale)
+    out = tmp_path / "out"
+    out.mkdir()
+    plots = {k: [name] for k, name in R.PLOT_FILES.items()}
+    meta = _fake_meta()
+    text = R.render_md(claims, seeds, scale, analysis, data, plots, meta, tmp_path / "results.md", out)
+    R.write_json(out / "reproduce.json", R.reproduce_json(meta, scale, claims, seeds, analysis, data, {}))
+    return {"out": out, "md": tmp_path / "results.md", "text": text, "tmp": tmp_path}
+
+
+def _without_header(text):
+    lines = text.splitlines()
+    assert lines[2].startswith(("Generated by `benchmarks/reproduce.py`", "Re-rendered by `benchmarks/reproduce.py"))
+    return lines[:2] + lines[3:]
+
+
+def test_render_only_round_trip_reproduces_the_report_and_plots(committed_run):
+    out, run_text = committed_run["out"], committed_run["text"]
+    md = committed_run["tmp"] / "results.md"
+    assert R.main(["--out", str(out), "--md", str(md), "--render-only"]) == 0
+    text = md.read_text()
+    # every line but the header is the run's own rendering: same numbers, tables, verdicts, conversion section
+    assert _without_header(text) == _without_header(run_text)
+    header = text.splitlines()[2]
+    assert "--render-only" in header and "from the committed [`reproduce.json`](out/reproduce.json)" in header
+    assert "at git revision `1234abc` on 2026-11-22 08:55 (2-core test CPU" in header
+    assert "wall time of the run: **10.0 min** (11 jobs, 2 at a time" in header
+    assert "Not in this reproduce.json" not in text
+    assert "| polynomial x³ (unscaled) | 1 | 5001.0 | n/a |" in text  # a NaN survives as NaN
+    assert "## Conversion of SmolLM2 (recipes/convert.py)" in text
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(R.PLOT_FILES.values())  # re-drawn from render_data
+    # reproduce.json is read, not rewritten
+    assert "render_data" in json.loads((out / "reproduce.json").read_text())
+
+
+def test_render_only_older_reproduce_json_renders_what_it_holds(committed_run, monkeypatch):
+    out, run_text = committed_run["out"], committed_run["text"]
+    raw = json.loads((out / "reproduce.json").read_text())
+    del raw["render_data"]  # a file written before reproduce.json held the runs' summaries
+    (out / "reproduce.json").write_text(json.dumps(raw))
+    (out / R.PLOT_FILES[2]).write_bytes(b"png")  # claim 2's plot is committed, claims 3 and 4's are not
+    drawn = {}
+
+    def fake_plot_all(claims, analysis, data, out_dir):
+        drawn.update(analysis=sorted(analysis), data=data)
+        return {k: [R.PLOT_FILES[k]] for k in (1, 5) if f"claim{k}" in analysis}
+
+    monkeypatch.setattr(R, "plot_all", fake_plot_all)
+    md = committed_run["tmp"] / "older.md"
+    assert R.main(["--out", str(out), "--md", str(md), "--render-only"]) == 0
+    text = md.read_text()
+    assert drawn == {"analysis": ["claim1", "claim5"], "data": {}}  # only the plots the analysis alone draws
+    # what the analyses hold is rendered exactly as the run did ...
+    run_lines, lines = set(run_text.splitlines()), set(text.splitlines())
+    for line in run_lines:
+        if line.startswith(("| polynomial x³ (unscaled) | 1 |", "| 1. ", "| 2. ", "| 3. ", "| 4. ", "| 5. ",
+                            "| smollm2 |", "| softmax vs ", "| deep residual", "daGPAM's trained λ")):
+            assert line in lines, line
+    # ... and what they do not hold is named, not made up
+    assert "| softmax | — | 2 | 5000.5 ± 0.707 | 105.0 ± 7.07 | — | 2/2 | — |" in lines
+    assert "| daGPAM (λ_init 0.1, trained) | — | 2 | — | 110.0 ± 7.07 | — | — | — |" in lines
+    assert "Per hidden state, and the query-weight gradient norm aside: not in this reproduce.json." in lines
+    assert "**Not in this reproduce.json, so not shown**" in text
+    assert "the data of the plots of claims 2, 3 and 4 (the committed PNGs are linked as they are)" in text
+    assert f"![{R.PLOT_FILES[2]}](out/{R.PLOT_FILES[2]})" in lines
+    assert any(line.startswith("*(Drawn by the run that wrote reproduce.json") for line in lines)
+    assert f"*(Plot not available: reproduce.json lacks the training-loss curves of the SmolLM2 runs and " \
+           f"`{R.PLOT_FILES[4]}` is not in {out}.)*" in lines
+    assert "![claim3_loss_curves.png]" not in text
+
+
+def test_render_only_refuses_a_missing_or_older_reproduce_json(tmp_path, committed_run, capsys):
+    md = tmp_path / "never.md"
+    assert R.main(["--out", str(tmp_path / "nothing"), "--md", str(md), "--render-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "nothing" / "reproduce.json") in err
+    assert "does not exist" in err and "without --render-only" in err
+    out = committed_run["out"]
+    raw = json.loads((out / "reproduce.json").read_text())
+    for broken, says in ((lambda r: r.pop("thresholds"), "lacks thresholds"),
+                         (lambda r: r["analysis"]["claim2"].pop("residual"), "lacks analysis.claim2.residual"),
+                         (lambda r: (r["meta"].pop("machine"), r["meta"].pop("jobs")), "lacks meta.machine, meta.jobs"),
+                         (lambda r: r["scale"].pop("probe_tokens"), "its scale does not match"),
+                         (lambda r: r["thresholds"].update(logit_tol=1e-4), "logit_tol 0.0001 (now 1e-05)")):
+        r = json.loads(json.dumps(raw))
+        broken(r)
+        (out / "reproduce.json").write_text(json.dumps(r))
+        assert R.main(["--out", str(out), "--md", str(md), "--render-only"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(out / "reproduce.json") in err and says in err, err
+        assert "without --render-only" in err
+    (out / "reproduce.json").write_text("{not json")
+    assert R.main(["--out", str(out), "--md", str(md), "--render-only"]) == 2
+    assert "not readable JSON" in capsys.readouterr().err
+    assert R.main(["--out", str(out), "--render-only", "--quick", "--seeds", "0"]) == 2
+    assert "drop --seeds, --quick" in capsys.readouterr().err
+    assert not md.exists()
+
+
+def test_restore_analysis_and_render_data():
+    raw = R._clean({"t": float("nan"), "gap": float("inf"), "vals": [1.0, float("nan")],
+                    "dagpam_lambdas": [None, {"mean": 0.1}], "base": None, "rows": [{"steps": None, "x": None}]})
+    back = R.restore_analysis(raw)
+    assert math.isnan(back["t"]) and back["gap"] == math.inf and math.isnan(back["vals"][1])
+    assert back["dagpam_lambdas"] == [None, {"mean": 0.1}] and back["base"] is None
+    assert back["rows"][0]["steps"] is None and math.isnan(back["rows"][0]["x"])
+    d = R._clean(R.render_data({"scratch": {"softmax": {0: {"final_ppl": float("nan"), "probe": None}, 1: None}},
+                                "claim4": {"sdpa": None, "runs": {2: {"losses": [(1, float("inf"))]}}},
+                                "conversions": ["not stored"]}))
+    back = R.restore_render_data(json.loads(json.dumps(d)))
+    assert set(back) == {"scratch", "claim4"} and back["scratch"]["softmax"][1] is None
+    assert math.isnan(back["scratch"]["softmax"][0]["final_ppl"]) and back["scratch"]["softmax"][0]["probe"] is None
+    assert back["claim4"]["runs"][2]["losses"] == [[1, math.inf]] and back["claim4"]["sdpa"] is None
