@@ -68,3 +68,18 @@ def load(base_checkpoints):
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+#: The vocabulary of :func:`word_tokenizer`: 4 special tokens, then w0 ... w59 (ids below VOCAB).
+WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
+
+
+def word_tokenizer():
+    """A word-level fast tokenizer over :data:`WORDS`, with pad/bos/eos/unk, for tiny recipe and script tests."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")

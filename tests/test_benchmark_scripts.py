@@ -55,3 +55,28 @@ def test_linear_attention_benchmark(tmp_path):
     (decode,) = result["decode"]
     assert decode["state_bytes"] == (8 * 9 // 2) * 8 * 2 * 4  # D x d per KV head, fp32: independent of N
     assert decode["kv_bytes"] >= 2 * 2 * 256 * 8 * 4  # keys and values of 256 tokens
+
+
+def test_transfer_errors(tmp_path):
+    """Per-layer relative transfer errors of a converted model; here the 'converted' weights are the base's own, so
+    the converted row equals the right-after-the-swap row, and calibration can only lower the error."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import WORDS, tiny_config, word_tokenizer
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="sdpa").save_pretrained(base)
+    word_tokenizer().save_pretrained(base)
+    g = torch.Generator().manual_seed(0)
+    docs = [" ".join(WORDS[4 + int(i)] for i in torch.randint(0, 60, (60,), generator=g)) for _ in range(30)]
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    result = run_script("transfer_errors.py", "--base", str(base), "--converted", str(base), "--data",
+                        str(tmp_path / "text.jsonl"), "--block-size", "16", "--batch-size", "2", "--batches", "2",
+                        "--attn", "polynomial:degree=3", tmp_path=tmp_path)
+    rows = result["relative_error"]
+    assert list(rows) == ["right after the swap", "after calibration", "converted"]
+    assert all(len(v) == tiny_config("llama").num_hidden_layers for v in rows.values())
+    assert rows["converted"] == pytest.approx(rows["right after the swap"], rel=1e-5)
+    assert all(c <= s * (1 + 1e-6) for c, s in zip(rows["after calibration"], rows["right after the swap"]))

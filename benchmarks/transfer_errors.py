@@ -1,0 +1,94 @@
+"""Which layers transfer: each attention layer's relative error against the original softmax attention.
+
+    python benchmarks/transfer_errors.py --base smollm2 --attn polynomial:degree=3 \
+        --converted runs/convert_smollm2_polynomial/stage1 [--data wiki-text] [--batches 4] [--json PATH]
+
+For a model converted by ``recipes/convert.py`` (its ``stage1/`` folder: the weights after attention transfer),
+this rebuilds stage 1's objective on the base model (the teacher keeps the base's query/key projections), loads
+the converted weights into the student and measures, per layer with teacher forcing, the squared error of the
+student's per-head outputs relative to the teacher output's mean square (1.0 = no better than an all-zero
+output), on held-out blocks of the training corpus. Three rows: right after the swap, after the query-scale
+calibration, and the converted model. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table, write_json
+
+import hf_attnswap  # noqa: F401
+from hf_attnswap.conversion import TransferObjective
+from hf_attnswap.data.assets import resolve_asset
+from hf_attnswap.data.lm import load_lm_texts, pack_texts
+from hf_attnswap.training.arguments import ModelArguments
+from hf_attnswap.training.model import build_model, load_tokenizer, parse_single_attn
+
+
+def relative_errors(objective: TransferObjective, blocks: list[torch.Tensor]) -> list[float]:
+    """Mean over ``blocks`` (each (B, T) token ids) of each layer's relative transfer error."""
+    total: list[float] | None = None
+    with torch.no_grad():
+        for ids in blocks:
+            rel = objective(input_ids=ids).metrics["transfer/relative_error"]
+            total = rel if total is None else [a + b for a, b in zip(total, rel)]
+    return [v / len(blocks) for v in total or []]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default="smollm2", help="the base model (offline asset name, folder or Hub name)")
+    p.add_argument("--attn", default="polynomial:degree=3", help="the mechanism it was converted to")
+    p.add_argument("--converted", required=True, help="the converted model's folder (convert.py's stage1/)")
+    p.add_argument("--data", default="wiki-text", help="the training corpus (asset name or a file); its held-out "
+                                                     "10 %% is measured")
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--json", default=None, help="where to write the JSON (default <converted>/transfer_errors.json)")
+    args = p.parse_args(argv)
+
+    target = parse_single_attn(args.attn)
+    model_args = ModelArguments(model_name_or_path=args.base, attn="sdpa")
+    tokenizer = load_tokenizer(model_args)
+    source = {"train_file": args.data} if Path(args.data).is_file() else {"dataset_name": args.data}
+    texts = load_lm_texts(**source, validation_split_percentage=10)
+    held_out = pack_texts(texts.validation, tokenizer, args.block_size)
+    n = min(len(held_out), args.batches * args.batch_size)
+    ids = torch.tensor([held_out[i]["input_ids"] for i in range(n)])
+    blocks = list(ids.split(args.batch_size))
+
+    model, _ = build_model(model_args, tokenizer, block_size=args.block_size)
+    objective = TransferObjective(model, target.name, target.options)
+    rows = {"right after the swap": relative_errors(objective, blocks)}
+    objective.calibrate_query_scale(blocks[0])
+    rows["after calibration"] = relative_errors(objective, blocks)
+    from safetensors.torch import load_file
+
+    converted = load_file(str(Path(resolve_asset(args.converted) or args.converted) / "model.safetensors"))
+    live = dict(model.named_parameters())
+    missing = [n for n in objective.trainable_names if n not in converted]
+    if missing:
+        raise SystemExit(f"error: {args.converted} has no {missing[0]} (is it convert.py's stage1/ folder?)")
+    with torch.no_grad():
+        for name in objective.trainable_names:
+            live[name].copy_(converted[name])
+    rows["converted"] = relative_errors(objective, blocks)
+
+    layers = len(rows["converted"])
+    print_table(f"relative transfer error per layer ({target.label}; 1.0 = no better than a zero output)",
+                ["layer", *rows], [[i, *(f"{v[i]:.3f}" for v in rows.values())] for i in range(layers)])
+    worst = sorted(range(layers), key=lambda i: -rows["converted"][i])[:5]
+    print("worst layers after conversion: " + ", ".join(f"{i} ({rows['converted'][i]:.3f})" for i in worst))
+    write_json(args.json or str(Path(args.converted) / "transfer_errors.json"),
+               {"args": vars(args), "machine": machine(), "tokens": int(ids.numel()), "relative_error": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
