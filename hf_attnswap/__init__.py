@@ -18,16 +18,24 @@ from typing import Any
 from torch import nn
 
 from . import options
+from ._version import __version__
 from .errors import AttnSwapError, NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from .mechanisms import register_builtins
 from .mechanisms.common import AttentionContext
 from .options import DaGPAMOptions, MechanismOptions, PolynomialOptions, SoftmaxOptions
 from .patching import ARCHITECTURES, swap
 from .patching import uninstall as unswap
-from .registry import PARAMS_ATTR, get_mechanism, list_mechanisms, parse_options, register_mechanism, use_backend
+from .registry import (
+    PARAMS_ATTR,
+    get_mechanism,
+    is_mechanism_parameter,
+    list_mechanisms,
+    parameter_overhead,
+    parse_options,
+    register_mechanism,
+    use_backend,
+)
 from .transformers_hooks import install_hooks
-
-__version__ = "0.1.0"
 
 register_builtins()
 install_hooks()
@@ -61,20 +69,6 @@ def load_adapter(base: Any, adapter: Any, **kwargs: Any) -> Any:
     from .adapters import load_adapter as _load
 
     return _load(base, adapter, **kwargs)
-
-
-def is_mechanism_parameter(name: str) -> bool:
-    """Whether the parameter called ``name`` (as in ``model.named_parameters()``) was added by a mechanism
-    (daGPAM's λ and ``W⁻``), also under PEFT's wrappers. Recipes give these their own learning rate."""
-    return f".{PARAMS_ATTR}." in f".{name}"
-
-
-def parameter_overhead(model: nn.Module) -> dict[str, Any]:
-    """Parameters hf_attnswap added to ``model``: ``{"added", "base", "total", "percent"}`` (percent of base)."""
-    added = sum(p.numel() for name, p in model.named_parameters() if is_mechanism_parameter(name))
-    total = sum(p.numel() for p in model.parameters())
-    base = total - added
-    return {"added": added, "base": base, "total": total, "percent": 100.0 * added / max(base, 1)}
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import AttnSwapError
 
 
@@ -83,9 +84,9 @@ def _positions(model: str) -> int | None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    import hf_attnswap
+    from .registry import list_mechanisms
 
-    mechs = hf_attnswap.list_mechanisms()
+    mechs = list_mechanisms()
     if args.json:
         print(json.dumps(mechs, indent=2))
         return 0
@@ -133,7 +134,6 @@ def _quiet_transformers() -> None:
 
 
 def _eval_ppl(args: argparse.Namespace) -> int:
-    import hf_attnswap
     from transformers import AutoConfig, AutoTokenizer
 
     from .data.text import load_texts
@@ -156,7 +156,7 @@ def _eval_ppl(args: argparse.Namespace) -> int:
     window = {"max_length": args.max_length, "stride": args.stride, "max_tokens": args.max_tokens}
     plan = plan_perplexity(AutoConfig.from_pretrained(model), tokenizer, texts, **window)  # bad window: before loading
     print(f"perplexity of {model} on {args.dataset} ({_count(len(texts), 'document')}), hf_attnswap "
-          f"{hf_attnswap.__version__}", file=sys.stderr)
+          f"{__version__}", file=sys.stderr)
     capped = (f" (the first {plan.tokens:,} of {plan.tokens_available:,}: --max-tokens)"
               if plan.tokens < plan.tokens_available else "")
     print(f"plan per mechanism: {_count(plan.documents, 'document')}, {_count(plan.tokens, 'token')} to score{capped} "
@@ -190,8 +190,6 @@ def _eval_ppl(args: argparse.Namespace) -> int:
 
 
 def _eval_mt(args: argparse.Namespace) -> int:
-    import hf_attnswap
-
     from transformers import AutoConfig, AutoTokenizer
 
     from .data.parallel import load_parallel
@@ -210,7 +208,7 @@ def _eval_mt(args: argparse.Namespace) -> int:
     check_translation_fits(AutoConfig.from_pretrained(model), tokenizer, [p[0] for p in pairs], src_lang=args.src,
                            tgt_lang=args.tgt, template=args.template, max_new_tokens=args.max_new_tokens)
     print(f"translation {args.src}->{args.tgt} by {model} on {args.dataset}/{args.split} ({len(pairs)} pairs), "
-          f"hf_attnswap {hf_attnswap.__version__}", file=sys.stderr)
+          f"hf_attnswap {__version__}", file=sys.stderr)
     if args.dataset == "de-en-ding":
         print("note: the Ding de-en pairs are dictionary example sentences, not a standard MT benchmark; "
               "compare these BLEU figures only with each other.", file=sys.stderr)
@@ -240,7 +238,6 @@ def _eval_mt(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    import hf_attnswap  # noqa: F401  (so that from_pretrained restores the mechanism)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hub import push_to_hub
@@ -271,8 +268,6 @@ def _push(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     import torch
-
-    import hf_attnswap
 
     from .data.text import load_texts
     from .diagnostics import ProbeError, probe_texts
@@ -306,7 +301,7 @@ def _probe(args: argparse.Namespace) -> int:
         raise ProbeError(f"--max-length {args.max_length} is larger than the model's {positions} positions; pass "
                          f"--max-length <= {positions}.")
     print(f"probing {model} on {args.dataset} ({len(texts)} texts, up to {args.max_length} tokens), "
-          f"hf_attnswap {hf_attnswap.__version__}", file=sys.stderr)
+          f"hf_attnswap {__version__}", file=sys.stderr)
     maps: list[Any] = []  # each mechanism's example attention map, in spec order
 
     def evaluate(m: Any, tok: Any) -> dict[str, Any]:

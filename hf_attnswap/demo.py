@@ -61,13 +61,13 @@ def run_demo(model_name_or_path: str | None = None, prompt: str = DEFAULT_PROMPT
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    import hf_attnswap
-
     console = Console()
     if not console.is_terminal:  # logs and CI: wide enough for the table
         console = Console(width=140)
+    from ._version import __version__
     from .data.assets import prepare_smollm2, resolve_model
     from .evaluation.perplexity import model_max_positions
+    from .registry import parameter_overhead
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise DemoError(f"{param('max_new_tokens')} must be an integer >= 1, got {max_new_tokens!r}.")
@@ -91,7 +91,7 @@ def run_demo(model_name_or_path: str | None = None, prompt: str = DEFAULT_PROMPT
             f"{prompt_tokens + max_new_tokens} positions, but the model has {positions}; pass "
             f"{param('max_new_tokens')} <= {max(positions - prompt_tokens, 1)} or a shorter {param('prompt')}."
         )
-    console.print(f"[bold]hf_attnswap {hf_attnswap.__version__}[/bold] demo on [cyan]{model_name_or_path}[/cyan]")
+    console.print(f"[bold]hf_attnswap {__version__}[/bold] demo on [cyan]{model_name_or_path}[/cyan]")
     console.print(f"Perplexity on a {len(DEFAULT_TEXT.split())}-word embedded text; greedy continuation of {prompt!r}.\n")
     rows = []
     for attn, options in DEFAULT_MECHANISMS:
@@ -101,7 +101,7 @@ def run_demo(model_name_or_path: str | None = None, prompt: str = DEFAULT_PROMPT
             model = AutoModelForCausalLM.from_pretrained(model_name_or_path, attn_implementation=attn, **kwargs).eval()
             nll, n_tokens = text_nll(model, tokenizer, DEFAULT_TEXT)
             text = greedy(model, tokenizer, prompt, max_new_tokens)
-        overhead = hf_attnswap.parameter_overhead(model)
+        overhead = parameter_overhead(model)
         rows.append({
             "attn": attn, "options": options, "added_params": overhead["added"], "overhead_percent": overhead["percent"],
             "ppl": math.exp(nll), "tokens": n_tokens, "seconds": time.perf_counter() - start, "generation": text,

@@ -50,9 +50,10 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
+from ._version import __version__
 from .data.hints import param, setting
 from .errors import AttnSwapError, NotSwappedError, OptionError
-from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parse_options
+from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parameter_overhead, parse_options
 
 __all__ = [
     "EVAL_RESULT_KEYS",
@@ -399,8 +400,6 @@ def _write(model: nn.Module, folder: Path, share: _Share, *, tokenizer: Any, rep
 
 def _upload(folder: Path, repo_id: str, *, token: str, endpoint: str | None, private: bool, revision: str | None,
             commit_message: str) -> str:
-    from . import __version__
-
     api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_TAG, library_version=__version__)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -434,8 +433,6 @@ def _redact(text: str, token: str) -> str:
 
 
 def _card(model: nn.Module, share: _Share, *, repo_id: str | None) -> ModelCard:
-    from . import parameter_overhead
-
     name = repo_id.split("/")[-1] if repo_id else f"{share.base_model.split('/')[-1] if share.base_model else type(model).__name__}-{share.mechanism}"
     data = ModelCardData(
         library_name="transformers",

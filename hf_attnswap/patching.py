@@ -29,6 +29,7 @@ from .registry import (
     options_to_config,
     parse_options,
 )
+from .transformers_hooks import register_callbacks
 
 HOOKS_ATTR = "_attnswap_hooks"
 ROTARY_ATTR = "_attnswap_rotary"
@@ -355,3 +356,6 @@ def swap(model: PreTrainedModel, mechanism: str, /, **options: Any) -> PreTraine
     install(model, mech, opts, reinit=True)  # checks the model first; writes the config
     model.set_attn_implementation(mech.name)
     return model
+
+
+register_callbacks(apply_from_config=apply_from_config, orphan_mechanism_error=orphan_mechanism_error, sync_record=sync_record)

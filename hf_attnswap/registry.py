@@ -29,7 +29,7 @@ from .errors import NotSwappedError, OptionError, UnknownMechanismError, Unsuppo
 from .kernels.mask import AttentionMask
 from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
 from .options import MechanismOptions, check_backend
-from .transformers_hooks import attention_weights_requested
+from .transformers_hooks import attention_weights_requested, register_callbacks
 
 MechanismFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], tuple[torch.Tensor, torch.Tensor | None]]
 FastFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, AttentionContext], torch.Tensor]
@@ -274,6 +274,20 @@ def is_mechanism(name: Any) -> bool:
     return name.removesuffix(PERSIST_SUFFIX) in _REGISTRY
 
 
+def is_mechanism_parameter(name: str) -> bool:
+    """Whether the parameter called ``name`` (as in ``model.named_parameters()``) was added by a mechanism
+    (daGPAM's λ and ``W⁻``), also under PEFT's wrappers. Recipes give these their own learning rate."""
+    return f".{PARAMS_ATTR}." in f".{name}"
+
+
+def parameter_overhead(model: nn.Module) -> dict[str, Any]:
+    """Parameters hf_attnswap added to ``model``: ``{"added", "base", "total", "percent"}`` (percent of base)."""
+    added = sum(p.numel() for name, p in model.named_parameters() if is_mechanism_parameter(name))
+    total = sum(p.numel() for p in model.parameters())
+    base = total - added
+    return {"added": added, "base": base, "total": total, "percent": 100.0 * added / max(base, 1)}
+
+
 def list_mechanisms() -> dict[str, dict[str, Any]]:
     """Every registered mechanism: ``{name: {"description", "options": {field: default}, "adds_parameters", "backends"}}``.
 
@@ -431,3 +445,7 @@ def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor,
     if reason is not None:
         raise OptionError(f"{mech.name}: backend={requested!r} cannot run this call: {reason}. Use backend='auto'.")
     return requested
+
+
+register_callbacks(get_mechanism=get_mechanism, is_mechanism=is_mechanism, is_transformers_attention=is_transformers_attention,
+                   is_mechanism_parameter=is_mechanism_parameter)

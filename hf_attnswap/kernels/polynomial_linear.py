@@ -32,17 +32,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import OptionError
+from ..errors import OptionError  # the package's exceptions sit below the kernels: errors.py imports nothing
 from .gqa import group_rows, ungroup_rows
 from .polynomial_blocked import block_backward, block_forward
-
-if TYPE_CHECKING:
-    from ..options import PolynomialOptions
 
 DEFAULT_CHUNK = 128
 LENGTH_SCALES = ("visible", "fixed", "none")
@@ -302,8 +299,9 @@ class PolynomialLinearState:
         self.seen = 0
 
     @classmethod
-    def from_options(cls, options: PolynomialOptions, batch: int, kv_heads: int, head_dim: int, **kwargs: Any) -> PolynomialLinearState:
-        """Build from :class:`~hf_attnswap.options.PolynomialOptions` (its ``degree`` must be 2); ``kwargs`` as ``__init__``."""
+    def from_options(cls, options: Any, batch: int, kv_heads: int, head_dim: int, **kwargs: Any) -> PolynomialLinearState:
+        """Build from :class:`~hf_attnswap.options.PolynomialOptions` (its ``degree`` must be 2); ``kwargs`` as ``__init__``.
+        (``options`` is typed ``Any``: the kernels import nothing of the options layer above them.)"""
         if options.degree != 2:
             raise OptionError(f"PolynomialLinearState needs degree=2, got degree={options.degree}: (q·k)^p has a "
                               "finite feature map here only for p = 2.")

@@ -12,11 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import is_mechanism_parameter
 from ..data.assets import resolve_source
 from ..errors import AttnSwapError
 from ..evaluation.compare import AttnSpec, parse_attn_specs
-from ..registry import PARAMS_ATTR
+from ..registry import PARAMS_ATTR, is_mechanism_parameter
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError
 
 __all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args", "load_tokenizer",

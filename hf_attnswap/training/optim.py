@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import is_mechanism_parameter
+from ..registry import is_mechanism_parameter
 from .arguments import TrainArguments
 
 __all__ = ["build_optimizer", "build_scheduler", "parameter_groups", "peak_learning_rates"]
