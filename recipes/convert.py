@@ -17,6 +17,7 @@ the stage that was interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -100,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                                 "to, e.g. polynomial:degree=3.")
     if model_args.model_name_or_path is None:
         raise RecipeConfigError("convert.py converts a pretrained model: set model_name_or_path.")
+    backends = hf_attnswap.get_mechanism(target.name).backends
+    if conv.train_backend is not None and conv.train_backend not in backends:
+        raise RecipeConfigError(f"train_backend={conv.train_backend!r} is not a backend of {target.name}; one of "
+                                f"{', '.join(backends)}.")
+
+    def training_backend() -> Any:
+        """Both stages' training runs with ``train_backend`` when set (the saved model keeps the target's backend,
+        and every perplexity is measured with it)."""
+        return hf_attnswap.use_backend(conv.train_backend) if conv.train_backend else contextlib.nullcontext()
+
     accelerator = make_accelerator(train_args, "convert")
     check_model_args(model_args)
     out = Path(train_args.output_dir)
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         resume_s1 = _resume(resuming, stage1_dir)
         if conv.transfer_calibrate and objective.trains_projections and resume_s1 is None:
             first = collate([dataset[i] for i in range(min(len(dataset), train_args.per_device_train_batch_size))])
-            factors = objective.calibrate_query_scale(first["input_ids"])
+            with training_backend():
+                factors = objective.calibrate_query_scale(first["input_ids"])
             record("calibration", factors=factors)
             if accelerator.is_main_process:
                 print("calibrated query scales: " + ", ".join(f"{v:.3g}" for v in factors.values()), flush=True)
@@ -213,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             eval_before_training=False, push_to_hub=False, overwrite_output_dir=resuming,
             resume_from_checkpoint=resume_s1)
         started = time.perf_counter()
-        _, outcome = train(accelerator, objective, dataset, collate, s1_args, start=prepare_output_dir(s1_args, accelerator),
-                           command=command, project_name="convert-stage1")
+        with training_backend():
+            _, outcome = train(accelerator, objective, dataset, collate, s1_args,
+                               start=prepare_output_dir(s1_args, accelerator), command=command,
+                               project_name="convert-stage1")
         if outcome.interrupted:
             accelerator.end_training()
             return outcome.exit_code
@@ -249,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
 
         set_seed(train_args.seed)  # the conversion and its control see the same data order
         started = time.perf_counter()
-        prepared, outcome = train(accelerator, trained, dataset, collate, s2_args, evaluate=evaluate,
-                                  start=prepare_output_dir(s2_args, accelerator), command=command,
-                                  project_name=f"convert-{stage}")
+        with training_backend():
+            prepared, outcome = train(accelerator, trained, dataset, collate, s2_args, evaluate=evaluate,
+                                      start=prepare_output_dir(s2_args, accelerator), command=command,
+                                      project_name=f"convert-{stage}")
         if outcome.interrupted:
             return None, outcome.exit_code
         unwrapped = accelerator.unwrap_model(prepared)

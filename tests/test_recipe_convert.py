@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-import hf_attnswap  # noqa: F401
+import hf_attnswap
 from hf_attnswap.training.loop import run_recipe
 
 from conftest import tiny_config
@@ -101,6 +101,35 @@ def test_stage2_alone_and_stage1_alone(assets, tmp_path):
     results = json.loads((tmp_path / "s1" / "results.json").read_text())
     assert results["final_phase"] == "stage1"
     AutoModelForCausalLM.from_pretrained(tmp_path / "s1")
+
+
+def test_train_backend_trains_with_one_backend_and_measures_and_saves_the_targets(assets, tmp_path, monkeypatch,
+                                                                                  capsys):
+    mech = hf_attnswap.get_mechanism("polynomial")
+    calls = {"fused": 0, "linear": 0}
+
+    def counting(name):
+        fn = mech.fast[name]
+
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name in calls:
+        monkeypatch.setitem(mech.fast, name, counting(name))
+    out = tmp_path / "tb"
+    argv = _argv(assets, out, "--train_backend", "fused", arch="llama", attn="polynomial:degree=2:backend=linear")
+    assert _run(argv) == 0
+    layers = 2 * 3  # tiny llama layers x perplexity passes is at least this
+    assert calls["fused"] > 0 and calls["linear"] >= layers
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attnswap"]["backend"] == "linear"
+    fused_after_training = calls["fused"]
+    AutoModelForCausalLM.from_pretrained(out)(torch.tensor([[5, 6, 7]]))
+    assert calls["fused"] == fused_after_training  # the saved model runs its own backend
+    assert _run(_argv(assets, tmp_path / "bad", "--train_backend", "nope")) == 2
+    assert "train_backend='nope' is not a backend of polynomial" in capsys.readouterr().err
 
 
 def test_distilled_stage2_logs_both_terms(assets, tmp_path):

@@ -136,6 +136,10 @@ class ConversionArguments:
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Stage 2: temperature of that KL loss."})
+    train_backend: str | None = field(default=None, metadata={
+        "help": "Train both stages with this backend of the target mechanism, e.g. fused for a backend='linear' "
+                "target at short blocks, where the blocked kernel computes the same function faster on CPU. The "
+                "saved model keeps the target's backend, and every perplexity is measured with it."})
     control: bool = field(default=False, metadata={
         "help": "Also run stage 2 on the unswapped model (its own attention: the control), with the same data order, "
                 "seed and budget, and report it beside the conversion (saved in output_dir/control)."})
