@@ -6,6 +6,7 @@ from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained("gpt2", attn_implementation="dagpam", attnswap={"lambda_init": 0.1})
 hf_attnswap.swap(live_model, "polynomial", degree=3)
 hf_attnswap.list_mechanisms()
+[spec] = hf_attnswap.parse_attn_specs("dagpam:lambda_init=0.1")  # the --attn text -> AttnSpec
 ```
 Importing this package registers the built-in mechanisms with Transformers' ``AttentionInterface`` and
 ``AttentionMaskInterface``.
@@ -35,6 +36,7 @@ from .registry import (
     register_mechanism,
     use_backend,
 )
+from .spec import AttnSpec, parse_attn_specs
 from .transformers_hooks import install_hooks
 
 register_builtins()
@@ -74,6 +76,7 @@ def load_adapter(base: Any, adapter: Any, **kwargs: Any) -> Any:
 __all__ = [
     "ARCHITECTURES",
     "AttentionContext",
+    "AttnSpec",
     "AttnSwapError",
     "DaGPAMOptions",
     "MechanismOptions",
@@ -91,6 +94,7 @@ __all__ = [
     "load_adapter",
     "options",
     "parameter_overhead",
+    "parse_attn_specs",
     "parse_options",
     "push_to_hub",
     "use_backend",

@@ -137,8 +137,9 @@ def _eval_ppl(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoTokenizer
 
     from .data.text import load_texts
-    from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
+    from .evaluation.compare import compare, print_table, write_json
     from .evaluation.perplexity import perplexity, plan_perplexity
+    from .spec import parse_attn_specs
 
     specs = parse_attn_specs(args.attn)
     _check_output_file(args.json, "--json")
@@ -193,8 +194,9 @@ def _eval_mt(args: argparse.Namespace) -> int:
     from transformers import AutoConfig, AutoTokenizer
 
     from .data.parallel import load_parallel
-    from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
+    from .evaluation.compare import compare, print_table, write_json
     from .evaluation.translation import check_translation_fits, evaluate_translation
+    from .spec import parse_attn_specs
 
     specs = parse_attn_specs(args.attn)
     _check_output_file(args.json, "--json")
@@ -273,7 +275,8 @@ def _probe(args: argparse.Namespace) -> int:
     from .diagnostics import ProbeError, probe_texts
     from .diagnostics.collect import check_top_n
     from .diagnostics.plots import write_plots
-    from .evaluation.compare import compare, parse_attn_specs, print_table, write_json
+    from .evaluation.compare import compare, print_table, write_json
+    from .spec import parse_attn_specs
 
     specs = parse_attn_specs(args.attn)
     if any(s.name == "sdpa" for s in specs):

@@ -40,18 +40,27 @@ def check_float(owner: str, name: str, value: Any, *, minimum: float | None = No
     return value
 
 
-def check_int(owner: str, name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(owner: str | None, name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
+              error: type[Exception] = OptionError, label: str | None = None, whole_floats: bool = True) -> int:
     """Return ``value`` as an int, or raise if it is not an integer in ``[minimum, maximum]`` (``3.0`` is accepted,
-    ``2.5`` is not; NumPy integers are accepted)."""
-    if _is_bool(value) or not isinstance(value, numbers.Real) or (
-        not isinstance(value, numbers.Integral) and not (math.isfinite(float(value)) and float(value).is_integer())
-    ):
-        raise OptionError(f"{owner}: option {name!r} must be an integer, got {value!r} ({type(value).__name__}).")
+    ``2.5`` is not; NumPy integers are accepted).
+
+    The one integer check of the package: the mechanisms' options use the defaults; the evaluations pass their own
+    ``error`` class (raised instead of :class:`~hf_attnswap.errors.OptionError`), ``owner`` (the message's prefix,
+    ``"perplexity"``; ``None``: none), ``label`` (how the setting is named; default ``option 'name'``) and
+    ``whole_floats=False`` (a keyword argument of Python code: ``16.0`` is refused, not rounded).
+    """
+    prefix = f"{owner}: " if owner else ""
+    subject = f"option {name!r}" if label is None else label
+    if _is_bool(value) or not isinstance(value, numbers.Real) or (not isinstance(value, numbers.Integral) and not (
+        whole_floats and math.isfinite(float(value)) and float(value).is_integer()
+    )):
+        raise error(f"{prefix}{subject} must be an integer, got {value!r} ({type(value).__name__}).")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise OptionError(f"{owner}: option {name!r} must be an integer >= {minimum}, got {value}.")
+        raise error(f"{prefix}{subject} must be an integer >= {minimum}, got {value}.")
     if maximum is not None and value > maximum:
-        raise OptionError(f"{owner}: option {name!r} must be an integer <= {maximum}, got {value}.")
+        raise error(f"{prefix}{subject} must be an integer <= {maximum}, got {value}.")
     return value
 
 

@@ -427,6 +427,47 @@ def test_missing_offline_asset_says_how_to_get_it(model_dir, tmp_path, monkeypat
     assert_clear(code, err_text, "attnswap prepare-assets", "PyPI", "HF_ATTNSWAP_CACHE", "no network")
 
 
+def test_a_failing_asset_build_is_one_error_line_in_the_cli_and_the_recipes(model_dir, tmp_path, monkeypatch, capsys):
+    """An asset that cannot be prepared (here: pip hands back a damaged wheel) is an AssetError naming the asset and
+    the fix; `attnswap eval ppl` and a recipe print it as one `error:` line and exit 2, with no traceback."""
+    import importlib.util
+    from pathlib import Path
+
+    from accelerate.state import AcceleratorState
+
+    from hf_attnswap.training.loop import run_recipe
+
+    monkeypatch.setenv("HF_ATTNSWAP_CACHE", str(tmp_path / "cache"))
+
+    def damaged_download(package, version, dest, *, asset=None):
+        dest.mkdir(parents=True, exist_ok=True)
+        wheel = dest / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+        wheel.write_bytes(b"<html>502 Bad Gateway</html>")  # what a broken proxy serves
+        return wheel
+
+    monkeypatch.setattr(assets, "_download_wheel", damaged_download)
+    with pytest.raises(AssetError, match=r"^preparing the offline asset news-text: gensim-4\.4\.0-py3-none-any\.whl is "
+                                         r"not a valid wheel \(zip\) file .*run `attnswap prepare-assets` again\.$"):
+        assets.prepare_news_text()
+    needles = ("the offline asset news-text", "not a valid wheel (zip) file", "attnswap prepare-assets")
+    code, _, err = run(["eval", "ppl", "--model", model_dir, "--attn", "sdpa"], capsys)  # default: news-lee
+    assert_clear(code, err, *needles)
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "continue_pretrain.py"
+    spec = importlib.util.spec_from_file_location("continue_pretrain_asset_error", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    AcceleratorState._reset_state(True)
+    code = run_recipe(lambda: recipe.main([
+        "--model_name_or_path", str(model_dir), "--attn", "sdpa", "--dataset_name", "news-lee", "--block_size", "16",
+        "--max_train_steps", "1", "--disable_progress_bar", "--output_dir", str(tmp_path / "run")]))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), err
+
+
 def test_cache_variable_pointing_at_a_file(model_dir, tmp_path, monkeypatch, capsys):
     a_file = tmp_path / "cache_file"
     a_file.write_text("x")

@@ -215,6 +215,18 @@ def test_bad_arguments(load, tokenizer, kwargs, match):
         perplexity(load("gpt2"), tokenizer, TEXTS, progress=False, **kwargs)
 
 
+def test_integer_arguments_messages(load, tokenizer):
+    """The check shared with the mechanisms' options (hf_attnswap.options.check_int), with this module's error and
+    prefix; a float is refused, not rounded."""
+    model = load("gpt2")
+    with pytest.raises(PerplexityError, match=r"^perplexity: max_length must be an integer, got 16\.0 \(float\)\.$"):
+        perplexity(model, tokenizer, TEXTS, progress=False, max_length=16.0)
+    with pytest.raises(PerplexityError, match=r"^perplexity: batch_size must be an integer >= 1, got 0\.$"):
+        perplexity(model, tokenizer, TEXTS, progress=False, batch_size=0)
+    with pytest.raises(PerplexityError, match=r"^perplexity: max_tokens must be an integer, got '8' \(str\)\.$"):
+        perplexity(model, tokenizer, TEXTS, progress=False, max_tokens="8")
+
+
 @pytest.mark.parametrize(
     "texts,match",
     [

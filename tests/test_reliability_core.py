@@ -15,11 +15,12 @@ from transformers import AutoModelForCausalLM
 import hf_attnswap
 from conftest import random_ids, tiny_config
 from hf_attnswap.errors import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
-from hf_attnswap.evaluation.compare import compare, parse_attn_specs
+from hf_attnswap.evaluation.compare import compare
 from hf_attnswap.mechanisms.common import AttentionContext, apply_rope, unapply_rope
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention, dagpam_attention_fused, negative_query
 from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.options import DaGPAMOptions
+from hf_attnswap.spec import parse_attn_specs
 
 TRAINED = {"tied_lambda": False, "lambda_init": 2.0, "neg_query_init": "normal"}
 
@@ -373,11 +374,6 @@ def test_option_string_instead_of_a_dict_says_how(base_checkpoints):
     with pytest.raises(OptionError, match=r"must be a dict, got the string 'temperature=2': pass attnswap=\{'temperature': 2\}"):
         AutoModelForCausalLM.from_pretrained(base_checkpoints["gpt2"], attn_implementation="softmax",
                                              attnswap="temperature=2")
-
-
-def test_comma_between_options_says_to_use_a_colon():
-    with pytest.raises(OptionError, match=r"separated by ':'.*Did you mean dagpam:lambda_init=0.1:tied_lambda=false"):
-        parse_attn_specs("dagpam:lambda_init=0.1,tied_lambda=false")
 
 
 def test_numpy_scalars_are_option_values():

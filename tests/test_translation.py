@@ -139,6 +139,17 @@ def test_translate_input_errors(model, tokenizer):
         translate(model, bare, SOURCES, progress=False)
 
 
+def test_translate_integer_arguments(model, tokenizer):
+    """The check shared with the mechanisms' options (hf_attnswap.options.check_int), with this module's error and
+    no prefix; a float is refused, not rounded."""
+    with pytest.raises(TranslationError, match=r"^batch_size must be an integer >= 1, got 0\.$"):
+        translate(model, tokenizer, SOURCES, batch_size=0)
+    with pytest.raises(TranslationError, match=r"^num_beams must be an integer, got 2\.0 \(float\)\.$"):
+        translate(model, tokenizer, SOURCES, num_beams=2.0)
+    with pytest.raises(TranslationError, match=r"^max_new_tokens must be an integer, got True \(bool\)\.$"):
+        translate(model, tokenizer, SOURCES, max_new_tokens=True)
+
+
 @pytest.mark.parametrize("mech", MECHANISMS)
 def test_each_mechanism_translates(tokenizer, mech):
     options = {"dagpam": {"lambda_init": 0.3}, "polynomial": {"degree": 3}, "softmax": {"temperature": 0.7}}[mech]

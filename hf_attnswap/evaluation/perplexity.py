@@ -47,6 +47,7 @@ from torch import nn
 
 from ..data.hints import param, setting
 from ..errors import AttnSwapError
+from ..options import check_int
 from ..transformers_hooks import full_precision
 
 __all__ = [
@@ -346,11 +347,9 @@ def _resolve_window(positions: int | None, max_length: Any, stride: Any) -> tupl
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PerplexityError(f"perplexity: {param(name)} must be an integer, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise PerplexityError(f"perplexity: {param(name)} must be an integer >= {minimum}, got {value}.")
-    return value
+    """:func:`hf_attnswap.options.check_int` with this module's error and prefix (``perplexity: max_length ...``)."""
+    return check_int("perplexity", name, value, minimum=minimum, error=PerplexityError, label=param(name),
+                     whole_floats=False)
 
 
 def _check_texts(texts: Any) -> list[str]:

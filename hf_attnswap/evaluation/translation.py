@@ -33,6 +33,7 @@ from transformers import StoppingCriteriaList, StopStringCriteria
 
 from ..data.hints import param
 from ..errors import AttnSwapError
+from ..options import check_int
 from ..transformers_hooks import full_precision
 from .perplexity import model_max_positions
 
@@ -142,9 +143,8 @@ def cut_translation(text: str, *, eos_token: str | None = None, markers: Sequenc
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TranslationError(f"{param(name)} must be an integer >= {minimum}, got {value!r}")
-    return value
+    """:func:`hf_attnswap.options.check_int` with this module's error (no prefix: ``batch_size must be ...``)."""
+    return check_int(None, name, value, minimum=minimum, error=TranslationError, label=param(name), whole_floats=False)
 
 
 def _check_sources(sources: Any) -> list[str]:

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..data.assets import resolve_source
 from ..errors import AttnSwapError
-from ..evaluation.compare import AttnSpec, parse_attn_specs
 from ..registry import PARAMS_ATTR, is_mechanism_parameter
+from ..spec import AttnSpec, parse_attn_specs
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError
 
 __all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args", "load_tokenizer",

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AttnSwapError
-from ..evaluation.compare import AttnSpec, print_table
+from ..evaluation.compare import print_table
+from ..spec import AttnSpec
 from .arguments import ModelArguments, TrainArguments
 from .loop import TrainingOutcome
 
