@@ -54,6 +54,7 @@ from ._version import __version__
 from .data.hints import param, setting
 from .errors import AttnSwapError, NotSwappedError, OptionError
 from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parameter_overhead, parse_options
+from .transformers_hooks import attn_implementation_of
 
 __all__ = [
     "EVAL_RESULT_KEYS",
@@ -286,7 +287,7 @@ def _prepare(
 def _mechanism_of(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """The mechanism ``model`` runs and its full options, or :class:`HubNotSwappedError`."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_attn_implementation", None)
+    name = attn_implementation_of(config)
     stored = getattr(config, "attnswap", None)
     fix = (
         "Swap it first with hf_attnswap.swap(model, 'dagpam', ...) or load it with "
