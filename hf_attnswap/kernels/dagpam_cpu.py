@@ -156,7 +156,7 @@ class DaGPAMCPU(torch.autograd.Function):
         _flash = flash[0]
         b, h, q_len, d = query.shape
         dtype = query.dtype
-        rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
         irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
         w = weight.to(dtype)
         lp = lam_pos.detach().to(dtype)
@@ -217,7 +217,7 @@ class DaGPAMCPU(torch.autograd.Function):
             ctx.saved_tensors
         _flash_backward = ctx.flash[1]
         dtype = query.dtype
-        rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
         irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
         w = weight.to(dtype)
         lp = lam_pos.to(dtype)

@@ -15,10 +15,11 @@ from transformers import initialization as hf_init
 
 from ..kernels import dagpam_cpu
 from ..kernels.mask import AttentionMask
+from ..kernels.rope import apply_rope, unapply_rope
 from ..kernels.sdpa import sdpa
 from ..options import DaGPAMOptions
 from ..transformers_hooks import cpu_flash_attention, has_forward_hooks
-from .common import AttentionContext, apply_rope, attention_dropout, unapply_rope
+from .common import AttentionContext, attention_dropout
 from .softmax import softmax_weights
 
 
