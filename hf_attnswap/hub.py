@@ -62,7 +62,6 @@ __all__ = [
     "HubNotSwappedError",
     "MissingTokenError",
     "RepoIdError",
-    "card_text",
     "check_repo_id",
     "check_token",
     "push_to_hub",
@@ -172,19 +171,6 @@ def push_to_hub(
         logger.info("Uploading %d files to %s: %s", len(names), repo_id, ", ".join(names))
         return _upload(folder, repo_id, token=token, endpoint=endpoint, private=private, revision=revision,
                        commit_message=message)
-
-
-def card_text(
-    model: nn.Module,
-    *,
-    base_model: str | None = None,
-    eval_results: Sequence[Mapping[str, Any]] | None = None,
-    extra_tags: Iterable[str] | None = None,
-    repo_id: str | None = None,
-) -> str:
-    """The ``README.md`` (YAML metadata + body) that :func:`save_for_hub` would write for ``model``."""
-    share = _prepare(model, base_model=base_model, eval_results=eval_results, extra_tags=extra_tags)
-    return str(_card(model, share, repo_id=repo_id))
 
 
 def check_token(token: str | None = None) -> str:

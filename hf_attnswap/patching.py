@@ -43,7 +43,6 @@ from .transformers_hooks import (
 )
 
 HOOKS_ATTR = "_attnswap_hooks"
-ROTARY_ATTR = "_attnswap_rotary"
 PARAMS_FLAG = "_attnswap_params"
 STATE_GUARD_FLAG = "_attnswap_state_guard"
 ADAPTER_RECORD = "attnswap.json"  # beside a PEFT adapter: the mechanism and options of the model it was trained on
@@ -134,7 +133,6 @@ def _set_rope_hooks(module: nn.Module, on: bool) -> None:
             module.register_forward_hook(_clear_rope, with_kwargs=True),
         )
     object.__setattr__(module, HOOKS_ATTR, handles)
-    object.__setattr__(module, ROTARY_ATTR, on)
     object.__setattr__(module, ROPE_ATTR, None)
 
 
