@@ -22,6 +22,7 @@ from torch import nn
 from .errors import NotSwappedError, SourceError
 from .patching import ADAPTER_RECORD
 from .registry import get_mechanism, is_mechanism, parse_options
+from .transformers_hooks import attn_implementation_of
 
 __all__ = ["ADAPTER_RECORD", "load_adapter", "mechanism_record", "save_adapter"]
 
@@ -30,7 +31,7 @@ def mechanism_record(model: nn.Module) -> dict[str, Any] | None:
     """``{"attn_implementation": name, "attnswap": {options}}`` of a swapped model (PEFT-wrapped or not), or None."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
-    name = getattr(config, "_attn_implementation", None)
+    name = attn_implementation_of(config)
     if not is_mechanism(name):
         return None
     options = dict(getattr(config, "attnswap", None) or {})
@@ -86,7 +87,7 @@ def load_adapter(base: str | os.PathLike[str] | nn.Module, adapter: str | os.Pat
                 raise NotSwappedError(
                     f"the adapter {adapter} was trained on a model with attention {record['attn_implementation']!r} and "
                     f"options {record['attnswap']}, but the model given runs "
-                    f"{(have or {}).get('attn_implementation', getattr(model.config, '_attn_implementation', None))!r}"
+                    f"{(have or {}).get('attn_implementation', attn_implementation_of(model.config))!r}"
                     f"{'' if have is None else ' with options ' + str(have['attnswap'])}. Pass the base's name or "
                     f"folder instead, and load_adapter swaps it.")
     else:

@@ -54,6 +54,7 @@ from ._version import __version__
 from .data.hints import param, setting
 from .errors import AttnSwapError, NotSwappedError, OptionError
 from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parameter_overhead, parse_options
+from .transformers_hooks import attn_implementation_of
 
 __all__ = [
     "EVAL_RESULT_KEYS",
@@ -61,7 +62,6 @@ __all__ = [
     "HubNotSwappedError",
     "MissingTokenError",
     "RepoIdError",
-    "card_text",
     "check_repo_id",
     "check_token",
     "push_to_hub",
@@ -173,19 +173,6 @@ def push_to_hub(
                        commit_message=message)
 
 
-def card_text(
-    model: nn.Module,
-    *,
-    base_model: str | None = None,
-    eval_results: Sequence[Mapping[str, Any]] | None = None,
-    extra_tags: Iterable[str] | None = None,
-    repo_id: str | None = None,
-) -> str:
-    """The ``README.md`` (YAML metadata + body) that :func:`save_for_hub` would write for ``model``."""
-    share = _prepare(model, base_model=base_model, eval_results=eval_results, extra_tags=extra_tags)
-    return str(_card(model, share, repo_id=repo_id))
-
-
 def check_token(token: str | None = None) -> str:
     """The token :func:`push_to_hub` would use (``token``, else ``HF_TOKEN``, else the cached login), or
     :class:`MissingTokenError` saying how to get one. Never printed or logged."""
@@ -286,7 +273,7 @@ def _prepare(
 def _mechanism_of(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """The mechanism ``model`` runs and its full options, or :class:`HubNotSwappedError`."""
     config = getattr(model, "config", None)
-    name = getattr(config, "_attn_implementation", None)
+    name = attn_implementation_of(config)
     stored = getattr(config, "attnswap", None)
     fix = (
         "Swap it first with hf_attnswap.swap(model, 'dagpam', ...) or load it with "

@@ -142,6 +142,19 @@ class SoftmaxOptions(MechanismOptions):
 
 
 LENGTH_SCALES = ("visible", "fixed", "none")
+#: The one degree the polynomial ``"linear"`` backend and :class:`~hf_attnswap.kernels.polynomial_linear.PolynomialLinearState`
+#: compute: ``(q·k)^2 = φ(q)·φ(k)`` with d(d+1)/2 features.
+LINEAR_DEGREE = 2
+
+
+def linear_degree_problem(degree: int) -> str | None:
+    """Why linear attention cannot compute polynomial attention of ``degree`` (None: it can), as the end of a sentence
+    whose subject is what needs it: "backend='linear' needs degree=2, got degree=3 ...". The one home of this check."""
+    if degree == LINEAR_DEGREE:
+        return None
+    default = " (the default is 3)" if degree == PolynomialOptions.degree else ""
+    return (f"needs degree={LINEAR_DEGREE}, got degree={degree}{default}: only (q·k)^2 has the finite feature map "
+            "φ(q)·φ(k) that linear attention uses")
 
 
 @dataclass
@@ -166,11 +179,10 @@ class PolynomialOptions(MechanismOptions):
     def __post_init__(self) -> None:
         self.backend = check_backend("polynomial", self.backend, self.backends)
         self.degree = check_int("polynomial", "degree", self.degree, minimum=1, maximum=MAX_DEGREE)
-        if self.backend == "linear" and self.degree != 2:
-            raise OptionError(
-                f"polynomial: backend='linear' needs degree=2, got degree={self.degree} (the default is 3): only "
-                "(q·k)^2 is computed as linear attention. Set 'degree': 2, or use backend='fused' for other degrees."
-            )
+        problem = linear_degree_problem(self.degree) if self.backend == "linear" else None
+        if problem is not None:
+            raise OptionError(f"polynomial: backend='linear' {problem}. Set 'degree': 2, or use backend='fused' for "
+                              "other degrees.")
         self.length_scale = check_choice("polynomial", "length_scale", self.length_scale, LENGTH_SCALES)
         if self.length_scale == "fixed":
             if self.fixed_length is None:

@@ -8,7 +8,6 @@ parameters on the pre-rotary query (daGPAM) also needs an :class:`Architecture` 
 
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +28,21 @@ from .registry import (
     options_to_config,
     parse_options,
 )
-from .transformers_hooks import register_callbacks
+from .transformers_hooks import (
+    attention_class,
+    attn_implementation_of,
+    child_module,
+    class_init_weights,
+    drop_config_attribute,
+    override_init_weights,
+    register_callbacks,
+    remove_child_module,
+    remove_init_weights_override,
+    set_attn_implementation_name,
+    supports_attention_interface,
+)
 
 HOOKS_ATTR = "_attnswap_hooks"
-ROTARY_ATTR = "_attnswap_rotary"
 PARAMS_FLAG = "_attnswap_params"
 STATE_GUARD_FLAG = "_attnswap_state_guard"
 ADAPTER_RECORD = "attnswap.json"  # beside a PEFT adapter: the mechanism and options of the model it was trained on
@@ -70,7 +80,7 @@ def check_supported(model: nn.Module, mech: Mechanism) -> Architecture | None:
         )
     model_type = getattr(model.config, "model_type", None)
     arch = ARCHITECTURES.get(model_type)
-    if not getattr(model, "_supports_attention_backend", False):
+    if not supports_attention_interface(model):
         raise UnsupportedModelError(
             f"{type(model).__name__} (model_type {model_type!r}) computes attention in its own code rather than through "
             f"Transformers' AttentionInterface, so its attention cannot be swapped. Supported: {supported_architectures()}; "
@@ -87,9 +97,8 @@ def check_supported(model: nn.Module, mech: Mechanism) -> Architecture | None:
 
 def attention_modules(model: PreTrainedModel) -> list[nn.Module]:
     """The attention modules of ``model``: instances of the class its ``_can_record_outputs["attentions"]`` names."""
-    recorder = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
-    target = getattr(recorder, "target_class", recorder)
-    if not isinstance(target, type):
+    target = attention_class(model)
+    if target is None:
         raise UnsupportedModelError(
             f"{type(model).__name__} does not declare its attention class (`_can_record_outputs['attentions']`), "
             f"so hf_attnswap cannot find its attention layers. Supported: {supported_architectures()}."
@@ -124,7 +133,6 @@ def _set_rope_hooks(module: nn.Module, on: bool) -> None:
             module.register_forward_hook(_clear_rope, with_kwargs=True),
         )
     object.__setattr__(module, HOOKS_ATTR, handles)
-    object.__setattr__(module, ROTARY_ATTR, on)
     object.__setattr__(module, ROPE_ATTR, None)
 
 
@@ -137,7 +145,7 @@ def _init_weights_with_attnswap(self: PreTrainedModel, module: nn.Module) -> Non
     if getattr(module, PARAMS_FLAG, False):
         module.reset_parameters()
     else:
-        type(self)._init_weights(self, module)
+        class_init_weights(self, module)
 
 
 def install(model: PreTrainedModel, mech: Mechanism, opts: MechanismOptions, *, reinit: bool) -> None:
@@ -164,8 +172,7 @@ def install(model: PreTrainedModel, mech: Mechanism, opts: MechanismOptions, *, 
     for module, params in plan:
         object.__setattr__(module, OPTIONS_ATTR, opts)
         if mech.make_params is None:
-            if PARAMS_ATTR in module._modules:
-                del module._modules[PARAMS_ATTR]
+            remove_child_module(module, PARAMS_ATTR)
             _set_rope_hooks(module, False)
             continue
         if params is not None:
@@ -173,7 +180,7 @@ def install(model: PreTrainedModel, mech: Mechanism, opts: MechanismOptions, *, 
         _set_rope_hooks(module, bool(mech.needs_rope and arch is not None and arch.rotary))
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel):
-            object.__setattr__(sub, "_init_weights", types.MethodType(_init_weights_with_attnswap, sub))
+            override_init_weights(sub, _init_weights_with_attnswap)
     _write_config(model, mech, opts)
 
 
@@ -181,7 +188,7 @@ def _write_config(model: PreTrainedModel, mech: Mechanism, opts: MechanismOption
     """``config._attn_implementation`` is the short name; ``config.attn_implementation`` (saved to config.json)
     is the persisted name; ``config.attnswap`` holds the options."""
     for sub in {id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel)}.values():
-        sub._attn_implementation = mech.name
+        set_attn_implementation_name(sub, mech.name)
         sub.attn_implementation = mech.persisted_name
         sub.attnswap = options_to_config(opts)
 
@@ -191,7 +198,7 @@ def sync_record(model: PreTrainedModel) -> None:
     computes. Switched to a Transformers attention, the record (``attn_implementation``, ``attnswap``) is dropped, so
     the checkpoint reloads as that attention (the mechanism's parameters stay on the model, unused, so switching
     back works); switched back to the mechanism its layers carry, the record is written again."""
-    name = getattr(model.config, "_attn_implementation", None)
+    name = attn_implementation_of(model.config)
     if is_mechanism(name):
         mech = get_mechanism(name)
         layers = [getattr(m, OPTIONS_ATTR, None) for m in attention_modules(model)] if isinstance(model, PreTrainedModel) else []
@@ -199,14 +206,14 @@ def sync_record(model: PreTrainedModel) -> None:
             _write_config(model, mech, layers[0])
         return
     for sub in model.modules():
-        if isinstance(sub, PreTrainedModel) and not is_mechanism(getattr(sub.config, "_attn_implementation", None)):
+        if isinstance(sub, PreTrainedModel) and not is_mechanism(attn_implementation_of(sub.config)):
             _drop_record(sub.config)
 
 
 def _drop_record(config: Any) -> None:
     """Remove what ``save_pretrained`` would persist of a mechanism (``attn_implementation``, ``attnswap``)."""
     for key in ("attn_implementation", "attnswap"):
-        config.__dict__.pop(key, None)
+        drop_config_attribute(config, key)
 
 
 def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> PreTrainedModel:
@@ -225,21 +232,20 @@ def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> P
     if not isinstance(model, PreTrainedModel):
         raise UnsupportedModelError(f"unswap takes a Transformers model (PreTrainedModel); got {type(model).__name__}.")
     modules = attention_modules(model)
-    previous = model.config._attn_implementation
+    previous = attn_implementation_of(model.config)
     try:
         model.set_attn_implementation(attn_implementation)
     except (ValueError, ImportError) as err:
         _restore_attn_name(model, previous)
         raise OptionError(f"unswap: Transformers cannot switch this model to {attn_implementation!r}: {err}") from None
     for module in modules:
-        if PARAMS_ATTR in module._modules:
-            del module._modules[PARAMS_ATTR]
+        remove_child_module(module, PARAMS_ATTR)
         _set_rope_hooks(module, False)
         if OPTIONS_ATTR in module.__dict__:
             del module.__dict__[OPTIONS_ATTR]
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel):
-            sub.__dict__.pop("_init_weights", None)
+            remove_init_weights_override(sub)
             _drop_record(sub.config)
     return model
 
@@ -249,7 +255,7 @@ def _restore_attn_name(model: PreTrainedModel, name: str | None) -> None:
     it on some sub-configs before failing)."""
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel) and name is not None:
-            sub.config._attn_implementation = name
+            set_attn_implementation_name(sub.config, name)
 
 
 def _refuse_orphan_mechanism_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -266,7 +272,7 @@ def _refuse_orphan_mechanism_state(module: nn.Module, state_dict: dict[str, Any]
             owner = module.get_submodule(path) if path else module
         except AttributeError:
             continue  # not under this model: another hook owns it
-        if not isinstance(owner._modules.get(PARAMS_ATTR), nn.Module):
+        if not isinstance(child_module(owner, PARAMS_ATTR), nn.Module):
             orphans.append(key[len(prefix):])
     if orphans:
         raise orphan_mechanism_error(module, orphans)
@@ -305,14 +311,14 @@ def apply_from_config(model: PreTrainedModel, pending: dict[str, Any] | Mechanis
     """
     _add_state_dict_guard(model)
     config = model.config
-    name = getattr(config, "_attn_implementation", None)
+    name = attn_implementation_of(config)
     if not is_mechanism(name):
         if pending is not None:
             raise OptionError(
                 f"attnswap options were given, but attn_implementation={name!r} is not an hf_attnswap mechanism. "
                 f"Pass attn_implementation=one of {', '.join(list_mechanisms())} as well."
             )
-        config.__dict__.pop("attnswap", None)  # a stale record from a checkpoint loaded with another attention
+        drop_config_attribute(config, "attnswap")  # a stale record from a checkpoint loaded with another attention
         return
     mech = get_mechanism(name)
     stored = getattr(config, "attnswap", None)

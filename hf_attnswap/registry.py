@@ -23,13 +23,20 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
 
 from .errors import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from .kernels.mask import AttentionMask
 from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
 from .options import MechanismOptions, check_backend
-from .transformers_hooks import attention_weights_requested, register_callbacks
+from .transformers_hooks import (
+    TRANSFORMERS_ATTENTIONS,
+    attention_weights_requested,
+    boolean_mask,
+    is_transformers_attention_name,
+    mask_causal_offset,
+    register_callbacks,
+)
 
 MechanismFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], tuple[torch.Tensor, torch.Tensor | None]]
 FastFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, AttentionContext], torch.Tensor]
@@ -127,7 +134,7 @@ def register_mechanism(
     options_cls = options or _empty_options(name)
     if not (isinstance(options_cls, type) and issubclass(options_cls, MechanismOptions) and dataclasses.is_dataclass(options_cls)):
         raise OptionError(f"options for mechanism {name!r} must be a @dataclass subclass of hf_attnswap.MechanismOptions.")
-    if name in ("eager", "sdpa", "flex_attention") or name.startswith("flash_attention") or "sdpa" in name or "flash" in name:
+    if name in TRANSFORMERS_ATTENTIONS or name.startswith("flash_attention") or "sdpa" in name or "flash" in name:
         raise OptionError(f"mechanism name {name!r} clashes with a Transformers attention implementation; pick another.")
 
     def decorator(fn: MechanismFn) -> MechanismFn:
@@ -203,38 +210,6 @@ def check_keywords(mech: Mechanism, module: nn.Module, kwargs: dict[str, Any]) -
         )
 
 
-CAUSAL_TAG = "_attnswap_causal_offset"
-
-
-def boolean_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    """Transformers' ``sdpa_mask`` with the causal skip forced off: always a boolean (B, 1, Q, K) mask with causal,
-    padding and KV-cache offset. (Only a bidirectional mask without padding may still come back as ``None``.)
-    ``create_causal_mask`` passes ``allow_is_causal_skip=True`` explicitly, so a ``partial`` would not do.
-
-    When the mask is plain causal (no padding, no window), it is tagged with its offset so that fast paths can
-    skip masked blocks or use ``is_causal`` instead of reading it."""
-    kwargs["allow_is_causal_skip"] = False
-    mask = sdpa_mask(*args, **kwargs)
-    if mask is not None and not args:
-        offset = _plain_causal_offset(**kwargs)
-        if offset is not None:
-            setattr(mask, CAUSAL_TAG, offset)
-    return mask
-
-
-def _plain_causal_offset(
-    q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0, mask_function: Any = None,
-    attention_mask: torch.Tensor | None = None, local_size: int | None = None, **_: Any,
-) -> int | None:
-    """``K - Q`` if the mask is bottom-right-aligned causal with nothing else, else None."""
-    if mask_function is not causal_mask_function or local_size is not None or kv_offset != 0:
-        return None
-    if attention_mask is not None and not bool(attention_mask.all()):
-        return None
-    q_offset = int(q_offset)
-    return q_offset if q_offset + q_length == kv_length else None
-
-
 def _empty_options(name: str) -> type[MechanismOptions]:
     return dataclasses.make_dataclass(f"{name.title()}Options", [], bases=(MechanismOptions,))
 
@@ -264,7 +239,7 @@ def is_transformers_attention(name: str) -> bool:
     ...), as opposed to an hf_attnswap mechanism."""
     if is_mechanism(name):
         return False
-    return name == "eager" or name in AttentionInterface().valid_keys() or name.startswith(("flash_attention", "paged|"))
+    return is_transformers_attention_name(name)
 
 
 def is_mechanism(name: Any) -> bool:
@@ -403,7 +378,7 @@ def _attention_interface(
         out, weights = mech.forward(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), mask, ctx)
     else:
         dense = None if attention_mask is None else visible_mask(attention_mask, batch, q_len, k_len, query.device)
-        amask = AttentionMask(dense, q_len, k_len, getattr(attention_mask, CAUSAL_TAG, None))
+        amask = AttentionMask(dense, q_len, k_len, mask_causal_offset(attention_mask))
         out, weights = mech.fast[backend](query, key, value, amask, ctx), None
     return out.transpose(1, 2).contiguous(), weights
 

@@ -1,8 +1,12 @@
-"""The one place where hf_attnswap touches Transformers internals.
+"""The one place where hf_attnswap touches private internals of Transformers, PyTorch and Accelerate.
 
-Transformers has no public hook for "a model was just built" nor for extra keyword arguments of
-``from_pretrained``/``from_config``. So, once, at import, this module wraps five methods of
-``PreTrainedModel``:
+Every other module reaches them through a named function here, whose docstring says which internal it relies on
+and why; ``tests/test_registry_and_hooks.py`` (``test_internal_*``, ``test_transformers_internals_hf_attnswap_relies_on``)
+names each one and fails loudly if an upgrade removes it or changes the behaviour relied on, and
+``test_private_names_appear_only_in_the_compatibility_module`` fails if one is touched anywhere else.
+
+Hooks. Transformers has no public hook for "a model was just built" nor for extra keyword arguments of
+``from_pretrained``/``from_config``. So, once, at import, this module wraps five methods of ``PreTrainedModel``:
 
 - ``from_pretrained`` and ``_from_config`` (what ``AutoModel*.from_config`` calls) accept
   ``attnswap={...}`` and hand it to the model being built, through a context variable. ``AutoModel*.from_pretrained``
@@ -12,13 +16,24 @@ Transformers has no public hook for "a model was just built" nor for extra keywo
   mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
 
 ``load_adapter`` (Transformers' PEFT integration) is wrapped to refuse an adapter whose mechanism parameters the
-model cannot take, and ``set_attn_implementation`` to keep the saved record true to what the model computes. It also reads, in :func:`attention_weights_requested`, whether Transformers is collecting attention weights
-(``output_attentions=True``), which GPT-2 does not pass down to the attention function.
+model cannot take, and ``set_attn_implementation`` to keep the saved record true to what the model computes.
 
-One Accelerate internal lives here too: :func:`full_precision` undoes ``prepare``'s autocast wrapper for
-evaluations.
+Other internals, one function each:
 
-``tests/test_registry_and_hooks.py`` fails loudly if any of these stops existing or behaving as assumed.
+- Transformers: :func:`attn_implementation_of`/:func:`set_attn_implementation_name` (``config._attn_implementation``),
+  :func:`supports_attention_interface` (``_supports_attention_backend``), :func:`attention_class`
+  (``_can_record_outputs``), :func:`override_init_weights`/:func:`class_init_weights`/
+  :func:`remove_init_weights_override` (the instance ``_init_weights``), :func:`drop_config_attribute`
+  (``config.__dict__``), :func:`boolean_mask`/:func:`mask_causal_offset` (``masking_utils.sdpa_mask``'s keywords,
+  ``causal_mask_function``, a Python attribute on the mask tensor), :func:`attention_weights_requested`
+  (``output_capturing._active_collector``), :data:`TRANSFORMERS_ATTENTIONS`/:func:`is_transformers_attention_name`
+  (the names of Transformers' own attention implementations);
+- PyTorch: :func:`child_module`/:func:`remove_child_module` (``nn.Module._modules``), :func:`has_forward_hooks`
+  (``_forward_hooks``, ``_forward_pre_hooks``, ``torch.nn.modules.module._global_forward_(pre_)hooks``),
+  :func:`cpu_flash_attention` (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` and its backward,
+  which the mechanism layer hands to ``kernels/dagpam_cpu.py``: kernels import nothing of the package),
+  :func:`set_last_lr` (``LRScheduler._last_lr``);
+- Accelerate: :func:`full_precision` (``prepare``'s ``_original_forward``).
 
 This module sits below :mod:`hf_attnswap.registry` and :mod:`hf_attnswap.patching` and imports neither: what the
 hooks need from them (looking up a mechanism, installing one, ...) those modules hand over at their import, with
@@ -30,10 +45,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from transformers import PreTrainedModel
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import causal_mask_function, sdpa_mask
 
 from .errors import UnknownMechanismError
 
@@ -115,7 +134,7 @@ def _take_auto_class_options(path: Any, kwargs: dict[str, Any]) -> Any:
     if saved == given:
         return None
     if saved is None:
-        config.__dict__.pop("attnswap", None)
+        drop_config_attribute(config, "attnswap")
     else:
         config.attnswap = saved
     return given
@@ -131,8 +150,7 @@ def check_attn_name(name: Any) -> None:
     try:
         _callback("get_mechanism")(name)
     except UnknownMechanismError as err:
-        builtin = ["eager", "sdpa", "flex_attention", "flash_attention_2"]
-        raise UnknownMechanismError(f"{err} Transformers' own: {', '.join(builtin)}.") from None
+        raise UnknownMechanismError(f"{err} Transformers' own: {', '.join(TRANSFORMERS_ATTENTIONS)}.") from None
 
 
 def _wrap_post_init() -> None:
@@ -218,8 +236,126 @@ def hooks_installed() -> bool:
     )
 
 
+# ------------------------------------------------------------------------------------------------ Transformers
+
+
+#: Transformers' own attention implementations, as its error messages list them. An hf_attnswap mechanism may not
+#: take one of these names (nor one that starts with ``flash_attention`` or contains ``sdpa``/``flash``).
+TRANSFORMERS_ATTENTIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+
+
+def is_transformers_attention_name(name: str) -> bool:
+    """Whether Transformers itself runs attention ``name``: ``eager``, a key of ``AttentionInterface`` (``sdpa``,
+    ``flex_attention``, ``flash_attention_2``, ... and whatever is registered there: the caller rules out
+    hf_attnswap's own registrations), a ``flash_attention*`` name (the flash kernels register lazily) or a ``paged|``
+    one (continuous batching's paged attention)."""
+    return name == "eager" or name in AttentionInterface().valid_keys() or name.startswith(("flash_attention", "paged|"))
+
+
+def attn_implementation_of(config: Any, default: Any = None) -> Any:
+    """``config._attn_implementation``: the attention a model runs (a short name, a persisted hf_attnswap name, a
+    per-submodel dict, or None), ``default`` if ``config`` has none (None, or not a config).
+
+    Underscored, but the attribute Transformers' models read to pick the attention function; ``config.json``'s
+    ``attn_implementation`` is read back into it."""
+    return getattr(config, "_attn_implementation", default)
+
+
+def set_attn_implementation_name(config: Any, name: str) -> None:
+    """Set ``config._attn_implementation`` to ``name``, with no check (its setter, a property of
+    ``PretrainedConfig``, sets the sub-configs too). For a model being built or swapped, whose attention modules are
+    already set up; ``model.set_attn_implementation`` is the public, checked way on a built model."""
+    config._attn_implementation = name
+
+
+def supports_attention_interface(model: Any) -> bool:
+    """Whether ``model`` computes attention through ``AttentionInterface``, i.e. its class sets
+    ``_supports_attention_backend = True`` (a private class attribute; ``is_backend_compatible()`` reads it too)."""
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
+def attention_class(model: Any) -> type | None:
+    """The class of ``model``'s attention layers, as ``model._can_record_outputs["attentions"]`` declares it for
+    ``output_attentions`` (a class or an ``OutputRecorder`` with ``target_class``), or None if it declares none.
+
+    Private: Transformers' output-recording table, the only place where a model names its attention class."""
+    recorder = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
+    target = getattr(recorder, "target_class", recorder)
+    return target if isinstance(target, type) else None
+
+
+def override_init_weights(model: PreTrainedModel, init: Callable[[PreTrainedModel, nn.Module], None]) -> None:
+    """Make ``model._init_weights(module)`` call ``init(model, module)``, on this instance only.
+
+    Transformers' ``_initialize_weights`` calls ``self._init_weights(module)`` for every module a checkpoint did not
+    fully provide (and at ``post_init``); an instance attribute shadows the class's method. ``init`` must be a
+    module-level function (the model stays picklable) and may hand other modules to :func:`class_init_weights`."""
+    object.__setattr__(model, "_init_weights", types.MethodType(init, model))
+
+
+def class_init_weights(model: PreTrainedModel, module: nn.Module) -> None:
+    """The model class's own ``_init_weights(module)``, past an instance override."""
+    type(model)._init_weights(model, module)
+
+
+def remove_init_weights_override(model: PreTrainedModel) -> None:
+    """Undo :func:`override_init_weights` (nothing if there is none)."""
+    model.__dict__.pop("_init_weights", None)
+
+
+def drop_config_attribute(config: Any, name: str) -> None:
+    """Remove the attribute ``name`` from a ``PretrainedConfig`` (nothing if it has none), so that
+    ``save_pretrained``/``to_dict`` no longer write it: extra attributes (``attnswap``, the public
+    ``attn_implementation``) live in the instance ``__dict__``, which ``to_dict`` copies."""
+    config.__dict__.pop(name, None)
+
+
+_CAUSAL_TAG = "_attnswap_causal_offset"
+
+
+def boolean_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """Transformers' ``sdpa_mask`` with the causal skip forced off: always a boolean (B, 1, Q, K) mask with causal,
+    padding and KV-cache offset. (Only a bidirectional mask without padding may still come back as ``None``.)
+    ``create_causal_mask`` passes ``allow_is_causal_skip=True`` explicitly, so a ``partial`` would not do.
+
+    When the mask is plain causal (no padding, no window), it is tagged with its offset (read back by
+    :func:`mask_causal_offset`) so that fast paths can skip masked blocks or use ``is_causal`` instead of reading it.
+
+    Relies on: ``sdpa_mask``'s keywords (``allow_is_causal_skip``; ``q_length``, ``kv_length``, ``q_offset``,
+    ``kv_offset``, ``mask_function``, ``attention_mask``, ``local_size``, as ``create_causal_mask`` passes them),
+    ``mask_function is causal_mask_function`` for a plain causal mask, and the mask tensor reaching the attention
+    function as the same Python object (a tensor takes Python attributes)."""
+    kwargs["allow_is_causal_skip"] = False
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is not None and not args:
+        offset = _plain_causal_offset(**kwargs)
+        if offset is not None:
+            setattr(mask, _CAUSAL_TAG, offset)
+    return mask
+
+
+def mask_causal_offset(attention_mask: Any) -> int | None:
+    """The causal offset :func:`boolean_mask` tagged ``attention_mask`` with (``K - Q``), or None (not plain causal,
+    or a mask built elsewhere)."""
+    return getattr(attention_mask, _CAUSAL_TAG, None)
+
+
+def _plain_causal_offset(
+    q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0, mask_function: Any = None,
+    attention_mask: torch.Tensor | None = None, local_size: int | None = None, **_: Any,
+) -> int | None:
+    """``K - Q`` if the mask ``sdpa_mask`` was asked for is bottom-right-aligned causal with nothing else, else None."""
+    if mask_function is not causal_mask_function or local_size is not None or kv_offset != 0:
+        return None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        return None
+    q_offset = int(q_offset)
+    return q_offset if q_offset + q_length == kv_length else None
+
+
 def attention_weights_requested() -> bool:
-    """Whether the forward in progress collects attention weights (``output_attentions=True``)."""
+    """Whether the forward in progress collects attention weights (``output_attentions=True``), which GPT-2 does not
+    pass down to the attention function: reads Transformers' private ``output_capturing._active_collector``."""
     from transformers.utils.output_capturing import _active_collector
 
     try:
@@ -227,6 +363,57 @@ def attention_weights_requested() -> bool:
     except LookupError:
         return False
     return bool(collected) and any("attentions" in key for key in collected)
+
+
+# ----------------------------------------------------------------------------------------------------- PyTorch
+
+
+def child_module(module: nn.Module, name: str) -> Any:
+    """The submodule registered on ``module`` under ``name`` (``module._modules[name]``), or None. Unlike
+    ``getattr``, never finds a plain attribute, and never goes through a wrapper's ``__getattr__`` forwarding."""
+    return module._modules.get(name)
+
+
+def remove_child_module(module: nn.Module, name: str) -> None:
+    """Unregister the submodule ``name`` of ``module`` (nothing if there is none)."""
+    module._modules.pop(name, None)
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs any forward hook or pre-hook: its own (``module._forward_hooks``,
+    ``module._forward_pre_hooks``, which hold every ``register_forward_(pre_)hook``, ``with_kwargs`` ones too) or a
+    global one (``torch.nn.modules.module._global_forward_hooks``/``_global_forward_pre_hooks``, filled by
+    ``register_module_forward_(pre_)hook``). daGPAM's CPU kernel bypasses its parameter module's ``forward``, so it
+    steps aside when anything would observe that call."""
+    from torch.nn.modules import module as torch_module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
+
+
+@functools.cache
+def cpu_flash_attention() -> tuple[Any, Any]:
+    """``(forward, backward)``: PyTorch's CPU flash-attention kernels, the private ATen ops
+    ``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` and ``..._for_cpu_backward`` (``.default``), which
+    ``scaled_dot_product_attention`` runs on CPU. ``kernels/dagpam_cpu.py`` takes them as an argument (the kernels
+    import nothing of the package; :func:`~hf_attnswap.mechanisms.dagpam.dagpam_attention_fused` passes them).
+
+    Relied on: ``forward(q, k, v, dropout_p, is_causal, attn_mask=, scale=) -> (out, logsumexp)`` with q
+    (B, H, Q, d), k/v (B, H_kv, K, d) for GQA (query head ``h`` uses KV head ``h // (H / H_kv)``), an additive float
+    ``attn_mask`` broadcast over the batch, ``out`` (B, H, Q, d) laid out (B, Q, H, d), ``logsumexp`` (B, H, Q);
+    ``backward(grad_out, q, k, v, out, logsumexp, dropout_p, is_causal, attn_mask=, scale=) -> (dq, dk, dv)``."""
+    return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default)
+
+
+def set_last_lr(scheduler: Any, index: int, lr: float) -> None:
+    """Make ``scheduler.get_last_lr()[index]`` report ``lr`` after the training loop rescaled a resumed schedule (it
+    returns the private list ``_last_lr``, which only a step recomputes). A scheduler without one is left alone."""
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr[index] = lr
+
+
+# -------------------------------------------------------------------------------------------------- Accelerate
 
 
 @contextlib.contextmanager

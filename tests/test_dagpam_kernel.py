@@ -13,6 +13,7 @@ from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention, dagpam_attention_fused
 from hf_attnswap.options import DaGPAMOptions
+from hf_attnswap.transformers_hooks import cpu_flash_attention
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ def test_gradcheck_with_chunks(chunked):
     mask = AttentionMask(torch.tril(torch.ones(5, 7, dtype=torch.bool), diagonal=2)[None, None], 5, 7, 2)
 
     def fn(q, k, v, w, lam_p, lam_n):
-        return dagpam_cpu.dagpam_attention_cpu(q, k, v, w, lam_p, lam_n, mask, 0.7)
+        return dagpam_cpu.dagpam_attention_cpu(q, k, v, w, lam_p, lam_n, mask, 0.7, flash=cpu_flash_attention())
 
     assert torch.autograd.gradcheck(fn, (q, k, v, w, lam_p, lam_n))
     assert torch.autograd.gradcheck(lambda q, k, v, w, lam: fn(q, k, v, w, lam, lam), (q, k, v, w, lam_p))

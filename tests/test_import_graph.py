@@ -1,7 +1,8 @@
 """The package's internal imports flow one way (issue #12): no import cycles among hf_attnswap's modules (imports
-inside functions count too), ``hf_attnswap.kernels`` imports nothing of the package above it, and no module imports
-the top package ``hf_attnswap`` (only ``__init__.py`` re-exports): each imports a thing from the module that defines it.
-The one module below the kernels is ``hf_attnswap.errors``, which imports nothing of the package.
+inside functions count too), ``hf_attnswap.kernels`` imports nothing of the package outside ``kernels/`` (kernels know
+only tensors: no options, no errors of the options layer, no Transformers), and no module imports the top package
+``hf_attnswap`` (only ``__init__.py`` re-exports): each imports a thing from the module that defines it.
+``hf_attnswap.errors``, which every layer above the kernels imports, imports nothing of the package.
 
 The graph is read from the source with ``ast``, so nothing is imported and every ``import`` statement counts, wherever
 it is (module level, inside a function, under ``if TYPE_CHECKING``). Importing ``a.b.c`` counts as an import of
@@ -19,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "hf_attnswap"
 TOP = "hf_attnswap"
 KERNELS = f"{TOP}.kernels"
-#: Below the kernels: the package's exceptions (``errors.py`` imports nothing of hf_attnswap, checked below), so that a
-#: kernel raises the same ``OptionError`` a user catches.
-BELOW_KERNELS = {f"{TOP}.errors"}
+#: Modules that import nothing of hf_attnswap: the package's exceptions, which every layer imports. (The kernels raise
+#: only Python's own ``ValueError`` on bad shapes; option errors are raised by the mechanisms that read the options.)
+LEAVES = {f"{TOP}.errors", f"{TOP}._version"}
 
 
 @dataclass(frozen=True)
@@ -169,14 +170,16 @@ def _in_kernels(module: str) -> bool:
 
 
 def test_kernels_import_nothing_above_them():
-    bad = [e for e in EDGES if _in_kernels(e.source) and not _in_kernels(e.target) and e.target not in BELOW_KERNELS]
-    assert not bad, ("hf_attnswap.kernels must import nothing of hf_attnswap outside kernels (but "
-                     f"{', '.join(sorted(BELOW_KERNELS))}):\n" + "\n".join(f"    {e}" for e in bad))
+    bad = [e for e in EDGES if _in_kernels(e.source) and not _in_kernels(e.target)]
+    assert not bad, ("hf_attnswap.kernels must import nothing of hf_attnswap outside kernels (they take tensors and "
+                     "plain numbers; what needs options or the package's errors belongs in mechanisms/):\n"
+                     + "\n".join(f"    {e}" for e in bad))
 
 
-def test_what_lies_below_the_kernels_imports_nothing_of_the_package():
-    bad = [e for e in EDGES if e.source in BELOW_KERNELS]
-    assert not bad, "these modules sit below hf_attnswap.kernels and must import nothing of hf_attnswap:\n" + "\n".join(
+def test_the_leaves_import_nothing_of_the_package():
+    assert LEAVES <= set(MODULES)
+    bad = [e for e in EDGES if e.source in LEAVES]
+    assert not bad, "these modules are imported everywhere and must import nothing of hf_attnswap:\n" + "\n".join(
         f"    {e}" for e in bad)
 
 
@@ -184,3 +187,18 @@ def test_nothing_imports_the_top_package():
     bad = [e for e in EDGES if e.names_top and e.source != TOP]
     assert not bad, ("import a name from the module that defines it, not from the top package hf_attnswap "
                      "(only hf_attnswap/__init__.py re-exports):\n" + "\n".join(f"    {e}" for e in bad))
+
+
+def test_kernels_import_no_model_library():
+    """Kernels know only tensors: no Transformers, Accelerate, PEFT or Hub import (torch, triton and the standard
+    library only), wherever the import statement is."""
+    bad = []
+    for module, path in MODULES.items():
+        if not _in_kernels(module):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{module}: import {n} at line {node.lineno}" for n in names
+                    if n.split(".")[0] in ("transformers", "accelerate", "peft", "huggingface_hub")]
+    assert not bad, "hf_attnswap.kernels must not import model libraries:\n" + "\n".join(f"    {b}" for b in bad)

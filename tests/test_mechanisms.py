@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from hf_attnswap.mechanisms.common import AttentionContext, apply_rope, unapply_rope, visible_mask
+from hf_attnswap.kernels.rope import apply_rope, unapply_rope
+from hf_attnswap.mechanisms.common import AttentionContext, visible_mask
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention
 from hf_attnswap.mechanisms.polynomial import polynomial_attention
 from hf_attnswap.mechanisms.softmax import softmax_attention

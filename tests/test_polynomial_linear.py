@@ -23,6 +23,7 @@ from hf_attnswap.kernels.polynomial_linear import (
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv
 from hf_attnswap.mechanisms.polynomial import (
     length_scale_vector,
+    linear_decode_state,
     linear_mask_layout,
     polynomial_attention,
 )
@@ -182,7 +183,7 @@ def test_decode_state_equals_full_attention_and_does_not_grow(length_scale):
     ctx = AttentionContext(scaling=0.4, options=opts)
     dense = torch.tril(torch.ones(n, n, dtype=torch.bool))[None, None]
     full = reference(q, k, v, dense, ctx)
-    state = PolynomialLinearState.from_options(opts, 2, HKV, D, scaling=0.4, dtype=torch.float64, chunk=2)
+    state = linear_decode_state(opts, 2, HKV, D, scaling=0.4, dtype=torch.float64, chunk=2)
     nbytes, shape = state.nbytes, state.state.shape
     assert nbytes == 2 * HKV * feature_dim(D) * D * 8
     outs, t = [], 0
@@ -206,7 +207,7 @@ def test_decode_state_update_then_attend():
 
 def test_decode_state_errors():
     with pytest.raises(OptionError, match="degree=2, got degree=3"):
-        PolynomialLinearState.from_options(PolynomialOptions(degree=3), 1, 1, 4, scaling=1.0)
+        linear_decode_state(PolynomialOptions(degree=3), 1, 1, 4, scaling=1.0)
     state = PolynomialLinearState(1, 2, 4, scaling=1.0)
     with pytest.raises(ValueError, match=r"key of shape \(1, 3, 1, 4\)"):
         state.update(torch.zeros(1, 3, 1, 4), torch.zeros(1, 3, 1, 4))

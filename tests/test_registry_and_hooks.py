@@ -3,8 +3,10 @@ Transformers changes what hf_attnswap relies on)."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,27 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 import hf_attnswap
 from hf_attnswap.options import check_float
 from hf_attnswap.registry import PERSIST_SUFFIX
-from hf_attnswap.transformers_hooks import hooks_installed
+from hf_attnswap import transformers_hooks
+from hf_attnswap.transformers_hooks import (
+    TRANSFORMERS_ATTENTIONS,
+    attention_class,
+    attention_weights_requested,
+    attn_implementation_of,
+    child_module,
+    class_init_weights,
+    cpu_flash_attention,
+    drop_config_attribute,
+    has_forward_hooks,
+    hooks_installed,
+    is_transformers_attention_name,
+    mask_causal_offset,
+    override_init_weights,
+    remove_child_module,
+    remove_init_weights_override,
+    set_attn_implementation_name,
+    set_last_lr,
+    supports_attention_interface,
+)
 from conftest import random_ids, tiny_config
 
 
@@ -54,24 +76,190 @@ def test_mask_function_materialises_causal_padding_and_offset(name):
 
 
 def test_transformers_internals_hf_attnswap_relies_on():
-    """If this fails, Transformers changed something hf_attnswap.transformers_hooks/patching depend on."""
+    """If this fails, Transformers changed something the hooks of hf_attnswap.transformers_hooks depend on."""
     assert hooks_installed()
     for name in ("from_pretrained", "_from_config"):
         assert isinstance(inspect.getattr_static(PreTrainedModel, name), classmethod), name
-    # _initialize_weights must call self._init_weights (our per-instance override initialises daGPAM).
-    assert "self._init_weights(module)" in inspect.getsource(PreTrainedModel._initialize_weights)
     # config.json's public key `attn_implementation` is read back into `_attn_implementation`.
     cfg = type(tiny_config("llama")).from_dict({**tiny_config("llama").to_dict(), "attn_implementation": "polynomial"})
-    assert cfg._attn_implementation == "polynomial"
+    assert cfg._attn_implementation == "polynomial" and attn_implementation_of(cfg) == "polynomial"
+    set_attn_implementation_name(cfg, "softmax")
+    assert cfg._attn_implementation == "softmax" and attn_implementation_of(object(), "?") == "?"
     # A custom mask function is found through this global mapping.
     assert "dagpam" in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
-    # Attention classes are declared for output recording (used to find attention layers).
+    # Llama's attention gets position_embeddings as a keyword (the rotary pre-hook reads it).
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
+
+    assert "position_embeddings" in inspect.signature(LlamaAttention.forward).parameters
+    assert "position_embeddings=position_embeddings" in inspect.getsource(LlamaDecoderLayer.forward)
+
+
+# --- every private internal behind a function of hf_attnswap.transformers_hooks, each named and tested -------------
+
+#: The private names of Transformers, PyTorch and Accelerate that hf_attnswap touches (as identifiers, attribute
+#: names, imported names or the string of a getattr/pop): only hf_attnswap/transformers_hooks.py may use them.
+PRIVATE_NAMES = {
+    "_from_config",  # PreTrainedModel._from_config: wrapped (attnswap= keyword of AutoModel*.from_config)
+    "_attn_implementation",  # PretrainedConfig._attn_implementation: attn_implementation_of, set_attn_implementation_name
+    "_supports_attention_backend",  # supports_attention_interface
+    "_can_record_outputs",  # attention_class
+    "_init_weights",  # override_init_weights, class_init_weights, remove_init_weights_override
+    "_active_collector",  # attention_weights_requested
+    "sdpa_mask", "causal_mask_function", "allow_is_causal_skip",  # boolean_mask, mask_causal_offset
+    "_modules",  # nn.Module._modules: child_module, remove_child_module
+    "_forward_hooks", "_forward_pre_hooks", "_global_forward_hooks", "_global_forward_pre_hooks",  # has_forward_hooks
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",  # cpu_flash_attention
+    "_last_lr",  # set_last_lr
+    "_original_forward",  # full_precision (Accelerate)
+}
+
+
+def _names_used(path):
+    """(name, line) of every identifier, attribute, imported name and string constant in ``path``; a bare name the
+    module defines itself (a function of its own that happens to share a private name) does not count."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    own = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            yield node.attr, node.lineno
+        elif isinstance(node, ast.Name) and node.id not in own:
+            yield node.id, node.lineno
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                yield alias.name.rsplit(".", 1)[-1], node.lineno
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value, node.lineno
+
+
+def test_private_names_appear_only_in_the_compatibility_module():
+    package = Path(transformers_hooks.__file__).parent
+    compat = Path(transformers_hooks.__file__)
+    used_there = {name for name, _ in _names_used(compat)}
+    assert PRIVATE_NAMES <= used_there, f"not in transformers_hooks.py any more: {sorted(PRIVATE_NAMES - used_there)}"
+    elsewhere = sorted(f"{path.relative_to(package.parent)}:{line}: {name}" for path in package.rglob("*.py")
+                       if path != compat for name, line in _names_used(path) if name in PRIVATE_NAMES)
+    assert not elsewhere, ("private internals touched outside hf_attnswap/transformers_hooks.py (add a named function "
+                           "there, and a test here):\n" + "\n".join(elsewhere))
+
+
+def test_internal_transformers_attention_names():
+    """TRANSFORMERS_ATTENTIONS (one list, for the registry's name clash check and the unknown-name error) are names
+    Transformers runs, as is_transformers_attention_name says; an unknown name's error lists them."""
+    for name in TRANSFORMERS_ATTENTIONS:
+        assert is_transformers_attention_name(name), name
+        assert name == "eager" or name in AttentionInterface().valid_keys(), name
+    assert is_transformers_attention_name("paged|sdpa") and not is_transformers_attention_name("no_such_attention")
+    with pytest.raises(hf_attnswap.UnknownMechanismError, match="Transformers' own: " + ", ".join(TRANSFORMERS_ATTENTIONS)):
+        AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="no_such_attention")
+    with pytest.raises(hf_attnswap.OptionError, match="clashes with a Transformers attention"):
+        hf_attnswap.register_mechanism("flex_attention")
+
+
+def test_internal_supports_attention_backend():
+    """``_supports_attention_backend``: a class attribute, False by default, True for the supported architectures."""
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-    assert GPT2LMHeadModel._can_record_outputs["attentions"] is not None
-    assert LlamaForCausalLM._can_record_outputs["attentions"] is not None
-    # Requests for attention weights are visible to the attention function (fast paths step aside).
-    from hf_attnswap.transformers_hooks import attention_weights_requested
+    assert inspect.getattr_static(PreTrainedModel, "_supports_attention_backend") is False
+    for cls in (GPT2LMHeadModel, LlamaForCausalLM):
+        assert supports_attention_interface(cls) and cls.is_backend_compatible(), cls.__name__
+    assert not supports_attention_interface(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "mistral", "qwen2"])
+def test_internal_can_record_outputs_names_the_attention_class(model_type):
+    """``_can_record_outputs["attentions"]`` (a class or an OutputRecorder's ``target_class``) names the attention
+    class of every architecture of patching.ARCHITECTURES: how hf_attnswap finds attention layers."""
+    import importlib
+
+    from hf_attnswap.patching import ARCHITECTURES
+
+    assert model_type in ARCHITECTURES
+    prefix = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[model_type]
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    head = getattr(modeling, f"{prefix}LMHeadModel" if model_type == "gpt2" else f"{prefix}ForCausalLM")
+    assert attention_class(head) is getattr(modeling, f"{prefix}Attention")
+    assert attention_class(torch.nn.Linear(2, 2)) is None
+    if model_type in ("gpt2", "llama"):
+        model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+        assert attention_class(model) is getattr(modeling, f"{prefix}Attention")
+
+
+def test_internal_init_weights_is_what_initialisation_calls():
+    """``_initialize_weights`` calls ``self._init_weights(module)``, so an instance override (daGPAM's parameters) is
+    reached; class_init_weights goes past it; remove_init_weights_override puts the class's back."""
+    assert "self._init_weights(module)" in inspect.getsource(PreTrainedModel._initialize_weights)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    seen = []
+    layer = torch.nn.Linear(4, 4)
+    override_init_weights(model, _recording_init)
+    model._attnswap_test_seen = seen
+    model._initialize_weights(layer)
+    assert seen == [layer]
+    with torch.no_grad():
+        layer.weight.fill_(7.0)
+    class_init_weights(model, layer)  # Llama's own init: normal(0, initializer_range)
+    assert not bool((layer.weight == 7.0).any())
+    remove_init_weights_override(model)
+    remove_init_weights_override(model)  # nothing to remove: no error
+    assert "_init_weights" not in model.__dict__
+    model._initialize_weights(torch.nn.Linear(4, 4))
+    assert seen == [layer]
+
+
+def _recording_init(model, module):
+    model._attnswap_test_seen.append(module)
+
+
+def test_internal_config_attributes_live_in_the_instance_dict():
+    """drop_config_attribute removes an extra config attribute so that ``to_dict`` (config.json) no longer has it."""
+    cfg = tiny_config("llama")
+    cfg.attnswap = {"mechanism": "polynomial"}
+    assert cfg.to_dict()["attnswap"] == {"mechanism": "polynomial"}
+    drop_config_attribute(cfg, "attnswap")
+    drop_config_attribute(cfg, "attnswap")  # absent: no error
+    assert "attnswap" not in cfg.to_dict() and not hasattr(cfg, "attnswap")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_internal_sdpa_mask_keywords_and_the_causal_tag(arch, monkeypatch):
+    """boolean_mask relies on ``sdpa_mask``'s keywords, on ``create_causal_mask`` passing them by name with
+    ``mask_function=causal_mask_function`` for a plain causal mask, and on the tagged tensor reaching the attention
+    function itself (mask_causal_offset reads the tag there)."""
+    from transformers import DynamicCache
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    params = inspect.signature(sdpa_mask).parameters
+    for name in ("q_length", "kv_length", "q_offset", "kv_offset", "mask_function", "attention_mask", "local_size",
+                 "allow_is_causal_skip"):
+        assert name in params, name
+    assert params["mask_function"].default is causal_mask_function
+    cfg = tiny_config("llama")
+    cfg._attn_implementation = "polynomial"
+    embeds = torch.zeros(2, 3, 32)
+    plain = create_causal_mask(cfg, embeds, attention_mask=None, past_key_values=None, position_ids=torch.arange(3)[None])
+    assert plain.dtype == torch.bool and mask_causal_offset(plain) == 0
+    cache = DynamicCache(config=cfg)
+    cache.update(torch.zeros(2, 2, 4, 8), torch.zeros(2, 2, 4, 8), 0)
+    cached = create_causal_mask(cfg, embeds, attention_mask=None, past_key_values=cache, position_ids=torch.arange(4, 7)[None])
+    assert mask_causal_offset(cached) == 4
+    pad = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7])
+    padded = create_causal_mask(cfg, embeds, attention_mask=pad, past_key_values=cache, position_ids=torch.arange(4, 7)[None])
+    assert mask_causal_offset(padded) is None and mask_causal_offset(torch.ones(1)) is None
+
+    from hf_attnswap import registry
+
+    seen = []
+    monkeypatch.setattr(registry, "mask_causal_offset", lambda m: seen.append(mask_causal_offset(m)) or seen[-1])
+    model = AutoModelForCausalLM.from_config(tiny_config(arch), attn_implementation="polynomial",
+                                             attnswap={"backend": "fused"})
+    with torch.no_grad():
+        model(random_ids(1, 6))
+    assert seen == [0, 0]
+
+
+def test_internal_output_capturing_collector():
+    """Requests for attention weights are visible to the attention function (fast paths step aside) through
+    ``transformers.utils.output_capturing._active_collector``."""
     from transformers.utils.output_capturing import _active_collector
 
     assert not attention_weights_requested()
@@ -80,19 +268,94 @@ def test_transformers_internals_hf_attnswap_relies_on():
         assert attention_weights_requested()
     finally:
         _active_collector.reset(token)
-    # Llama's attention gets position_embeddings as a keyword (the rotary pre-hook reads it).
-    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer
+    for arch in ("gpt2", "llama"):  # GPT-2 does not pass output_attentions down to the attention function
+        model = AutoModelForCausalLM.from_config(tiny_config(arch), attn_implementation="polynomial",
+                                                 attnswap={"backend": "fused"})
+        with torch.no_grad():
+            out = model(random_ids(1, 5), output_attentions=True)
+        assert len(out.attentions) == 2 and all(w is not None for w in out.attentions), arch  # the reference ran
 
-    assert "position_embeddings" in inspect.signature(LlamaAttention.forward).parameters
-    assert "position_embeddings=position_embeddings" in inspect.getsource(LlamaDecoderLayer.forward)
 
+def test_internal_module_children():
+    """``nn.Module._modules`` holds what ``add_module`` registers; child_module never finds a plain attribute."""
+    module = torch.nn.Module()
+    child = torch.nn.Linear(2, 2)
+    module.add_module("attnswap", child)
+    assert child_module(module, "attnswap") is child and module._modules["attnswap"] is child
+    object.__setattr__(module, "plain", torch.nn.Linear(2, 2))
+    assert child_module(module, "plain") is None and child_module(module, "absent") is None
+    remove_child_module(module, "attnswap")
+    remove_child_module(module, "attnswap")  # absent: no error
+    assert not hasattr(module, "attnswap") and list(module.children()) == []
+
+
+def test_internal_forward_hooks_are_seen():
+    """has_forward_hooks sees every kind of forward hook that would observe a call of the module (the CPU kernel,
+    which bypasses the parameter module's forward, must then step aside)."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    module = torch.nn.Linear(2, 2)
+    assert not has_forward_hooks(module)
+    for register in (lambda: module.register_forward_hook(lambda *a: None),
+                     lambda: module.register_forward_hook(lambda *a, **k: None, with_kwargs=True),
+                     lambda: module.register_forward_pre_hook(lambda *a: None),
+                     lambda: module.register_forward_pre_hook(lambda *a, **k: None, with_kwargs=True),
+                     lambda: register_module_forward_hook(lambda *a: None),
+                     lambda: register_module_forward_pre_hook(lambda *a: None)):
+        handle = register()
+        try:
+            assert has_forward_hooks(module)
+        finally:
+            handle.remove()
+        assert not has_forward_hooks(module)
+
+
+def test_internal_cpu_flash_attention_ops():
+    """``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` and its backward, as kernels/dagpam_cpu.py calls
+    them: GQA K/V, an additive float mask broadcast over the batch, ``is_causal``, (out, logsumexp) with out laid out
+    (B, Q, H, d), and a backward that matches SDPA's gradients."""
+    forward, backward = cpu_flash_attention()
+    torch.manual_seed(0)
+    b, h, hkv, q_len, k_len, d, scale = 2, 4, 2, 5, 7, 8, 0.3
+    q = torch.randn(b, q_len, h, d, dtype=torch.float64).transpose(1, 2)  # laid out as Transformers' queries
+    k = torch.randn(b, hkv, k_len, d, dtype=torch.float64)
+    v = torch.randn(b, hkv, k_len, d, dtype=torch.float64)
+    visible = torch.tril(torch.ones(q_len, k_len, dtype=torch.bool), diagonal=k_len - q_len)[None, None]
+    fmask = torch.zeros(visible.shape, dtype=torch.float64).masked_fill_(~visible, float("-inf"))
+    out, lse = forward(q, k, v, 0.0, False, attn_mask=fmask, scale=scale)
+    kr, vr = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)  # query head i uses KV head i // 2
+    ref = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, attn_mask=visible, scale=scale)
+    assert out.shape == (b, h, q_len, d) and out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out, ref)
+    assert lse.shape == (b, h, q_len)
+    torch.testing.assert_close(lse, (q @ kr.mT * scale).masked_fill(~visible, float("-inf")).logsumexp(-1))
+    qc = torch.randn(b, h, k_len, d, dtype=torch.float64)
+    out_c, _ = forward(qc, k, v, 0.0, True, attn_mask=None, scale=scale)  # is_causal: top-left aligned, Q == K
+    torch.testing.assert_close(out_c, torch.nn.functional.scaled_dot_product_attention(qc, kr, vr, is_causal=True,
+                                                                                       scale=scale))
+    grad = torch.randn(b, q_len, h, d, dtype=torch.float64).transpose(1, 2)
+    dq, dk, dv = backward(grad, q, k, v, out, lse, 0.0, False, attn_mask=fmask, scale=scale)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(*leaves, attn_mask=visible, scale=scale, enable_gqa=True)
+    for got, want in zip((dq, dk, dv), torch.autograd.grad(ref, leaves, grad), strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+
+
+def test_internal_scheduler_last_lr():
+    """``LRScheduler.get_last_lr()`` returns the private list ``_last_lr``, which set_last_lr rewrites."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = LambdaLR(optimizer, lambda step: 1.0)
+    set_last_lr(scheduler, 0, 0.025)
+    assert scheduler.get_last_lr() == [0.025]
+    set_last_lr(object(), 0, 0.025)  # no _last_lr: left alone
 
 
 def test_hooks_reach_registry_and_patching_only_through_registered_callbacks(monkeypatch):
     """transformers_hooks imports neither registry nor patching (tests/test_import_graph.py): those register what the
     hooks call at their import. Every callback is registered; a hook with none says what to import."""
-    from hf_attnswap import transformers_hooks
-
     assert set(transformers_hooks._CALLBACKS) == set(transformers_hooks._CALLBACK_OWNERS)
     with pytest.raises(TypeError, match="unknown callback"):
         transformers_hooks.register_callbacks(no_such_hook=print)

@@ -16,7 +16,8 @@ import hf_attnswap
 from conftest import random_ids, tiny_config
 from hf_attnswap.errors import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from hf_attnswap.evaluation.compare import compare
-from hf_attnswap.mechanisms.common import AttentionContext, apply_rope, unapply_rope
+from hf_attnswap.kernels.rope import apply_rope, unapply_rope
+from hf_attnswap.mechanisms.common import AttentionContext
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention, dagpam_attention_fused, negative_query
 from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.options import DaGPAMOptions

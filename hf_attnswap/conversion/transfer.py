@@ -42,12 +42,12 @@ from ..registry import (
     PARAMS_ATTR,
     ROPE_ATTR,
     _attention_interface,
-    boolean_mask,
     get_mechanism,
     is_mechanism,
     is_transformers_attention,
     parse_options,
 )
+from ..transformers_hooks import attn_implementation_of, boolean_mask
 
 __all__ = ["LOSSES", "TRANSFER_ATTENTION", "TransferError", "TransferObjective", "TransferResult",
            "attention_transfer", "default_trainable", "query_key_patterns"]
@@ -229,7 +229,7 @@ class TransferObjective(nn.Module):
         super().__init__()
         if loss not in LOSSES:
             raise OptionError(f"attention transfer: loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
-        original = getattr(model.config, "_attn_implementation", None)
+        original = attn_implementation_of(model.config)
         mech = get_mechanism(mechanism)
         opts = parse_options(mech, options or {})
         if is_mechanism(original):

@@ -26,6 +26,7 @@ from ..evaluation.perplexity import model_max_positions
 from ..mechanisms.common import repeat_kv, visible_mask
 from ..patching import attention_modules
 from ..registry import use_backend
+from ..transformers_hooks import attn_implementation_of
 from . import measures as M
 from .result import ProbeResult
 
@@ -189,7 +190,7 @@ def probe(
         raise ProbeError(f"example_index {example_index} is outside the batch of {input_ids.shape[0]}.")
     modules = attention_modules(model)
     layers = len(modules)
-    name = str(getattr(model.config, "_attn_implementation", "?"))
+    name = str(attn_implementation_of(model.config, "?"))
     reducer = _LayerReducer(token_valid, top_n, example_index)
     handles = []
     for i, module in enumerate(modules):

@@ -34,7 +34,7 @@ from transformers import StoppingCriteriaList, StopStringCriteria
 from ..data.hints import param
 from ..errors import AttnSwapError
 from ..options import check_int
-from ..transformers_hooks import full_precision
+from ..transformers_hooks import attn_implementation_of, full_precision
 from .perplexity import model_max_positions
 
 __all__ = [
@@ -559,7 +559,7 @@ def evaluate_translation(
             "batch_size": batch_size,
             "num_beams": num_beams,
             "max_new_tokens": max_new_tokens,
-            "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
+            "attn_implementation": attn_implementation_of(getattr(model, "config", None)),
         },  # fmt: skip
         examples=[
             {"source": s, "hypothesis": h, "reference": r}

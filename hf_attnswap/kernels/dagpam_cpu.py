@@ -33,19 +33,24 @@ Reference: ``hf_attnswap.mechanisms.dagpam.dagpam_attention``; the autograd vers
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from . import rope as rope_ops
 from .mask import AttentionMask
 
-ENABLED = True  # set False to route every call to the autograd (two-SDPA) path
+ENABLED = True  # set False to route every call to the autograd (two-SDPA) path (the tests compare the two)
 CHUNK_BYTES = 2 << 20  # target size of one chunk's (B, heads, Q, d) slice
 CHUNK_ABOVE_BYTES = 16 << 20  # smaller calls are not chunked (each chunk costs ~20 more kernel launches)
 RECOVER_LIMIT = 4.0  # recover pos from out only if max_h |λ⁻_h| / |1+λ⁺_h| is at most this
 DTYPES = (torch.float32, torch.float64)
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+#: ``(forward, backward)`` of PyTorch's CPU flash attention, private ATen ops that this module takes as an argument
+#: (``flash``) rather than looks up: :func:`hf_attnswap.transformers_hooks.cpu_flash_attention` is their one home,
+#: where the contract relied on is written down and tested.
+FlashOps = tuple[Callable[..., Any], Callable[..., Any]]
 
 
 def unsupported_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask,
@@ -147,10 +152,11 @@ class DaGPAMCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, weight, lam_pos, lam_neg, cos, sin, bool_mask, is_causal: bool, scale: float,
-                needs_grad: bool):
+                needs_grad: bool, flash: FlashOps):
+        _flash = flash[0]
         b, h, q_len, d = query.shape
         dtype = query.dtype
-        rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
         irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
         w = weight.to(dtype)
         lp = lam_pos.detach().to(dtype)
@@ -198,7 +204,7 @@ class DaGPAMCPU(torch.autograd.Function):
                 if saved_pos is not None:
                     saved_pos[:, qs] = pos
             del pos, neg, lse_p, lse_n
-        ctx.chunks, ctx.is_causal, ctx.scale, ctx.tied = chunks, is_causal, scale, tied
+        ctx.chunks, ctx.is_causal, ctx.scale, ctx.tied, ctx.flash = chunks, is_causal, scale, tied, flash
         if needs_grad:
             ctx.save_for_backward(query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask,
                                   saved_neg, lse_pos, lse_neg, saved_pos)
@@ -209,8 +215,9 @@ class DaGPAMCPU(torch.autograd.Function):
     def backward(ctx, grad_out):
         query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask, negs, lse_pos, lse_neg, poses = \
             ctx.saved_tensors
+        _flash_backward = ctx.flash[1]
         dtype = query.dtype
-        rope = None if cos is None else (cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype))
+        rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
         irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
         w = weight.to(dtype)
         lp = lam_pos.to(dtype)
@@ -306,22 +313,25 @@ class DaGPAMCPU(torch.autograd.Function):
         return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
                 None if dw is None else dw.to(weight.dtype),
                 None if dlp is None else dlp.to(lam_pos.dtype), None if dln is None else dln.to(lam_neg.dtype),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def dagpam_attention_cpu(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, weight: torch.Tensor, lam_pos: torch.Tensor,
-    lam_neg: torch.Tensor, mask: AttentionMask, scale: float, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    lam_neg: torch.Tensor, mask: AttentionMask, scale: float, rope: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+    flash: FlashOps,
 ) -> torch.Tensor:
     """``(1+λ⁺)·softmax(Q⁺Kᵀs)V − λ⁻·softmax(Q⁻Kᵀs)V`` with ``Q⁻ = rope(ReLU(unrope(Q⁺)) W⁻)``.
 
     query: (B, H, Q, d) (rotated, as the model passes it); key, value: (B, H_kv, K, d), not repeated;
     weight: W⁻, (d, d) or (H, d, d); lam_pos, lam_neg: (H,), the *same* tensor for tied λ; rope: ``(cos, sin)``
-    (B, Q, d) or None. Check :func:`unsupported_reason` first. Returns (B, H, Q, d), laid out like ``query``.
+    (B, Q, d) or None; ``flash``: :data:`FlashOps`, PyTorch's CPU flash-attention kernels
+    (:func:`hf_attnswap.transformers_hooks.cpu_flash_attention`). Check :func:`unsupported_reason` first. Returns
+    (B, H, Q, d), laid out like ``query``.
     """
     attn_mask, is_causal = mask.sdpa_args()
     cos, sin = rope if rope is not None else (None, None)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (query, key, value, weight, lam_pos, lam_neg))
     return DaGPAMCPU.apply(query, key, value, weight, lam_pos, lam_neg, cos, sin, attn_mask, is_causal, float(scale),
-                           needs_grad)
+                           needs_grad, flash)

@@ -49,6 +49,11 @@ class AttentionMask:
             return torch.full((1, 1, self.q_len, 1), float(max(self.k_len, 1)), device=device)
         return self.dense.sum(-1, keepdim=True).clamp_min(1).to(torch.float32)
 
+    def inverse_sqrt_counts(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``1/sqrt(N_i)`` (B|1, 1, Q, 1) in ``dtype``, from :meth:`visible_counts`: polynomial attention's length
+        scale ``"visible"``, the one home of that formula."""
+        return self.visible_counts(device).to(dtype).rsqrt()
+
     def sdpa_args(self) -> tuple[torch.Tensor | None, bool]:
         """``(attn_mask, is_causal)`` for ``scaled_dot_product_attention`` (whose ``is_causal`` is top-left aligned)."""
         if self.causal_offset is not None:

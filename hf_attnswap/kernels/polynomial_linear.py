@@ -32,17 +32,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..errors import OptionError  # the package's exceptions sit below the kernels: errors.py imports nothing
 from .gqa import group_rows, ungroup_rows
+from .mask import AttentionMask
 from .polynomial_blocked import block_backward, block_forward
 
 DEFAULT_CHUNK = 128
-LENGTH_SCALES = ("visible", "fixed", "none")
 
 
 def feature_dim(head_dim: int) -> int:
@@ -276,36 +274,28 @@ class PolynomialLinearState:
     so the state is smaller beyond ``n = D·d_v / (2d)`` tokens (1040 for ``d = 64``). All sequences of the batch
     have the same length (no padding). Inference only (no autograd).
 
-    ``scaling``: the model's factor on ``q·k``; ``length_scale``: ``"visible"`` (``c_i = 1/sqrt(N_i)``),
-    ``"fixed"`` (``1/sqrt(fixed_length)``) or ``"none"``, as :class:`~hf_attnswap.options.PolynomialOptions`.
-    Computes in float32 for half-precision ``dtype``; outputs have the query's dtype.
+    ``scaling``: the model's factor on ``q·k``; ``constant_scale``: the length scale ``c_i``, None for
+    ``1/sqrt(N_i)`` with ``N_i`` the keys query i sees (``length_scale="visible"``, the default), else that number for
+    every query (``"fixed"``: ``1/sqrt(fixed_length)``; ``"none"``: 1). From a mechanism's
+    :class:`~hf_attnswap.options.PolynomialOptions`, build it with
+    :func:`hf_attnswap.mechanisms.polynomial.linear_decode_state`. Computes in float32 for half-precision ``dtype``;
+    outputs have the query's dtype.
     """
 
     def __init__(self, batch: int, kv_heads: int, head_dim: int, value_dim: int | None = None, *, scaling: float,
-                 length_scale: str = "visible", fixed_length: int | None = None, dtype: torch.dtype = torch.float32,
+                 constant_scale: float | None = None, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None, chunk: int | None = None) -> None:
-        if length_scale not in LENGTH_SCALES:
-            raise OptionError(f"PolynomialLinearState: length_scale must be one of {LENGTH_SCALES}, got {length_scale!r}.")
-        if (length_scale == "fixed") != (fixed_length is not None):
-            raise OptionError("PolynomialLinearState: pass fixed_length (an int >= 1) exactly when length_scale='fixed'.")
-        if fixed_length is not None and fixed_length < 1:
-            raise OptionError(f"PolynomialLinearState: fixed_length must be >= 1, got {fixed_length}.")
+        if constant_scale is not None and not (math.isfinite(constant_scale) and constant_scale > 0):
+            raise ValueError(f"PolynomialLinearState: constant_scale must be a finite number > 0 (or None for "
+                             f"1/sqrt(N_i)), got {constant_scale!r}.")
         if chunk is not None and chunk < 1:
             raise ValueError(f"PolynomialLinearState: chunk must be >= 1, got {chunk}.")
-        self.scaling, self.length_scale, self.fixed_length = float(scaling), length_scale, fixed_length
+        self.scaling = float(scaling)
+        self.constant_scale = None if constant_scale is None else float(constant_scale)
         self.chunk, self.head_dim = int(chunk or DEFAULT_CHUNK), int(head_dim)
         dtype = torch.promote_types(dtype, torch.float32)
         self.state = torch.zeros(batch, kv_heads, feature_dim(head_dim), value_dim or head_dim, dtype=dtype, device=device)
         self.seen = 0
-
-    @classmethod
-    def from_options(cls, options: Any, batch: int, kv_heads: int, head_dim: int, **kwargs: Any) -> PolynomialLinearState:
-        """Build from :class:`~hf_attnswap.options.PolynomialOptions` (its ``degree`` must be 2); ``kwargs`` as ``__init__``.
-        (``options`` is typed ``Any``: the kernels import nothing of the options layer above them.)"""
-        if options.degree != 2:
-            raise OptionError(f"PolynomialLinearState needs degree=2, got degree={options.degree}: (q·k)^p has a "
-                              "finite feature map here only for p = 2.")
-        return cls(batch, kv_heads, head_dim, length_scale=options.length_scale, fixed_length=options.fixed_length, **kwargs)
 
     @property
     def nbytes(self) -> int:
@@ -322,11 +312,13 @@ class PolynomialLinearState:
 
     def _scale(self, first: int, n: int, causal: bool) -> torch.Tensor:
         """``c_i`` for ``n`` queries, (1, 1, n, 1): query i sees ``first + i + 1`` keys if causal, else ``first``."""
-        if self.length_scale == "visible":
-            counts = torch.arange(n, device=self.state.device) + first + 1 if causal else torch.full((n,), first, device=self.state.device)
-            return counts.clamp_min(1).to(self.state.dtype).rsqrt().view(1, 1, n, 1)
-        value = 1.0 / math.sqrt(self.fixed_length) if self.length_scale == "fixed" else 1.0
-        return torch.full((1, 1, n, 1), value, dtype=self.state.dtype, device=self.state.device)
+        if self.constant_scale is None:  # 1/sqrt(N_i)
+            if causal:  # query i sees keys 0 .. first + i
+                seen = AttentionMask(None, n, first + n, causal_offset=first)
+            else:  # every query sees the `first` keys absorbed
+                seen = AttentionMask(None, n, first)
+            return seen.inverse_sqrt_counts(self.state.device, self.state.dtype)
+        return torch.full((1, 1, n, 1), self.constant_scale, dtype=self.state.dtype, device=self.state.device)
 
     @torch.no_grad()
     def update(self, key: torch.Tensor, value: torch.Tensor) -> None:

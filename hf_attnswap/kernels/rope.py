@@ -1,8 +1,9 @@
 """Rotary position embedding in the Llama/NeoX ``rotate_half`` convention: the one home of its maths.
 
-``cos``/``sin`` broadcast against ``x`` (B, H, Q, d), e.g. shaped (B, 1, Q, d). Scaled rotary variants (YaRN,
-longrope) multiply both tables by an attention factor ``m``, so ``rope`` is ``m`` times a rotation and
-``cos² + sin² = m²``, not 1: the inverse divides by it (:func:`inverse_tables`).
+``cos``/``sin`` broadcast against ``x`` (B, H, Q, d), e.g. shaped (B, 1, Q, d) (:func:`head_tables` of the model's
+(B, Q, d) tables). Scaled rotary variants (YaRN, longrope) multiply both tables by an attention factor ``m``, so
+``rope`` is ``m`` times a rotation and ``cos² + sin² = m²``, not 1: the inverse divides by it (:func:`inverse_tables`).
+:func:`apply_rope`/:func:`unapply_rope` take the model's tables as they are.
 """
 
 from __future__ import annotations
@@ -33,3 +34,21 @@ def inverse_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, 
     the pair's.)"""
     norm = cos * cos + sin * sin
     return cos / norm, sin / norm
+
+
+def head_tables(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's tables (B, Q, d), as Transformers passes ``position_embeddings``, broadcast over heads:
+    (B, 1, Q, d), in ``dtype`` if given."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (cos, sin) if dtype is None else (cos.to(dtype), sin.to(dtype))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, H, Q, d) by position, as the model does; ``cos, sin``: (B, Q, d)."""
+    return rope(x, *head_tables(cos, sin))
+
+
+def unapply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`apply_rope`, also for scaled tables (YaRN, longrope: ``cos² + sin² ≠ 1``): recovers the
+    pre-rotary query, (B, H, Q, d)."""
+    return rope(x, *inverse_tables(*head_tables(cos, sin)), inverse=True)

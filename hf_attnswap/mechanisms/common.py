@@ -11,8 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..kernels import rope
-
 
 @dataclass
 class AttentionContext:
@@ -66,18 +64,6 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     dtype = compute_dtype(scores.dtype)
     scores = scores.to(dtype).masked_fill(~mask, torch.finfo(dtype).min)
     return torch.softmax(scores, dim=-1)  # exp(min - max) underflows to exactly 0 on hidden keys
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, H, Q, d) by position, as the model does; ``cos, sin``: (B, Q, d)."""
-    return rope.rope(x, cos.unsqueeze(1), sin.unsqueeze(1))
-
-
-def unapply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`apply_rope`, also for scaled tables (YaRN, longrope: ``cos² + sin² ≠ 1``): recovers the
-    pre-rotary query, (B, H, Q, d)."""
-    icos, isin = rope.inverse_tables(cos.unsqueeze(1), sin.unsqueeze(1))
-    return rope.rope(x, icos, isin, inverse=True)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

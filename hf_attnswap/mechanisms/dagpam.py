@@ -13,11 +13,13 @@ import torch
 from torch import nn
 from transformers import initialization as hf_init
 
-from ..options import DaGPAMOptions
 from ..kernels import dagpam_cpu
 from ..kernels.mask import AttentionMask
+from ..kernels.rope import apply_rope, unapply_rope
 from ..kernels.sdpa import sdpa
-from .common import AttentionContext, apply_rope, attention_dropout, unapply_rope
+from ..options import DaGPAMOptions
+from ..transformers_hooks import cpu_flash_attention, has_forward_hooks
+from .common import AttentionContext, attention_dropout
 from .softmax import softmax_weights
 
 
@@ -141,7 +143,7 @@ def dagpam_attention_fused(
     if cpu_kernel_reason(query, key, value, mask, ctx) is None:
         lam_pos, lam_neg = ctx.params.lambdas()
         return dagpam_cpu.dagpam_attention_cpu(query, key, value, ctx.params.neg_query_weight, lam_pos, lam_neg, mask,
-                                               ctx.scaling, ctx.rope)
+                                               ctx.scaling, ctx.rope, flash=cpu_flash_attention())
     neg_query, lam_pos, lam_neg = negative_query(query, ctx)
     pos = sdpa(query, key, value, mask, ctx.scaling, ctx.dropout)
     neg = sdpa(neg_query, key, value, mask, ctx.scaling, ctx.dropout)
@@ -167,7 +169,6 @@ def cpu_kernel_reason(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         return "parameters are not a plain DaGPAMParameters (e.g. wrapped by PEFT)"
     if type(params).forward is not DaGPAMParameters.forward or type(params).lambdas is not DaGPAMParameters.lambdas:
         return "DaGPAMParameters subclass with its own forward/lambdas"
-    if params._forward_hooks or params._forward_pre_hooks or nn.modules.module._global_forward_hooks \
-            or nn.modules.module._global_forward_pre_hooks:
+    if has_forward_hooks(params):
         return "forward hooks on the parameter module"
     return dagpam_cpu.unsupported_reason(query, key, value, mask, ctx.dropout, ctx.rope)

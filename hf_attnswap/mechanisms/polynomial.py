@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -10,7 +11,8 @@ from ..errors import OptionError
 from ..kernels import polynomial_linear
 from ..kernels.mask import AttentionMask
 from ..kernels.polynomial_blocked import polynomial_attention_blocked
-from ..options import PolynomialOptions
+from ..kernels.polynomial_linear import PolynomialLinearState
+from ..options import PolynomialOptions, linear_degree_problem
 from .common import AttentionContext, attention_dropout, compute_dtype
 
 
@@ -54,6 +56,15 @@ def _checked_cast(out: torch.Tensor, dtype: torch.dtype, options: PolynomialOpti
     return out.to(dtype)
 
 
+def length_scale_constant(options: PolynomialOptions) -> float | None:
+    """The length scale ``c_i`` when it is the same for every query, else None: ``"fixed"``:
+    ``1/sqrt(fixed_length)``; ``"none"``: 1; ``"visible"``: None (``1/sqrt(N_i)``, per query). The one home of the
+    mapping from the option to the numbers the kernels take."""
+    if options.length_scale == "visible":
+        return None
+    return 1.0 / math.sqrt(options.fixed_length) if options.length_scale == "fixed" else 1.0
+
+
 def length_scale_vector(mask: AttentionMask, options: PolynomialOptions, device: torch.device) -> torch.Tensor:
     """The per-query factor ``c_i`` as a float32 tensor (B|1, 1, Q, 1).
 
@@ -61,10 +72,21 @@ def length_scale_vector(mask: AttentionMask, options: PolynomialOptions, device:
     padding query, gets ``N_i = 1``; its weights are all 0 anyway); ``"fixed"``: ``1/sqrt(fixed_length)``;
     ``"none"``: 1.
     """
-    if options.length_scale == "visible":
-        return mask.visible_counts(device).rsqrt()
-    value = 1.0 / math.sqrt(options.fixed_length) if options.length_scale == "fixed" else 1.0
+    value = length_scale_constant(options)
+    if value is None:
+        return mask.inverse_sqrt_counts(device)
     return torch.full((1, 1, mask.q_len, 1), value, device=device)
+
+
+def linear_decode_state(options: PolynomialOptions, batch: int, kv_heads: int, head_dim: int,
+                        **kwargs: Any) -> PolynomialLinearState:
+    """The constant-memory decode state (:class:`~hf_attnswap.kernels.polynomial_linear.PolynomialLinearState`) of
+    polynomial attention with ``options``, whose ``degree`` must be 2 (else :class:`OptionError`); its length scale
+    comes from ``options``; ``kwargs`` (``scaling``, ``dtype``, ``device``, ``chunk``, ``value_dim``) as the state's."""
+    problem = linear_degree_problem(options.degree)
+    if problem is not None:
+        raise OptionError(f"PolynomialLinearState {problem}.")
+    return PolynomialLinearState(batch, kv_heads, head_dim, constant_scale=length_scale_constant(options), **kwargs)
 
 
 def polynomial_attention_fused(
@@ -114,9 +136,9 @@ def polynomial_attention_triton(
 def polynomial_linear_supports(query: torch.Tensor, ctx: AttentionContext) -> str | None:
     """Why the linear-attention form (backend ``"linear"``) cannot run this call, or None. The mask is checked
     by :func:`polynomial_attention_linear` itself (this predicate does not see it)."""
-    if ctx.options.degree != 2:
-        return (f"it needs degree=2, got degree={ctx.options.degree}: only (q·k)^2 has the finite feature map "
-                "φ(q)·φ(k) used here. Set 'degree': 2, or use backend='fused'")
+    problem = linear_degree_problem(ctx.options.degree)
+    if problem is not None:
+        return f"it {problem}. Set 'degree': 2, or use backend='fused'"
     if ctx.dropout > 0:
         return (f"attention dropout ({ctx.dropout:g}) is not supported: the linear form never builds the weights "
                 "it would drop. Set the model's attention dropout to 0 (or call model.eval()), or use backend='fused'")
@@ -188,7 +210,7 @@ def polynomial_attention_linear(
     c = length_scale_vector(mask, ctx.options, query.device)
     q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
     if query.shape[-2] <= polynomial_linear.DEFAULT_CHUNK:
-        out = polynomial_attention_blocked(q, k, v, mask, c, ctx.scaling, 2)
+        out = polynomial_attention_blocked(q, k, v, mask, c, ctx.scaling, ctx.options.degree)
     else:
         out = polynomial_linear.polynomial_linear_attention(q, k, v, c, ctx.scaling, offset, key_visible)
     return _checked_cast(out, query.dtype, ctx.options)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import AttnSwapError
+from ..transformers_hooks import set_last_lr
 from .arguments import TrainArguments
 from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, ResumePoint, latest_intact, list_checkpoints,
                          load_checkpoint, resolve_resume, save_checkpoint)
@@ -357,8 +358,7 @@ def _apply_learning_rates(optimizer: Any, scheduler: Any, args: TrainArguments) 
         scheduler.base_lrs[i] = new
         group["initial_lr"] = new
         group["lr"] = lr
-        if hasattr(scheduler, "_last_lr"):
-            scheduler._last_lr[i] = lr
+        set_last_lr(scheduler, i, lr)
         changed[name] = (old, new)
     return changed
 
