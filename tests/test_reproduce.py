@@ -294,7 +294,7 @@ def test_render_ablations_and_section():
     assert section.startswith("## Conversion of SmolLM2 (recipes/convert.py)\n")
     assert "### `convert_smollm2_polynomial`: smollm2 → `polynomial:degree=3`" in section
     assert "| `ablation_plain` (plain continued pretraining)" in section
-    assert "**Verdict (claim 4, on `convert_smollm2_polynomial`): yes**" in section
+    assert "**Verdict (claim 4, on `convert_smollm2_polynomial`, one seed): yes**" in section
 
 
 def test_headline_claim4_uses_the_conversion():
