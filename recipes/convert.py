@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RecipeConfigError(f"eval_datasets names the training corpus {name!r}; its held-out documents are "
                                     "measured anyway. Name other corpora.")
         source = resolve_asset(name) or name
-        eval_sets[name] = load_texts(source, limit=data_args.max_eval_samples)
+        eval_sets[name] = load_texts(source)  # none of it is trained on: scored up to eval_max_tokens, like the rest
     tokenizer = load_tokenizer(model_args)
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         trained: torch.nn.Module = student
         if conv.distill_kl_weight > 0:
             teacher, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
-            trained = DistillObjective(student, teacher, conv.distill_kl_weight, conv.distill_temperature)
+            trained = DistillObjective(student, teacher, conv.distill_kl_weight, conv.distill_temperature,
+                                       lm_weight=conv.distill_lm_weight)
         stage_dir = out / stage
         s2_args = dataclasses.replace(
             train_args, output_dir=str(stage_dir), push_to_hub=False, overwrite_output_dir=resuming,

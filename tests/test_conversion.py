@@ -252,5 +252,16 @@ def test_distillation_adds_the_kl_to_the_original_model():
     out.loss.backward()
     assert all(p.grad is None for p in teacher.parameters()) and student.model.embed_tokens.weight.grad is not None
     assert not any("teacher" in k for k in d.state_dict())  # checkpoints hold only the student
+    torch.testing.assert_close(out.lm_loss, student(input_ids=ids, labels=ids).loss.detach(), atol=1e-5, rtol=1e-5)
+    n = int((ids[:, 1:] != -100).sum())
+    summed = DistillObjective(student, teacher, kl_weight=2.0)(input_ids=ids, labels=ids, num_items_in_batch=2 * n)
+    torch.testing.assert_close(summed.lm_loss, out.lm_loss / 2, atol=1e-5, rtol=1e-5)  # normalised by the step's count
+    pure = DistillObjective(student, teacher, kl_weight=1.0, lm_weight=0.0)(input_ids=ids, labels=ids)
+    t1 = teacher(input_ids=ids).logits[:, :-1].float()
+    s1 = student(input_ids=ids).logits[:, :-1].float()
+    kl1 = (t1.softmax(-1) * (t1.log_softmax(-1) - s1.log_softmax(-1))).sum(-1).mean()
+    torch.testing.assert_close(pure.loss.detach(), kl1.detach(), atol=1e-5, rtol=1e-5)  # no next-token term
     with pytest.raises(OptionError, match="kl_weight > 0"):
         DistillObjective(student, teacher, kl_weight=0.0)
+    with pytest.raises(OptionError, match="lm_weight >= 0"):
+        DistillObjective(student, teacher, kl_weight=1.0, lm_weight=-1.0)

@@ -136,6 +136,9 @@ class ConversionArguments:
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Stage 2: temperature of that KL loss."})
+    distill_lm_weight: float = field(default=1.0, metadata={
+        "help": "Stage 2 with distillation: weight of the next-token loss beside the KL (0: pure distillation, the "
+                "student learns the original model's distributions rather than the training text)."})
     train_backend: str | None = field(default=None, metadata={
         "help": "Train both stages with this backend of the target mechanism, e.g. fused for a backend='linear' "
                 "target at short blocks, where the blocked kernel computes the same function faster on CPU. The "
@@ -150,8 +153,9 @@ class ConversionArguments:
         "help": "Perplexity window stride (default: block_size, i.e. non-overlapping windows)."})
     eval_datasets: str = field(default="news-text", metadata={
         "help": "Comma-separated corpora (offline asset names, files or Hub datasets) whose documents measure "
-                "held-out perplexity at every phase, besides the training corpus's validation split. Their first "
-                "max_eval_samples documents are used; they must not be the training corpus."})
+                "held-out perplexity at every phase, besides the training corpus's validation split. None of "
+                "their documents is trained on, so each is scored up to eval_max_tokens, whatever max_eval_samples "
+                "(which limits the training corpus's validation split); they must not be the training corpus."})
 
 
 @dataclass
@@ -369,6 +373,11 @@ def _validate(obj: Any) -> None:
                                     f"{obj.transfer_learning_rate}, {obj.transfer_warmup_steps}.")
         if obj.transfer_loss not in ("mse", "xent"):
             raise RecipeConfigError(f"transfer_loss must be mse or xent; got {obj.transfer_loss!r}.")
+        if obj.distill_lm_weight < 0:
+            raise RecipeConfigError(f"distill_lm_weight must be >= 0; got {obj.distill_lm_weight}.")
+        if obj.distill_lm_weight != 1.0 and obj.distill_kl_weight == 0:
+            raise RecipeConfigError("distill_lm_weight weighs the next-token loss against the KL; set distill_kl_weight "
+                                    "> 0 too, or drop distill_lm_weight.")
         if obj.distill_kl_weight < 0 or obj.distill_temperature <= 0:
             raise RecipeConfigError("distill_kl_weight must be >= 0 and distill_temperature > 0; got "
                                     f"{obj.distill_kl_weight}, {obj.distill_temperature}.")
