@@ -181,6 +181,17 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             (out / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
+    # every phase is measured on the same tokens: an interrupted conversion continues only with the same evaluation
+    evaluation = {"corpora": list(eval_sets), "documents": {k: len(v) for k, v in eval_sets.items()},
+                  "eval_max_tokens": conv.eval_max_tokens, "eval_stride": conv.eval_stride or data_args.block_size,
+                  "block_size": data_args.block_size}
+    if state and state.get("evaluation") != evaluation:
+        raise RecipeConfigError(
+            f"{out} was measured with other evaluation settings ({state.get('evaluation', 'not recorded')}) than this "
+            f"run's ({evaluation}); continuing would compare perplexities of different tokens. Continue with the same "
+            "eval_datasets, eval_max_tokens, eval_stride, block_size and data settings, or pass "
+            "--overwrite_output_dir to start over.")
+    state["evaluation"] = evaluation
     if "base" not in state:
         record("base", ppl=measure(model, "base"))
     per_step = train_args.per_device_train_batch_size * train_args.gradient_accumulation_steps \

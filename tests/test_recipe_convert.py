@@ -166,7 +166,7 @@ def test_control_runs_the_same_stage2_on_the_unswapped_model(assets, tmp_path, c
 
 
 @pytest.mark.parametrize("where", ["stage1", "stage2"])
-def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, where):
+def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, where, capsys):
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ("--checkpointing_steps", "1", "--max_transfer_steps", "3", "--max_train_steps", "3")
     assert _run(_argv(assets, full, *args)) == 0
@@ -179,6 +179,9 @@ def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, w
         (cut / "model.safetensors").unlink()
         state = json.loads((cut / "conversion.json").read_text())
         assert "stage1" in state
+    # continuing with other evaluation settings would compare perplexities of different tokens: refused
+    assert _run(_argv(assets, cut, *args, "--resume_from_checkpoint", "latest", "--eval_max_tokens", "20")) == 2
+    assert "other evaluation settings" in capsys.readouterr().err
     assert _run(_argv(assets, cut, *args, "--resume_from_checkpoint", "latest")) == 0
     a, b = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
