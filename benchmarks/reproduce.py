@@ -50,15 +50,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # benchmarks/, for `reproduction` (as when run as a script)
+if str(Path(__file__).resolve().parent) not in sys.path:  # benchmarks/: `reproduction`, `common` (as when run as a script)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from hf_attnswap.training.report import git_revision  # noqa: E402
+
+from common import cpu_name  # noqa: E402
 from reproduction.claims import analyse  # noqa: E402
 from reproduction.collect import collect  # noqa: E402
 from reproduction.config import FULL, QUICK, REPO  # noqa: E402
@@ -72,16 +74,6 @@ from reproduction.record import (RenderOnlyError, computed_run, load_render_inpu
 from reproduction.report import headline, mark_failed_jobs, render_md  # noqa: E402
 
 CLAIMS_DEFAULT = "1,2,3,4,5"
-
-
-def git_revision() -> str:
-    """The short git revision of the repository ("unknown" outside a checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10, check=False)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -155,13 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - started
 
     # the facts of this run, then the report and reproduce.json
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
     rel_runs = os.path.relpath(runs, REPO)
-    meta = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{os.cpu_count()}-core {cpu}", "wall_seconds": wall, "jobs": len(jobs),
+    meta = {"git_revision": git_revision(REPO) or "unknown", "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{os.cpu_count()}-core {cpu_name()}", "wall_seconds": wall, "jobs": len(jobs),
             "cached_jobs": sum(1 for r in report.values() if r.get("cached")), "job_seconds_total": job_seconds(jobs),
             "jobs_at_once": args.jobs, "command": command_line(args, claims, seeds),
             "example_commands": example_commands(scale, rel_runs), "runs_dir": rel_runs, "failed_jobs": failed}
@@ -214,7 +202,7 @@ def render_only(args: argparse.Namespace) -> int:
         missing, kept, missing_plots = older_file_gaps(claims, analysis, out)
         for k in kept:
             plots[k] = [PLOT_FILES[k]]
-    rerender = {"git_revision": git_revision(), "date": time.strftime("%Y-%m-%d %H:%M"), "missing": missing,
+    rerender = {"git_revision": git_revision(REPO) or "unknown", "date": time.strftime("%Y-%m-%d %H:%M"), "missing": missing,
                 "kept_plots": kept, "missing_plots": missing_plots}
     text = render_md(claims, seeds, scale, analysis, data, plots, meta, md, out, rerender=rerender)
     text = mark_failed_jobs(text, meta.get("failed_jobs") or [])
