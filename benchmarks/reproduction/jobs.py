@@ -155,6 +155,7 @@ def job_env() -> dict[str, str]:
 class Runner:
     """Runs jobs at most ``jobs_at_once`` at a time (the heaviest first), skipping the cached steps; only folders
     under ``runs`` are ever removed."""
+
     def __init__(self, runs: Path, jobs_at_once: int) -> None:
         self.runs, self.width = runs, jobs_at_once
         self.lock = threading.Lock()
