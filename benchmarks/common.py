@@ -26,10 +26,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": "cpu",
     }
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
+    info["cpu"] = cpu_name()
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name()
     try:
@@ -39,6 +36,14 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` where it has none)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def sync(device: str) -> None:

@@ -1,4 +1,5 @@
-"""The table and verdict code of benchmarks/reproduce.py on synthetic numbers (no training, no models)."""
+"""The table and verdict code of benchmarks/reproduce.py and its modules (benchmarks/reproduction/) on synthetic
+numbers (no training, no models)."""
 
 from __future__ import annotations
 
@@ -16,99 +17,103 @@ R = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = R
 _spec.loader.exec_module(R)
 
+from reproduction import claims as verdicts  # noqa: E402
+from reproduction import config, conversions, files, markdown, record, report, stats  # noqa: E402
+from reproduction.plots import PLOT_FILES  # noqa: E402
+
 
 def test_mean_std_is_sample_std_and_skips_non_finite():
-    m, s, n = R.mean_std([1.0, 2.0, 3.0])
+    m, s, n = stats.mean_std([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and s == pytest.approx(1.0)  # n-1
-    assert R.mean_std([4.0]) == (4.0, 0.0, 1)
-    m, s, n = R.mean_std([1.0, None, float("nan"), float("inf"), 3.0])
+    assert stats.mean_std([4.0]) == (4.0, 0.0, 1)
+    m, s, n = stats.mean_std([1.0, None, float("nan"), float("inf"), 3.0])
     assert (m, n) == (2.0, 2) and s == pytest.approx(math.sqrt(2))
-    m, s, n = R.mean_std([])
+    m, s, n = stats.mean_std([])
     assert math.isnan(m) and math.isnan(s) and n == 0
 
 
 def test_formatting():
-    assert R.fmt_pm([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
-    assert R.fmt_pm([0.5]) == "0.500"
-    assert R.fmt_pm([1.0, float("nan"), 3.0]) == "2.00 ± 1.41 (1 of 3 not finite)"
-    assert R.fmt_pm([None, None]) == "n/a (2 of 2 not finite)"
-    assert R.fmt_num(1.32e9) == "1.32e+09"
-    assert R.fmt_num(0.0) == "0" and R.fmt_num(float("inf")) == "inf" and R.fmt_num(None) == "n/a"
-    assert R.fmt_num(123.456) == "123.5" and R.fmt_num(2e-6) == "2.00e-06"
-    md = R.table(["a", "b"], [[1, "x"]])
+    assert markdown.fmt_pm([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert markdown.fmt_pm([0.5]) == "0.500"
+    assert markdown.fmt_pm([1.0, float("nan"), 3.0]) == "2.00 ± 1.41 (1 of 3 not finite)"
+    assert markdown.fmt_pm([None, None]) == "n/a (2 of 2 not finite)"
+    assert markdown.fmt_num(1.32e9) == "1.32e+09"
+    assert markdown.fmt_num(0.0) == "0" and markdown.fmt_num(float("inf")) == "inf" and markdown.fmt_num(None) == "n/a"
+    assert markdown.fmt_num(123.456) == "123.5" and markdown.fmt_num(2e-6) == "2.00e-06"
+    md = markdown.table(["a", "b"], [[1, "x"]])
     assert md.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | x |"]
 
 
 def test_welch_t_and_separation():
-    assert R.welch_t([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 0.0
-    t = R.welch_t([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+    assert stats.welch_t([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 0.0
+    t = stats.welch_t([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
     assert t == pytest.approx(3.0 / math.sqrt(2 / 3))
-    assert math.isnan(R.welch_t([1.0], [2.0, 3.0]))
-    assert R.welch_t([2.0, 2.0], [1.0, 1.0]) == math.inf
-    assert R.separated([4, 5, 6], [1, 2, 3]) == 1
-    assert R.separated([1, 2, 3], [4, 5, 6]) == -1
-    assert R.separated([1, 5], [2, 3]) == 0
+    assert math.isnan(stats.welch_t([1.0], [2.0, 3.0]))
+    assert stats.welch_t([2.0, 2.0], [1.0, 1.0]) == math.inf
+    assert stats.separated([4, 5, 6], [1, 2, 3]) == 1
+    assert stats.separated([1, 2, 3], [4, 5, 6]) == -1
+    assert stats.separated([1, 5], [2, 3]) == 0
 
 
 def test_measurable_difference():
-    big = R.measurable_difference([10.0, 10.1, 10.2], [5.0, 5.1, 5.2])
+    big = stats.measurable_difference([10.0, 10.1, 10.2], [5.0, 5.1, 5.2])
     assert big["measurable"] and big["separated"] == 1 and big["gap"] == pytest.approx(5.0)
-    overlap = R.measurable_difference([1.0, 3.0, 5.0], [2.0, 4.0, 6.0])
+    overlap = stats.measurable_difference([1.0, 3.0, 5.0], [2.0, 4.0, 6.0])
     assert not overlap["measurable"]
     # separated, but the gap is small against the spread
-    noisy = R.measurable_difference([1.0, 1.1, 2.0], [0.9, 0.95, 0.99])
+    noisy = stats.measurable_difference([1.0, 1.1, 2.0], [0.9, 0.95, 0.99])
     assert noisy["separated"] == 1 and not noisy["measurable"]
     # statistically clear but negligible (below MIN_RELATIVE_GAP of the value)
-    tiny = R.measurable_difference([2.5501, 2.5502, 2.5503], [2.5500, 2.54995, 2.54990])
+    tiny = stats.measurable_difference([2.5501, 2.5502, 2.5503], [2.5500, 2.54995, 2.54990])
     assert tiny["separated"] == 1 and tiny["gap_in_stds"] > 2 and not tiny["measurable"]
     # one seed per group is never enough
-    assert not R.measurable_difference([10.0], [1.0])["measurable"]
+    assert not stats.measurable_difference([10.0], [1.0])["measurable"]
 
 
 def test_combine_and_claim1():
-    assert R.combine([True, True]) == "yes" and R.combine([True, False]) == "partly" and R.combine([False]) == "no"
-    assert R.verdict_claim1([0.0, 3e-6, 1e-5]) == "yes"
-    assert R.verdict_claim1([0.0, 2e-5]) == "partly"
-    assert R.verdict_claim1([1e-3, float("nan")]) == "no"
-    assert R.verdict_claim1([]) == "not run"
+    assert verdicts.combine([True, True]) == "yes" and verdicts.combine([True, False]) == "partly" and verdicts.combine([False]) == "no"
+    assert verdicts.verdict_claim1([0.0, 3e-6, 1e-5]) == "yes"
+    assert verdicts.verdict_claim1([0.0, 2e-5]) == "partly"
+    assert verdicts.verdict_claim1([1e-3, float("nan")]) == "no"
+    assert verdicts.verdict_claim1([]) == "not run"
 
 
 def test_claim2_verdicts():
     soft_ppl, dag_ppl = [500.0, 510.0, 505.0], [498.0, 507.0, 503.0]
     res_s, res_d = [0.50, 0.51, 0.50], [0.60, 0.61, 0.62]
     cos_s, cos_d = [0.70, 0.71, 0.72], [0.50, 0.51, 0.52]
-    v = R.verdict_claim2(dag_ppl, soft_ppl, res_d, res_s, cos_d, cos_s)
+    v = verdicts.verdict_claim2(dag_ppl, soft_ppl, res_d, res_s, cos_d, cos_s)
     assert v["verdict"] == "yes" and v["ppl_no_worse"] and v["higher_residual"] and v["lower_cosine"]
     # clearly worse perplexity, collapse the other way round
-    v = R.verdict_claim2([600.0, 601.0, 602.0], soft_ppl, res_s, res_d, cos_s, cos_d)
+    v = verdicts.verdict_claim2([600.0, 601.0, 602.0], soft_ppl, res_s, res_d, cos_s, cos_d)
     assert v["verdict"] == "no" and not v["ppl_no_worse"]
     # slightly worse but within the noise counts as "no worse"; no collapse difference -> partly
-    v = R.verdict_claim2([505.0, 515.0, 508.0], soft_ppl, res_s, res_s, cos_s, cos_s)
+    v = verdicts.verdict_claim2([505.0, 515.0, 508.0], soft_ppl, res_s, res_s, cos_s, cos_s)
     assert v["ppl_no_worse"] and v["verdict"] == "partly"
 
 
 def test_moving_average():
-    assert R.moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
-    assert R.moving_average([1.0, 5.0], 1) == [1.0, 5.0]
-    assert R.moving_average([], 3) == []
+    assert stats.moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    assert stats.moving_average([1.0, 5.0], 1) == [1.0, 5.0]
+    assert stats.moving_average([], 3) == []
 
 
 def test_loss_health():
-    h = R.loss_health([10.0, 8.0, 7.0, 7.2, 6.5], window=1)
+    h = verdicts.loss_health([10.0, 8.0, 7.0, 7.2, 6.5], window=1)
     assert h["stable"] and h["nonfinite_steps"] == 0 and h["max_spike"] == pytest.approx(0.2)
-    h = R.loss_health([10.0, 6.0, 9.5, 6.0], window=1)
+    h = verdicts.loss_health([10.0, 6.0, 9.5, 6.0], window=1)
     assert h["blew_up"] and not h["stable"] and h["max_spike"] == pytest.approx(3.5)
     # one noisy batch is smoothed away by the moving average; a sustained rise is not
     noisy = [7.0] * 20 + [9.5] + [7.0] * 20
-    h = R.loss_health(noisy, window=10)
+    h = verdicts.loss_health(noisy, window=10)
     assert h["max_raw_spike"] == pytest.approx(2.5) and h["max_spike"] == pytest.approx(0.25) and h["stable"]
-    h = R.loss_health([7.0] * 20 + [9.0] * 20, window=10)
+    h = verdicts.loss_health([7.0] * 20 + [9.0] * 20, window=10)
     assert h["blew_up"] and h["max_spike"] == pytest.approx(2.0)
-    h = R.loss_health([10.0, float("nan"), None, 9.0])
+    h = verdicts.loss_health([10.0, float("nan"), None, 9.0])
     assert h["nonfinite_steps"] == 2 and not h["stable"]
-    assert R.run_stable(R.loss_health([10.0, 9.0]), 100.0, 50.0)
-    assert not R.run_stable(R.loss_health([10.0, 9.0]), 100.0, 150.0)  # ended worse than it started
-    assert not R.run_stable(R.loss_health([10.0, 9.0]), 100.0, float("nan"))
+    assert verdicts.run_stable(verdicts.loss_health([10.0, 9.0]), 100.0, 50.0)
+    assert not verdicts.run_stable(verdicts.loss_health([10.0, 9.0]), 100.0, 150.0)  # ended worse than it started
+    assert not verdicts.run_stable(verdicts.loss_health([10.0, 9.0]), 100.0, float("nan"))
 
 
 def _runs(ppls, stable=True):
@@ -117,56 +122,56 @@ def _runs(ppls, stable=True):
 
 def test_claim3_verdicts():
     scaled = _runs([300.0, 310.0, 305.0])
-    assert R.verdict_claim3(scaled, _runs([900.0, 950.0, 1000.0]))["verdict"] == "yes"  # much worse, stable
-    v = R.verdict_claim3(scaled, _runs([float("nan")] * 3, stable=False))
+    assert verdicts.verdict_claim3(scaled, _runs([900.0, 950.0, 1000.0]))["verdict"] == "yes"  # much worse, stable
+    v = verdicts.verdict_claim3(scaled, _runs([float("nan")] * 3, stable=False))
     assert v["verdict"] == "yes" and v["unscaled_diverged_runs"] == 3
-    v = R.verdict_claim3(scaled, _runs([301.0, 309.0, 306.0]))  # the same: unscaled is fine
+    v = verdicts.verdict_claim3(scaled, _runs([301.0, 309.0, 306.0]))  # the same: unscaled is fine
     assert v["verdict"] == "partly" and not v["unscaled_much_worse"]
-    v = R.verdict_claim3(_runs([300.0, 310.0, 305.0], stable=False), _runs([301.0, 309.0, 306.0]))
+    v = verdicts.verdict_claim3(_runs([300.0, 310.0, 305.0], stable=False), _runs([301.0, 309.0, 306.0]))
     assert v["verdict"] == "no"
     # 1.5x worse on average but the seeds overlap: not "much worse"
-    v = R.verdict_claim3(scaled, _runs([200.0, 600.0, 600.0]))
+    v = verdicts.verdict_claim3(scaled, _runs([200.0, 600.0, 600.0]))
     assert not v["unscaled_much_worse"]
 
 
 def test_claim4_gap_and_verdicts():
-    assert R.gap_recovered(3.0, 21.0, 12.0) == pytest.approx(0.5)
-    assert R.gap_recovered(3.0, 21.0, 3.0) == pytest.approx(1.0)
-    assert R.gap_recovered(3.0, 21.0, 22.0) < 0
-    assert math.isnan(R.gap_recovered(3.0, 3.0, 3.0))
+    assert verdicts.gap_recovered(3.0, 21.0, 12.0) == pytest.approx(0.5)
+    assert verdicts.gap_recovered(3.0, 21.0, 3.0) == pytest.approx(1.0)
+    assert verdicts.gap_recovered(3.0, 21.0, 22.0) < 0
+    assert math.isnan(verdicts.gap_recovered(3.0, 3.0, 3.0))
     base = math.log(30.0)
     near = [base + 0.3] * 3  # final ppl 1.35x the base
-    assert R.verdict_claim4(base, [21.0] * 3, near)["verdict"] == "yes"
-    v = R.verdict_claim4(base, [21.0] * 3, [6.0, 6.5, 7.0])  # most of the gap in nats, still >2x the base ppl
+    assert verdicts.verdict_claim4(base, [21.0] * 3, near)["verdict"] == "yes"
+    v = verdicts.verdict_claim4(base, [21.0] * 3, [6.0, 6.5, 7.0])  # most of the gap in nats, still >2x the base ppl
     assert v["verdict"] == "partly" and v["recovered_mean"] > 0.5
-    assert R.verdict_claim4(base, [21.0] * 3, [18.0] * 3)["verdict"] == "partly"  # some recovery
-    assert R.verdict_claim4(base, [21.0] * 3, [21.5] * 3)["verdict"] == "no"  # none
-    assert R.verdict_claim4(base, [base - 0.1] * 3, [base - 0.2] * 3)["verdict"] == "no"  # swap did not raise ppl
+    assert verdicts.verdict_claim4(base, [21.0] * 3, [18.0] * 3)["verdict"] == "partly"  # some recovery
+    assert verdicts.verdict_claim4(base, [21.0] * 3, [21.5] * 3)["verdict"] == "no"  # none
+    assert verdicts.verdict_claim4(base, [base - 0.1] * 3, [base - 0.2] * 3)["verdict"] == "no"  # swap did not raise ppl
 
 
 def test_claim5_verdict():
     yes = {"measurable": True}
     no = {"measurable": False}
-    assert R.verdict_claim5({"a vs b": {"sink": yes, "entropy": yes}, "a vs c": {"sink": yes, "entropy": yes}}) == "yes"
-    assert R.verdict_claim5({"a vs b": {"sink": yes, "entropy": no}}) == "partly"
-    assert R.verdict_claim5({"a vs b": {"sink": no, "entropy": no}}) == "no"
-    assert R.verdict_claim5({}) == "not run"
+    assert verdicts.verdict_claim5({"a vs b": {"sink": yes, "entropy": yes}, "a vs c": {"sink": yes, "entropy": yes}}) == "yes"
+    assert verdicts.verdict_claim5({"a vs b": {"sink": yes, "entropy": no}}) == "partly"
+    assert verdicts.verdict_claim5({"a vs b": {"sink": no, "entropy": no}}) == "no"
+    assert verdicts.verdict_claim5({}) == "not run"
 
 
 def test_headline_and_deep_layers():
-    assert R.deep_hidden_states(6) == [4, 5, 6]
-    assert R.deep_hidden_states(2) == [2]
+    assert verdicts.deep_hidden_states(6) == [4, 5, 6]
+    assert verdicts.deep_hidden_states(2) == [2]
     analysis = {"claim1": {"verdict": "yes", "per_pair": {
         "smollm2/fused_vs_sdpa": {"model": "smollm2", "values": [0.0, 1e-6], "max": 1e-6},
         "tiny_gpt2/fused_vs_sdpa": {"model": "tiny_gpt2", "values": [0.0], "max": 0.0},
         "tiny_llama/fused_vs_sdpa": {"model": "tiny_llama", "values": [0.0], "max": 0.0}}}}
-    rows = R.headline({1}, analysis)
+    rows = report.headline({1}, analysis)
     assert rows[0][1] == "yes" and "smollm2 1.00e-06" in rows[0][2]
 
 
 def test_clean_json_has_no_nan():
-    assert R._clean({"a": float("nan"), "b": [float("inf"), 1.0]}) == {"a": None, "b": ["inf", 1.0]}
-    assert math.isinf(R._num("inf")) and math.isnan(R._num(None))
+    assert files.strict_json({"a": float("nan"), "b": [float("inf"), 1.0]}) == {"a": None, "b": ["inf", 1.0]}
+    assert math.isinf(files.number("inf")) and math.isnan(files.number(None))
 
 
 # ------------------------------------------------------------- claim 4: recipes/convert.py's committed results
@@ -208,23 +213,23 @@ def _plain(final):
 
 def test_conversion_verdict():
     near = _conversion((30.0, 60.0))  # 1.5x and 1.71x the base
-    v = R.verdict_conversion(near, {"plain": _plain((900.0, 1500.0))})
+    v = conversions.verdict_conversion(near, {"plain": _plain((900.0, 1500.0))})
     assert v["verdict"] == "yes" and v["near_base"] and v["beats_plain"] and v["raised"]
     assert v["per_corpus"]["held out"]["ratio"] == pytest.approx(1.5)
     assert v["per_corpus"]["news"]["plain"] == 1500.0
     # no plain continued pretraining ablation: at most partly, and it says why
-    v = R.verdict_conversion(near, {"stage2_only": _plain((900.0, 1500.0))})
+    v = conversions.verdict_conversion(near, {"stage2_only": _plain((900.0, 1500.0))})
     assert v["verdict"] == "partly" and v["beats_plain"] is None and "no plain continued pretraining" in v["reason"]
     # plain continued pretraining does as well on one corpus
-    v = R.verdict_conversion(near, {"plain": _plain((900.0, 55.0))})
+    v = conversions.verdict_conversion(near, {"plain": _plain((900.0, 55.0))})
     assert v["verdict"] == "partly" and v["beats_plain"] is False and "not below" in v["reason"]
     # more than 2x the base on one corpus: no, even though it beats the ablation
     far = _conversion((30.0, 71.0))
-    v = R.verdict_conversion(far, {"plain": _plain((900.0, 1500.0))})
+    v = conversions.verdict_conversion(far, {"plain": _plain((900.0, 1500.0))})
     assert v["verdict"] == "no" and not v["near_base"] and "news" in v["reason"]
-    assert R.verdict_conversion(far, {})["verdict"] == "no"
-    assert R.verdict_conversion(_conversion((30.0, float("nan"))), {})["verdict"] == "no"  # a diverged evaluation
-    v = R.verdict_conversion(_conversion((40.0, 70.0)), {})  # exactly 2x counts as within
+    assert conversions.verdict_conversion(far, {})["verdict"] == "no"
+    assert conversions.verdict_conversion(_conversion((30.0, float("nan"))), {})["verdict"] == "no"  # a diverged evaluation
+    v = conversions.verdict_conversion(_conversion((40.0, 70.0)), {})  # exactly 2x counts as within
     assert v["verdict"] == "partly" and v["per_corpus"]["news"]["gap_closed"] == pytest.approx(
         (math.log(1e9) - math.log(70.0)) / (math.log(1e9) - math.log(35.0)))
 
@@ -242,13 +247,13 @@ def test_load_conversions_and_claim4_choice(tmp_path):
         json.dumps(_plain((900.0, 1500.0))))
     dag = {**_conversion(), "target": "dagpam:lambda_init=0.1"}
     (tmp_path / "convert_smollm2_dagpam" / "results.json").write_text(json.dumps(dag))
-    convs = R.load_conversions(tmp_path)
+    convs = conversions.load_conversions(tmp_path)
     assert [c["name"] for c in convs] == ["convert_smollm2_dagpam", "convert_smollm2_polynomial"]
     assert convs[1]["results"] == poly and list(convs[1]["ablations"]) == ["plain"]
     assert convs[1]["plot"] and not convs[0]["plot"] and convs[0]["ablations"] == {}
-    assert R.conversion_for_claim4(convs)["name"] == "convert_smollm2_polynomial"  # claim 4 is about polynomial
-    assert R.conversion_for_claim4(convs[:1]) is None
-    assert R.load_conversions(tmp_path / "missing") == []
+    assert conversions.conversion_for_claim4(convs)["name"] == "convert_smollm2_polynomial"  # claim 4 is about polynomial
+    assert conversions.conversion_for_claim4(convs[:1]) is None
+    assert conversions.load_conversions(tmp_path / "missing") == []
 
 
 def test_render_conversion_tables_ratios_and_command():
@@ -256,7 +261,7 @@ def test_render_conversion_tables_ratios_and_command():
            "--output_dir", "runs/my conv"]
     r = _conversion((30.0, 60.0), command=cmd, lam=True, control=(18.0, 32.0),
                     errors={"first_step": [1.0, 0.8], "last_10_steps": [0.2, 0.4]})
-    md = R.render_conversion("convert_smollm2_polynomial", r, "results/convert_smollm2_polynomial/conversion.png")
+    md = report.render_conversion("convert_smollm2_polynomial", r, "results/convert_smollm2_polynomial/conversion.png")
     lines = md.splitlines()
     assert "| phase | ppl held out | ppl news | tokens | minutes |" in lines
     assert "| base (own attention) | 20.00 | 35.00 | — | — |" in lines
@@ -273,24 +278,24 @@ def test_render_conversion_tables_ratios_and_command():
     assert ("```bash\npython recipes/convert.py --config recipes/configs/convert_smollm2_polynomial.yaml "
             "--output_dir 'runs/my conv'\n```") in md
     assert "![conversion.png](results/convert_smollm2_polynomial/conversion.png)" in md
-    old = R.render_conversion("old", _conversion())  # written before convert.py recorded its command
+    old = report.render_conversion("old", _conversion())  # written before convert.py recorded its command
     assert "command not recorded" in old and "```bash" not in old and "control:" not in old and "![" not in old
 
 
 def test_render_ablations_and_section():
     parent = _conversion((30.0, 60.0))
     plain = {**_plain((900.0, 1500.0)), "command": ["python", "recipes/convert.py", "--max_transfer_steps", "0"]}
-    md = R.render_ablations(parent, {"plain": plain})
+    md = report.render_ablations(parent, {"plain": plain})
     lines = md.splitlines()
     assert ("| method | tokens | final ppl held out | final ppl news | ratio to base held out | ratio to base news |"
             in lines)
     assert "| stage 1 + stage 2 (the conversion) | 358,400 | 30.00 | 60.00 | 1.50× | 1.71× |" in lines
     assert "| `ablation_plain` (plain continued pretraining) | 358,400 | 900.0 | 1500.0 | 45.00× | 42.86× |" in lines
     assert "# ablation_plain\npython recipes/convert.py --max_transfer_steps 0" in md
-    assert R.render_ablations(parent, {}) == ""
+    assert report.render_ablations(parent, {}) == ""
     convs = [{"name": "convert_smollm2_polynomial", "results": parent, "ablations": {"plain": plain}, "plot": False}]
-    claim = {"name": "convert_smollm2_polynomial", **R.verdict_conversion(parent, {"plain": plain})}
-    section = R.render_conversions(convs, claim)
+    claim = {"name": "convert_smollm2_polynomial", **conversions.verdict_conversion(parent, {"plain": plain})}
+    section = report.render_conversions(convs, claim)
     assert section.startswith("## Conversion of SmolLM2 (recipes/convert.py)\n")
     assert "### `convert_smollm2_polynomial`: smollm2 → `polynomial:degree=3`" in section
     assert "| `ablation_plain` (plain continued pretraining)" in section
@@ -300,10 +305,10 @@ def test_render_ablations_and_section():
 def test_headline_claim4_uses_the_conversion():
     parent = _conversion((30.0, 60.0))
     older = {"verdict": "partly", "rows": [{"steps": 24}]}
-    rows = R.headline({4}, {"claim4": {"verdict": "not run"}})  # no conversion results: the older row
+    rows = report.headline({4}, {"claim4": {"verdict": "not run"}})  # no conversion results: the older row
     assert rows[0][0].startswith("4. swap to polynomial raises ppl; continued pretraining") and rows[0][1] == "not run"
-    claim = {"name": "convert_smollm2_polynomial", **R.verdict_conversion(parent, {})}
-    rows = R.headline({4}, {"claim4": {**older, "conversion": claim}})
+    claim = {"name": "convert_smollm2_polynomial", **conversions.verdict_conversion(parent, {})}
+    rows = report.headline({4}, {"claim4": {**older, "conversion": claim}})
     assert "conversion recovers most of the gap" in rows[0][0] and rows[0][1] == "partly"
     assert "held out 20.00 → 2.00e+09 → 30.00 (1.50× the base" in rows[0][2]
     assert "no plain continued pretraining ablation" in rows[0][2]
@@ -318,16 +323,16 @@ def _fake_run(mech, seed, *, final=None, losses=None):
     final = 100.0 + 10 * seed + {"softmax": 0, "dagpam": 5, "poly_scaled": -5, "poly_unscaled": 20}[mech] \
         if final is None else final
     losses = [(1, 6.0 + 0.1 * seed), (2, 5.5), (3, 5.0 - 0.1 * seed)] if losses is None else losses
-    health = R.loss_health([v for _, v in losses])
+    health = verdicts.loss_health([v for _, v in losses])
     shift = {"softmax": 0.0, "dagpam": 0.05, "poly_scaled": -0.2, "poly_unscaled": -0.3}[mech] + 0.01 * seed
     per_layer = {"rank_collapse_residual": [0.9, 0.8 + shift, 0.7 + shift], "token_cosine": [0.1, 0.3 - shift, 0.5],
                  "query_grad_norm": [0.01, 0.02 + seed / 100], "entropy": [3.0 + shift, 3.1 + shift],
                  "sink_strength": [0.04 + shift / 10, 0.05], "max_weight": [0.1, 0.2], "frobenius_ratio": [0.2, 0.3]}
     return {"lambdas": {"per_layer": [[0.1, -0.2]], "mean": 0.01 * seed, "min": -0.2, "max": 0.1}
-            if mech == "dagpam" else None, "mech": mech, "seed": seed, "attn": R.MECH_TITLES[mech][:7],
+            if mech == "dagpam" else None, "mech": mech, "seed": seed, "attn": config.MECH_TITLES[mech][:7],
             "first_ppl": 5000.0 + seed, "final_ppl": final, "seconds": 12.5 + seed, "tokens_seen": 192, "steps": 3,
             "losses": losses, "evals": [(0, 5000.0 + seed), (3, final)], **health,
-            "stable": R.run_stable(health, 5000.0 + seed, final),
+            "stable": verdicts.run_stable(health, 5000.0 + seed, final),
             "probe": {"weights_convention": "probabilities" if mech == "softmax" else "abs_renormalised",
                       "per_layer": per_layer}}
 
@@ -340,7 +345,7 @@ def _fake_collected(seeds, conversions):
                   for m in ("smollm2", "tiny_gpt2", "tiny_llama")}
         return {"seed": seed, "models": models}
 
-    scratch = {m: {s: _fake_run(m, s) for s in seeds} for m in R.MECHS}
+    scratch = {m: {s: _fake_run(m, s) for s in seeds} for m in config.MECHS}
     scratch["poly_unscaled"][seeds[-1]] = _fake_run("poly_unscaled", seeds[-1], final=float("nan"),
                                                     losses=[(1, 6.0), (2, float("nan")), (3, float("nan"))])
     base = {"ppl": 35.0, "nll": math.log(35.0)}
@@ -368,15 +373,15 @@ def committed_run(tmp_path, monkeypatch):
     (conv_root / "convert_smollm2_polynomial").mkdir(parents=True)
     (conv_root / "convert_smollm2_polynomial" / "results.json").write_text(json.dumps(_conversion((30.0, 60.0))))
     monkeypatch.setattr(R, "CONVERSIONS_DIR", conv_root)
-    claims, seeds, scale = {1, 2, 3, 4, 5}, [0, 1], R.QUICK
-    data = _fake_collected(seeds, R.load_conversions(conv_root))
-    analysis = R.analyse(claims, seeds, data, scale)
+    claims, seeds, scale = {1, 2, 3, 4, 5}, [0, 1], config.QUICK
+    data = _fake_collected(seeds, conversions.load_conversions(conv_root))
+    analysis = verdicts.analyse(claims, seeds, data, scale)
     out = tmp_path / "out"
     out.mkdir()
-    plots = {k: [name] for k, name in R.PLOT_FILES.items()}
+    plots = {k: [name] for k, name in PLOT_FILES.items()}
     meta = _fake_meta()
-    text = R.render_md(claims, seeds, scale, analysis, data, plots, meta, tmp_path / "results.md", out)
-    R.write_json(out / "reproduce.json", R.reproduce_json(meta, scale, claims, seeds, analysis, data, {}))
+    text = report.render_md(claims, seeds, scale, analysis, data, plots, meta, tmp_path / "results.md", out)
+    files.write_json(out / "reproduce.json", record.reproduce_json(meta, scale, claims, seeds, analysis, data, {}))
     return {"out": out, "md": tmp_path / "results.md", "text": text, "tmp": tmp_path}
 
 
@@ -400,7 +405,7 @@ def test_render_only_round_trip_reproduces_the_report_and_plots(committed_run):
     assert "Not in this reproduce.json" not in text
     assert "| polynomial x³ (unscaled) | 1 | 5001.0 | n/a |" in text  # a NaN survives as NaN
     assert "## Conversion of SmolLM2 (recipes/convert.py)" in text
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(R.PLOT_FILES.values())  # re-drawn from render_data
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(PLOT_FILES.values())  # re-drawn from render_data
     # reproduce.json is read, not rewritten
     assert "render_data" in json.loads((out / "reproduce.json").read_text())
 
@@ -410,12 +415,12 @@ def test_render_only_older_reproduce_json_renders_what_it_holds(committed_run, m
     raw = json.loads((out / "reproduce.json").read_text())
     del raw["render_data"]  # a file written before reproduce.json held the runs' summaries
     (out / "reproduce.json").write_text(json.dumps(raw))
-    (out / R.PLOT_FILES[2]).write_bytes(b"png")  # claim 2's plot is committed, claims 3 and 4's are not
+    (out / PLOT_FILES[2]).write_bytes(b"png")  # claim 2's plot is committed, claims 3 and 4's are not
     drawn = {}
 
     def fake_plot_all(claims, analysis, data, out_dir):
         drawn.update(analysis=sorted(analysis), data=data)
-        return {k: [R.PLOT_FILES[k]] for k in (1, 5) if f"claim{k}" in analysis}
+        return {k: [PLOT_FILES[k]] for k in (1, 5) if f"claim{k}" in analysis}
 
     monkeypatch.setattr(R, "plot_all", fake_plot_all)
     md = committed_run["tmp"] / "older.md"
@@ -434,10 +439,10 @@ def test_render_only_older_reproduce_json_renders_what_it_holds(committed_run, m
     assert "Per hidden state, and the query-weight gradient norm aside: not in this reproduce.json." in lines
     assert "**Not in this reproduce.json, so not shown**" in text
     assert "the data of the plots of claims 2, 3 and 4 (the committed PNGs are linked as they are)" in text
-    assert f"![{R.PLOT_FILES[2]}](out/{R.PLOT_FILES[2]})" in lines
+    assert f"![{PLOT_FILES[2]}](out/{PLOT_FILES[2]})" in lines
     assert any(line.startswith("*(Drawn by the run that wrote reproduce.json") for line in lines)
     assert f"*(Plot not available: reproduce.json lacks the training-loss curves of the SmolLM2 runs and " \
-           f"`{R.PLOT_FILES[4]}` is not in {out}.)*" in lines
+           f"`{PLOT_FILES[4]}` is not in {out}.)*" in lines
     assert "![claim3_loss_curves.png]" not in text
 
 
@@ -470,16 +475,16 @@ def test_render_only_refuses_a_missing_or_older_reproduce_json(tmp_path, committ
 
 
 def test_restore_analysis_and_render_data():
-    raw = R._clean({"t": float("nan"), "gap": float("inf"), "vals": [1.0, float("nan")],
+    raw = files.strict_json({"t": float("nan"), "gap": float("inf"), "vals": [1.0, float("nan")],
                     "dagpam_lambdas": [None, {"mean": 0.1}], "base": None, "rows": [{"steps": None, "x": None}]})
-    back = R.restore_analysis(raw)
+    back = record.restore_analysis(raw)
     assert math.isnan(back["t"]) and back["gap"] == math.inf and math.isnan(back["vals"][1])
     assert back["dagpam_lambdas"] == [None, {"mean": 0.1}] and back["base"] is None
     assert back["rows"][0]["steps"] is None and math.isnan(back["rows"][0]["x"])
-    d = R._clean(R.render_data({"scratch": {"softmax": {0: {"final_ppl": float("nan"), "probe": None}, 1: None}},
+    d = files.strict_json(record.render_data({"scratch": {"softmax": {0: {"final_ppl": float("nan"), "probe": None}, 1: None}},
                                 "claim4": {"sdpa": None, "runs": {2: {"losses": [(1, float("inf"))]}}},
                                 "conversions": ["not stored"]}))
-    back = R.restore_render_data(json.loads(json.dumps(d)))
+    back = record.restore_render_data(json.loads(json.dumps(d)))
     assert set(back) == {"scratch", "claim4"} and back["scratch"]["softmax"][1] is None
     assert math.isnan(back["scratch"]["softmax"][0]["final_ppl"]) and back["scratch"]["softmax"][0]["probe"] is None
     assert back["claim4"]["runs"][2]["losses"] == [[1, math.inf]] and back["claim4"]["sdpa"] is None

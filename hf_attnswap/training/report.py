@@ -20,11 +20,12 @@ __all__ = ["RESULTS_FILE", "compare_runs", "git_revision", "push_final", "write_
 RESULTS_FILE = "results.json"
 
 
-def git_revision() -> str | None:
-    """The git commit of the working tree this code runs from (``None`` outside a checkout)."""
+def git_revision(where: str | os.PathLike[str] | None = None) -> str | None:
+    """The git commit of the working tree this code runs from, or of the one holding ``where`` (``None`` outside a
+    checkout)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+                             cwd=Path(where) if where is not None else Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

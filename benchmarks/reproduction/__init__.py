@@ -1,0 +1,9 @@
+"""The modules of ``benchmarks/reproduce.py`` (the reproduction of SCIENCE.md's claims), imported one way, from
+the leaves up:
+
+config (paths, thresholds, scales) <- files (JSON on disk) <- stats (numbers over seeds) <- markdown (cells, tables)
+<- conversions (claim 4's committed convert.py results) <- claims (verdicts, analyse) <- jobs (plan, cache, runner)
+<- measurements (the --job bodies) <- collect (the runs' outputs) <- plots, report (Markdown), record (reproduce.json).
+
+``benchmarks/reproduce.py`` is the command line on top of them; nothing here imports it.
+"""
