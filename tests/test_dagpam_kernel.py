@@ -324,3 +324,57 @@ def test_chunks_give_every_thread_a_head(monkeypatch, threads, batch, kv_heads, 
 
 def test_small_calls_are_one_chunk():
     assert len(dagpam_cpu._chunks(1, 12, 12, 4096, 4096, 64, 4)) == 1  # 12 MiB < CHUNK_ABOVE_BYTES
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("into_slot", [False, True])
+def test_recover_pos_inverts_the_output_combination(tied, into_slot):
+    """``_recover_pos`` gives back the positive branch from ``out = (1+λ⁺)·pos − λ⁻·neg`` (tied: λ⁺ = λ⁻)."""
+    torch.manual_seed(0)
+    b, h, q, d = 2, 3, 5, 4
+    pos, neg = torch.randn(b, h, q, d, dtype=torch.float64), torch.randn(b, h, q, d, dtype=torch.float64)
+    lam_p = torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64).view(1, -1, 1, 1)
+    lam_n = lam_p if tied else torch.tensor([0.1, 0.5, -0.4], dtype=torch.float64).view(1, -1, 1, 1)
+    out = (1 + lam_p) * pos - lam_n * neg
+    slot = torch.empty(b * q * h * d, dtype=torch.float64).view(b, q, h, d) if into_slot else None
+    got = dagpam_cpu._recover_pos(out, neg, lam_p, lam_n, tied, slot)
+    torch.testing.assert_close(got, pos)
+    if into_slot:
+        assert got.data_ptr() == slot.data_ptr() and got.shape == (b, h, q, d)
+
+
+def test_lambda_grads_per_head():
+    torch.manual_seed(0)
+    g, pos, neg = (torch.randn(2, 4, 3, 5, dtype=torch.float64) for _ in range(3))
+    qs = slice(1, 3)
+    dlp, dln = torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    dagpam_cpu._lambda_grads(g, pos, neg, slice(1, 5), dlp, dln, tied=False)
+    torch.testing.assert_close(dlp[1:5], (g * pos).sum((0, 2, 3)))
+    torch.testing.assert_close(dln[1:5], -(g * neg).sum((0, 2, 3)))
+    assert dlp[0] == 0 and dlp[5] == 0
+    tied = torch.zeros(6, dtype=torch.float64)
+    dagpam_cpu._lambda_grads(g[:, :2], pos[:, :2], neg[:, :2], qs, tied, None, tied=True)
+    torch.testing.assert_close(tied[qs], (g[:, :2] * (pos[:, :2] - neg[:, :2])).sum((0, 2, 3)))
+    dagpam_cpu._lambda_grads(g, pos, neg, qs, None, None, tied=False)  # frozen λ: nothing to do
+
+
+def test_store_positive_grads_keeps_a_kernel_output_laid_out_like_its_input():
+    """One chunk: an output with its input's strides is the gradient buffer itself, another is copied into one laid
+    out like the input; several chunks: the chunk's slices of existing buffers."""
+    q = torch.randn(2, 4, 3, 5)  # (B, H, Q, d) contiguous
+    k = torch.randn(2, 4, 2, 5).transpose(1, 2)  # (B, H_kv, K, d) view of (B, K, H_kv, d) storage
+    v = torch.randn(2, 2, 4, 5)
+    dq_kernel = torch.randn(2, 3, 4, 5).transpose(1, 2)  # the kernel's (B, Q, H, d) layout: unlike q
+    dk_kernel = torch.randn(2, 4, 2, 5).transpose(1, 2)  # like k
+    dv_kernel = torch.randn(2, 4, 2, 5).transpose(1, 2)  # unlike v
+    grads, dqkv = [dq_kernel, dk_kernel, dv_kernel], [None, None, None]
+    dagpam_cpu._store_positive_grads(grads, dqkv, (q, k, v), slice(0, 4), slice(0, 2))
+    assert grads == [None, None, None]
+    assert dqkv[1] is dk_kernel
+    for buf, x, kernel in zip(dqkv, (q, k, v), (dq_kernel, dk_kernel, dv_kernel)):
+        assert buf.stride() == x.stride() and torch.equal(buf, kernel)
+    dqkv = [torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)]
+    part = [torch.ones(2, 2, 3, 5), torch.ones(2, 1, 4, 5), torch.ones(2, 1, 4, 5)]
+    dagpam_cpu._store_positive_grads(part, dqkv, (q, k, v), slice(2, 4), slice(1, 2))
+    assert dqkv[0][:, 2:].eq(1).all() and dqkv[0][:, :2].eq(0).all()
+    assert dqkv[1][:, 1:].eq(1).all() and dqkv[1][:, :1].eq(0).all() and dqkv[2][:, 1:].eq(1).all()

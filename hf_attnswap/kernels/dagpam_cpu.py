@@ -147,6 +147,112 @@ def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: 
             for k0 in range(0, kv_heads, step)]
 
 
+def _rope_pair(cos: torch.Tensor | None, sin: torch.Tensor | None, dtype: torch.dtype
+               ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The rotary tables per head in ``dtype`` and their :func:`~.rope.inverse_tables` (exact for scaled rotary
+    too), or ``(None, None)`` without rotary."""
+    rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
+    irope = None if rope is None else rope_ops.inverse_tables(*rope)
+    return rope, irope
+
+
+class _FlashBackward:
+    """The CPU flash backward with one call's mask, causality and scale: ``(grad_out, q, k, v, out, lse) ->
+    (dq, dk, dv)``, laid out (B, Q, H, d)."""
+
+    def __init__(self, kernel: Callable[..., Any], is_causal: bool, float_mask: torch.Tensor | None,
+                 scale: float) -> None:
+        self.kernel, self.is_causal, self.float_mask, self.scale = kernel, is_causal, float_mask, scale
+
+    def __call__(self, grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.kernel(grad_out, q, k, v, out, lse, 0.0, self.is_causal, attn_mask=self.float_mask,
+                           scale=self.scale)
+
+
+def _work_buffers(query: torch.Tensor, chunks: list[tuple[slice, slice]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """With several chunks, two flat buffers of the largest chunk's (B, Q, H, d) size for the backward's own
+    temporaries (pos then Q⁻; the scaled gradients), so that only the flash kernels' outputs come and go from one
+    chunk to the next."""
+    b, _, q_len, d = query.shape
+    h_max = max(qs.stop - qs.start for qs, _ in chunks)
+    return query.new_empty(b * q_len * h_max * d), query.new_empty(b * q_len * h_max * d)
+
+
+def _recover_pos(out: torch.Tensor, neg: torch.Tensor, lam_p: torch.Tensor, lam_n: torch.Tensor, tied: bool,
+                 slot: torch.Tensor | None) -> torch.Tensor:
+    """One chunk's positive branch from the output: ``pos = (out + λ⁻·neg) / (1+λ⁺)``; tied λ as the lerp
+    ``lerp(out, neg, λ/(1+λ))``. Written into ``slot`` (a contiguous (B, Q, H, d) view) if given."""
+    pos_out = None if slot is None else slot.transpose(1, 2)
+    if tied:
+        return torch.lerp(out, neg, lam_n / (1 + lam_p), out=pos_out)
+    return torch.addcmul(out, lam_n, neg, out=pos_out).div_(1 + lam_p)
+
+
+def _lambda_grads(g: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, qs: slice, dlp: torch.Tensor | None,
+                  dln: torch.Tensor | None, tied: bool) -> None:
+    """One chunk's λ gradients into ``dlp[qs]`` and ``dln[qs]`` (``None``: not needed): ``dλ⁺_h = Σ g·pos``,
+    ``dλ⁻_h = −Σ g·neg``; tied λ (``dln`` is ``None``): ``Σ g·(pos − neg)``, into ``dlp``."""
+    if tied and dlp is not None:
+        dlp[qs] = torch.sum(g * torch.sub(pos, neg), dim=(0, 2, 3))
+        return
+    if dlp is not None:
+        dlp[qs] = torch.sum(g * pos, dim=(0, 2, 3))
+    if dln is not None:
+        dln[qs] = torch.sum(g * neg, dim=(0, 2, 3)).neg_()
+
+
+def _store_positive_grads(grads: list[torch.Tensor | None], dqkv: list[torch.Tensor | None],
+                          inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], qs: slice, ks: slice) -> None:
+    """Put one chunk's positive-branch ``grads`` (dq, dk, dv, the flash kernel's outputs; the list is emptied)
+    into the gradient buffers ``dqkv``, which are laid out like ``inputs`` (q, k, v) so that AccumulateGrad takes
+    them as they are (the kernel's outputs are laid out (B, Q, H, d), which it would copy for inputs laid out
+    (B, H, Q, d)). With several chunks the buffers exist and take the chunk's slices (``qs`` for q, ``ks`` for
+    k and v). With one chunk (buffers ``None``) a kernel output laid out like its input *is* the buffer, else it
+    is copied into one; one at a time, so that at most one extra copy is alive."""
+    for i, (x, part) in enumerate(zip(inputs, (qs, ks, ks))):
+        grad, grads[i] = grads[i], None
+        if dqkv[i] is None:
+            dqkv[i] = grad if grad.stride() == x.stride() else torch.empty_like(x).copy_(grad)
+        else:
+            dqkv[i][:, part] = grad
+        del grad
+
+
+def _add_negative_grads(flash: _FlashBackward, g: torch.Tensor, lam_n: torch.Tensor, buf: torch.Tensor | None,
+                        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, neg: torch.Tensor, lse: torch.Tensor,
+                        w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                        irope: tuple[torch.Tensor, torch.Tensor] | None, slot: torch.Tensor | None,
+                        dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, dw: torch.Tensor | None) -> None:
+    """Add one chunk's negative-branch gradients into ``dq, dk, dv`` (the chunk's slices of the buffers) and
+    ``dw`` (W⁻'s, or the chunk's heads of a per-head W⁻; ``None``: not needed). Recomputes ``ReLU(Q⁺)`` and ``Q⁻``
+    (into ``slot`` if given), runs the negative flash backward on ``g·(−λ⁻)`` (into ``buf`` if given), then
+    back through W⁻, the ReLU and the rotary; each temporary is dropped as soon as it is used."""
+    qn = _neg_query(_relu_query(q, irope), w, rope, out=slot)
+    dqn, dk_c, dv_c = flash(_scaled_grad(g, -lam_n, buf), qn, k, v, neg, lse)
+    del qn
+    dk.add_(dk_c)
+    dv.add_(dv_c)
+    del dk_c, dv_c
+    if rope is not None:
+        dqn = rope_ops.rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
+    # recomputed rather than held through the flash backward; without rope and W⁻ grad, q itself will do
+    relu_q = _relu_query(q, irope) if dw is not None or rope is not None else q
+    if dw is not None:
+        if w.dim() == 2:
+            # rows in (B, Q, H) order: no copy of dqn (kernel layout), nor of relu_q if the query is laid out so
+            dw.add_(torch.tensordot(relu_q.transpose(1, 2), dqn.transpose(1, 2), dims=([0, 1, 2], [0, 1, 2])))
+        else:
+            dw.add_(torch.einsum("bhqd,bhqe->hde", relu_q, dqn))
+    dr = _matmul(dqn, w.mT) if w.dim() == 2 else torch.einsum("bhqe,hde->bhqd", dqn, w)
+    del dqn
+    dr = torch.ops.aten.threshold_backward(dr, relu_q, 0)  # ReLU backward: dr where ReLU's input > 0
+    del relu_q
+    if rope is not None:
+        dr = rope_ops.rope_adjoint(dr, *irope, inverse=True)
+    dq.add_(dr)
+
+
 class DaGPAMCPU(torch.autograd.Function):
     """Autograd function; call through :func:`dagpam_attention_cpu`."""
 
@@ -156,8 +262,7 @@ class DaGPAMCPU(torch.autograd.Function):
         _flash = flash[0]
         b, h, q_len, d = query.shape
         dtype = query.dtype
-        rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
-        irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
+        rope, irope = _rope_pair(cos, sin, dtype)
         w = weight.to(dtype)
         lp = lam_pos.detach().to(dtype)
         ln = lam_neg.detach().to(dtype)
@@ -213,103 +318,43 @@ class DaGPAMCPU(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        """Per chunk: recover ``pos`` (or take the saved one), the λ gradients, the positive flash backward into
+        the q, k, v buffers, then (unless the chunk's λ⁻ are all 0) the negative branch added on top."""
         query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask, negs, lse_pos, lse_neg, poses = \
             ctx.saved_tensors
-        _flash_backward = ctx.flash[1]
         dtype = query.dtype
-        rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
-        irope = None if rope is None else rope_ops.inverse_tables(*rope)  # exact for scaled rotary too
-        w = weight.to(dtype)
-        lp = lam_pos.to(dtype)
-        ln = lam_neg.to(dtype)
+        rope, irope = _rope_pair(cos, sin, dtype)
+        w, lp, ln = weight.to(dtype), lam_pos.to(dtype), lam_neg.to(dtype)
         tied = ctx.tied  # the same tensor for λ⁺ and λ⁻: its gradient is returned once
-        fmask = _float_mask(bool_mask, dtype)
-        need_w, need_lp, need_ln = ctx.needs_input_grad[3:6]
-        # Gradient buffers laid out like the inputs, so that AccumulateGrad takes them as they are (the kernel's
-        # outputs are laid out (B, Q, H, d), which it would copy for inputs laid out (B, H, Q, d)). With one chunk,
-        # a kernel output already laid out like its input is the buffer.
+        flash = _FlashBackward(ctx.flash[1], ctx.is_causal, _float_mask(bool_mask, dtype), ctx.scale)
+        need_q, need_k, need_v, need_w, need_lp, need_ln = ctx.needs_input_grad[:6]
         single = len(ctx.chunks) == 1
-        if not single:
-            dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        dqkv = [None] * 3 if single else [torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)]
         dw = torch.zeros_like(w) if need_w else None
         dlp = torch.empty_like(lp) if need_lp else None
         dln = torch.empty_like(ln) if need_ln and not tied else None
         skip_neg = (ln == 0).tolist()
-        # With several chunks, two chunk-sized flat buffers take this function's own temporaries (pos then Q⁻; the
-        # scaled gradients), laid out (B, Q, H, d) like the kernel's tensors, so that only the flash kernels' outputs
-        # come and go from one chunk to the next.
-        buf_a = buf_b = None
+        buf_a, buf_b = (None, None) if single else _work_buffers(query, ctx.chunks)
         b, _, q_len, d = query.shape
-        if not single:
-            h_max = max(qs.stop - qs.start for qs, _ in ctx.chunks)
-            buf_a = query.new_empty(b * q_len * h_max * d)
-            buf_b = query.new_empty(b * q_len * h_max * d)
         for qs, ks in ctx.chunks:
             g = grad_out[:, qs]
             q_c, k_c, v_c = query[:, qs], key[:, ks], value[:, ks]
             lam_p = lp[qs].view(1, -1, 1, 1)
             lam_n = ln[qs].view(1, -1, 1, 1)
             neg = negs[:, qs]
-            h_c = qs.stop - qs.start
-            slot = None if single else _slot(buf_a, b, h_c, q_len, d)  # pos, then Q⁻
-            pos_out = None if single else slot.transpose(1, 2)
-            if poses is not None:
-                pos = poses[:, qs]
-            elif tied:  # (out + λ neg) / (1+λ) = lerp(out, neg, λ/(1+λ))
-                pos = torch.lerp(out[:, qs], neg, lam_n / (1 + lam_p), out=pos_out)
-            else:
-                pos = torch.addcmul(out[:, qs], lam_n, neg, out=pos_out).div_(1 + lam_p)
-            if tied and need_lp:  # one λ: Σ g·(pos − neg), returned once
-                dlp[qs] = torch.sum(g * torch.sub(pos, neg), dim=(0, 2, 3))
-            else:
-                if need_lp:
-                    dlp[qs] = torch.sum(g * pos, dim=(0, 2, 3))
-                if need_ln:
-                    dln[qs] = torch.sum(g * neg, dim=(0, 2, 3)).neg_()
-            dq_c, dk_c, dv_c = _flash_backward(_scaled_grad(g, 1 + lam_p, buf_b), q_c, k_c, v_c, pos, lse_pos[:, qs], 0.0,
-                                               ctx.is_causal, attn_mask=fmask, scale=ctx.scale)
+            slot = None if single else _slot(buf_a, b, qs.stop - qs.start, q_len, d)  # pos, then Q⁻
+            pos = poses[:, qs] if poses is not None else _recover_pos(out[:, qs], neg, lam_p, lam_n, tied, slot)
+            _lambda_grads(g, pos, neg, qs, dlp, dln, tied)
+            grads = list(flash(_scaled_grad(g, 1 + lam_p, buf_b), q_c, k_c, v_c, pos, lse_pos[:, qs]))
             del pos
-            if single:  # one at a time, so that at most one extra copy is alive
-                dq = dq_c if dq_c.stride() == query.stride() else torch.empty_like(query).copy_(dq_c)
-                del dq_c
-                dk = dk_c if dk_c.stride() == key.stride() else torch.empty_like(key).copy_(dk_c)
-                del dk_c
-                dv = dv_c if dv_c.stride() == value.stride() else torch.empty_like(value).copy_(dv_c)
-                dq_c = dk_c = dv_c = None
-            else:
-                dq[:, qs] = dq_c
-                dk[:, ks] = dk_c
-                dv[:, ks] = dv_c
-            del dq_c, dk_c, dv_c
+            _store_positive_grads(grads, dqkv, (query, key, value), qs, ks)
             if all(skip_neg[qs]):  # λ⁻ = 0: the negative branch contributes exactly 0 to q, k, v and W⁻
                 continue
             w_c = w if w.dim() == 2 else w[qs]
-            qn = _neg_query(_relu_query(q_c, irope), w_c, rope, out=slot)
-            dqn, dk_c, dv_c = _flash_backward(_scaled_grad(g, -lam_n, buf_b), qn, k_c, v_c, neg, lse_neg[:, qs], 0.0,
-                                              ctx.is_causal, attn_mask=fmask, scale=ctx.scale)
-            del qn
-            dk[:, ks].add_(dk_c)
-            dv[:, ks].add_(dv_c)
-            del dk_c, dv_c
-            if rope is not None:
-                dqn = rope_ops.rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
-            # recomputed rather than held through the flash backward; without rope and W⁻ grad, q itself will do
-            relu_q = _relu_query(q_c, irope) if need_w or rope is not None else q_c
-            if need_w:
-                if w.dim() == 2:
-                    # rows in (B, Q, H) order: no copy of dqn (kernel layout), nor of relu_q if the query is laid out so
-                    dw.add_(torch.tensordot(relu_q.transpose(1, 2), dqn.transpose(1, 2), dims=([0, 1, 2], [0, 1, 2])))
-                else:
-                    dw[qs].add_(torch.einsum("bhqd,bhqe->hde", relu_q, dqn))
-            dr = _matmul(dqn, w_c.mT) if w_c.dim() == 2 else torch.einsum("bhqe,hde->bhqd", dqn, w_c)
-            del dqn
-            dr = torch.ops.aten.threshold_backward(dr, relu_q, 0)  # ReLU backward: dr where ReLU's input > 0
-            del relu_q
-            if rope is not None:
-                dr = rope_ops.rope_adjoint(dr, *irope, inverse=True)
-            dq[:, qs].add_(dr)
-            del dr
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+            dw_c = None if dw is None else (dw if w.dim() == 2 else dw[qs])
+            _add_negative_grads(flash, g, lam_n, buf_b, q_c, k_c, v_c, neg, lse_neg[:, qs], w_c,
+                                rope, irope, slot, dqkv[0][:, qs], dqkv[1][:, ks], dqkv[2][:, ks], dw_c)
+        dq, dk, dv = dqkv
         return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
                 None if dw is None else dw.to(weight.dtype),
                 None if dlp is None else dlp.to(lam_pos.dtype), None if dln is None else dln.to(lam_neg.dtype),

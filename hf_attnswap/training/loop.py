@@ -4,8 +4,11 @@ at the first non-finite loss, gradient norm or weights, final save.
 
 Read top to bottom: :func:`make_accelerator` (checks that the launch matches the machine),
 :func:`prepare_output_dir` (refuses to overwrite checkpoints or a finished run, checks the resume checkpoint;
-before anything heavy), :func:`train` (the loop), :func:`save_final` (model + tokenizer; LoRA: adapter and merged
-model), :func:`run_recipe` (``error: ...`` instead of tracebacks, exit codes).
+before anything heavy), the loop's units (:class:`ResumeState` and :func:`epoch_batches`: what exact resumption
+saves and restores; :func:`accumulation_step`: one optimiser step's gradients; :class:`Evaluator`: evaluation and
+the best model; :class:`NonFiniteGuard`: skip or stop at non-finite values), :func:`train` (the loop),
+:func:`save_final` (model + tokenizer; LoRA: adapter and merged model), :func:`run_recipe` (``error: ...`` instead of
+tracebacks, exit codes).
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, ResumePoint, latest_i
                          load_checkpoint, resolve_resume, save_checkpoint)
 from .optim import build_optimizer, build_scheduler, peak_learning_rates
 
-__all__ = ["JsonlLog", "LaunchError", "NonFiniteError", "RunStart", "Terminated", "TrainingOutcome", "check_launch",
-           "finished_run_files", "make_accelerator", "prepare_output_dir", "recipe_command", "resume_command",
-           "run_recipe", "save_final", "train"]
+__all__ = ["Evaluator", "JsonlLog", "LaunchError", "NonFiniteError", "NonFiniteGuard", "ResumeState", "RunStart",
+           "StepResult", "Terminated", "TrainingOutcome", "accumulation_step", "apply_update", "check_launch",
+           "epoch_batches", "finished_run_files", "learning_rates", "load_resume_state", "make_accelerator",
+           "prepare_output_dir", "recipe_command", "resume_command", "run_recipe", "save_final", "skip_update",
+           "train"]
 
 IGNORE_INDEX = -100
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
@@ -363,6 +368,296 @@ def _apply_learning_rates(optimizer: Any, scheduler: Any, args: TrainArguments) 
     return changed
 
 
+@dataclass
+class ResumeState:
+    """What a checkpoint's ``recipe_state.json`` holds of the loop, beside what ``Accelerator.save_state`` writes
+    (model, optimiser, schedule, the random states of every process): the optimiser ``step``, the data position
+    (``epoch`` and the ``batches_in_epoch`` of it already consumed, as micro-batches of this process) and the
+    outcome so far. Together they let a resumed run end with the weights of an uninterrupted one; the random
+    states around the start of each epoch are kept by :func:`epoch_batches`."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    tokens_seen: int = 0
+    best: dict[str, Any] | None = None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: list[dict[str, Any]] = field(default_factory=list)
+    inexact_resume: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], inexact: list[str]) -> ResumeState:
+        """From the recipe state :func:`~.checkpoint.load_checkpoint` returned (older checkpoints may lack the
+        outcome's keys); ``inexact``: why this resume is not exact, added to the checkpoint's own reasons."""
+        return cls(step=state["step"], epoch=state["epoch"], batches_in_epoch=state["batches_in_epoch"],
+                   tokens_seen=state["tokens_seen"], best=state.get("best"),
+                   evaluations=list(state.get("evaluations", [])), skipped_steps=list(state.get("skipped_steps", [])),
+                   inexact_resume=[*state.get("inexact_resume", []), *inexact])
+
+    def outcome(self, total_steps: int) -> TrainingOutcome:
+        """The :class:`TrainingOutcome` that the loop continues from this state (and keeps up to date)."""
+        return TrainingOutcome(step=self.step, total_steps=total_steps, interrupted=False, best=self.best,
+                               tokens_seen=self.tokens_seen, evaluations=list(self.evaluations),
+                               skipped_steps=list(self.skipped_steps), inexact_resume=list(self.inexact_resume))
+
+    @staticmethod
+    def record(outcome: TrainingOutcome, epoch: int, batches_in_epoch: int) -> dict[str, Any]:
+        """The recipe state to save after ``outcome``'s step with the data at ``(epoch, batches_in_epoch)``;
+        :func:`~.checkpoint.save_checkpoint` adds the step."""
+        return {"epoch": epoch, "batches_in_epoch": batches_in_epoch, "tokens_seen": outcome.tokens_seen,
+                "best": outcome.best, "evaluations": outcome.evaluations, "skipped_steps": outcome.skipped_steps,
+                "inexact_resume": outcome.inexact_resume, "total_steps": outcome.total_steps}
+
+
+def epoch_batches(accelerator: Any, dataloader: Any, epoch: int, skip: int) -> Iterator[Any]:
+    """The micro-batches of ``epoch`` after the first ``skip`` (a resume's data position). Starting the (lazy)
+    iterator draws a seed from the global random state; that state is put back, so that where an epoch starts does
+    not shift dropout randomness: a resumed run draws what an uninterrupted one does."""
+    saved_rng = _rng_states()
+    dataloader.set_epoch(epoch)
+    active = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+    iterator = iter(active)
+    first = next(iterator, None)  # starts the (lazy) iterator, which draws a seed from the global RNG
+    _set_rng_states(saved_rng)
+    return itertools.chain([first] if first is not None else [], iterator)
+
+
+def load_resume_state(accelerator: Any, point: ResumePoint | None, optimizer: Any, scheduler: Any,
+                      args: TrainArguments, log: JsonlLog, total_steps: int) -> ResumeState:
+    """A fresh :class:`ResumeState`, or (``point`` given) the checkpoint's: restores the training state, logs and
+    prints the resume, and rescales the schedule to the learning rates of ``args`` if they changed."""
+    if point is None:
+        return ResumeState()
+    state = ResumeState.from_checkpoint(load_checkpoint(accelerator, point), point.inexact)
+    log.write({"step": state.step, "event": "resumed", "checkpoint": str(point.path),
+               **({"inexact": point.inexact} if point.inexact else {})})
+    changed = _apply_learning_rates(optimizer, scheduler, args)
+    if accelerator.is_main_process:
+        print(f"resumed from {point.path} (step {state.step} of {total_steps})", flush=True)
+        for name, (old, new) in changed.items():
+            print(f"learning rate of {name}: peak {old:g} in the checkpoint, {new:g} now; the schedule continues "
+                  f"from step {state.step} scaled to the new peak", flush=True)
+    if changed:
+        log.write({"step": state.step, "event": "learning_rate_changed",
+                   **{f"lr/{k}": {"old": o, "new": n} for k, (o, n) in changed.items()}})
+    return state
+
+
+@dataclass
+class StepResult:
+    """One optimiser step's gradients, as :func:`accumulation_step` left them (not yet applied)."""
+
+    loss: float  # the step's mean token loss: the normalised micro-batch losses summed over micro-batches, processes
+    grad_norm: float | None  # the gradient norm before clipping (None where Accelerate gives none)
+    bad: bool  # a non-finite loss (or, without a loss scaler, gradient norm) on some process: do not apply
+    tokens: int  # input tokens of the step over all processes (this process's times the number of processes)
+    metrics: dict[str, Any] = field(default_factory=dict)  # this process's model metrics, summed over micro-batches
+
+
+def accumulation_step(accelerator: Any, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], *,
+                      max_grad_norm: float, check_grad_norm: bool = True) -> StepResult:
+    """Forward and backward over one optimiser step's ``micro_batches``, then clip; the update is left to the caller
+    (:func:`apply_update` or, if ``bad``, :func:`skip_update`).
+
+    Each micro-batch's loss is the sum of its token losses divided by the target tokens (labels != -100, after the
+    shift) of the whole step, over all micro-batches and processes, so accumulation and padding do not change the
+    result. Gradients are synchronised only on the last micro-batch (``no_sync`` before). The gradient norm is
+    computed also without clipping (``max_grad_norm <= 0``: a max norm of inf scales by exactly 1). One collective
+    agrees the step's loss and whether any process saw a non-finite loss or (``check_grad_norm``; not with fp16's
+    loss scaler, whose business inf gradients are) gradient norm."""
+    targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+    total_targets = int(accelerator.reduce(torch.tensor(targets, device=accelerator.device), "sum"))
+    step_loss = torch.zeros((), device=accelerator.device)
+    step_tokens = 0
+    step_metrics: dict[str, Any] = {}
+    for i, batch in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            # loss = (sum of this micro-batch's token losses) / (target tokens of the whole step)
+            output = model(**batch, num_items_in_batch=max(total_targets, 1))
+            loss = output.loss
+            accelerator.backward(loss * accelerator.num_processes)  # DDP averages over processes
+        step_loss += loss.detach().float()
+        _add_metrics(step_metrics, getattr(output, "metrics", None))
+        del output
+        step_tokens += int(batch["input_ids"].numel()) * accelerator.num_processes
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+    if norm is not None and hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    grad_norm = float(norm) if norm is not None else None
+    local_bad = not bool(torch.isfinite(step_loss)) or (
+        grad_norm is not None and check_grad_norm and not math.isfinite(grad_norm))
+    # one collective: the step's loss (sum over processes) and whether any process saw a non-finite value
+    stats = accelerator.reduce(torch.stack([step_loss, torch.tensor(float(local_bad), device=accelerator.device)]),
+                               "sum")
+    return StepResult(loss=float(stats[0]), grad_norm=grad_norm, bad=float(stats[1]) > 0, tokens=step_tokens,
+                      metrics=step_metrics)
+
+
+def apply_update(optimizer: Any, scheduler: Any) -> None:
+    """Apply the accumulated gradients, advance the schedule, clear the gradients."""
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def skip_update(optimizer: Any, scheduler: Any) -> None:
+    """Drop the accumulated gradients (they never reach the weights); the schedule still advances, since it follows
+    the step count."""
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+
+
+def learning_rates(optimizer: Any) -> dict[str, float]:
+    """``{"lr/<group name or index>": lr}`` of the optimiser's parameter groups, as logged."""
+    return {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
+class Evaluator:
+    """Evaluation during training and the best-model bookkeeping.
+
+    :meth:`run` calls ``evaluate(eval_model, step)`` (nothing if ``evaluate`` is ``None``), appends
+    ``{"step": step, "eval/<name>": value, ...}`` to ``outcome.evaluations`` and the log, passes the metrics to
+    ``track`` (the trackers' log, if any), and, with ``best_metric=(name, "max"|"min")``, records a strict
+    improvement of ``outcome.best`` (``{"metric", "value", "step"}``) and calls ``on_best(eval_model, step,
+    metrics)``. Then ``train_model`` is put back in training mode."""
+
+    def __init__(self, evaluate: EvalFn | None, eval_model: nn.Module, train_model: nn.Module,
+                 outcome: TrainingOutcome, log: JsonlLog, *, best_metric: tuple[str, str] | None = None,
+                 on_best: Callable[[nn.Module, int, dict[str, float]], None] | None = None,
+                 track: Callable[..., Any] | None = None) -> None:
+        self.evaluate, self.eval_model, self.train_model = evaluate, eval_model, train_model
+        self.outcome, self.log, self.best_metric, self.on_best, self.track = outcome, log, best_metric, on_best, track
+
+    def run(self, step: int) -> None:
+        """Evaluate after ``step``."""
+        if self.evaluate is None:
+            return
+        metrics = self.evaluate(self.eval_model, step)
+        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        self.outcome.evaluations.append(record)
+        self.log.write(record)
+        if self.track is not None:
+            self.track({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if self.best_metric is not None:
+            name, mode = self.best_metric
+            value = metrics[name]
+            best = self.outcome.best
+            if best is None or (value > best["value"] if mode == "max" else value < best["value"]):
+                self.outcome.best = {"metric": name, "value": value, "step": step}
+                if self.on_best is not None:
+                    self.on_best(self.eval_model, step, metrics)
+        self.train_model.train()
+
+    def periodic(self, step: int, eval_steps: int | None, total_steps: int) -> None:
+        """Evaluate after ``step`` if it is a multiple of ``eval_steps`` before the last (that one is :meth:`final`)."""
+        if eval_steps and step % eval_steps == 0 and step < total_steps:
+            self.run(step)
+
+    def final(self, step: int) -> None:
+        """Evaluate the final model unless the last evaluation was at ``step`` already."""
+        evaluations = self.outcome.evaluations
+        if self.evaluate is not None and not (evaluations and evaluations[-1]["step"] == step):
+            self.run(step)
+
+
+class NonFiniteGuard:
+    """What a non-finite step or non-finite weights do: skip the step (up to ``max_bad_steps``, never under
+    DeepSpeed, whose engine steps inside backward) or stop the run with :class:`NonFiniteError`, whose message
+    names the last good checkpoint and the command to resume from it with a lower learning rate."""
+
+    def __init__(self, accelerator: Any, model: nn.Module, log: JsonlLog, out: Path, args: TrainArguments,
+                 command: list[str], *, deepspeed: bool) -> None:
+        self.accelerator, self.model, self.log, self.out = accelerator, model, log, out
+        self.args, self.command, self.deepspeed = args, command, deepspeed
+
+    def advice(self, bad_step: int) -> str:
+        """How to go on after ``bad_step`` diverged."""
+        args = self.args
+        good = latest_intact(self.out)
+        lower = {"learning_rate": f"{args.learning_rate / 10:g}"}
+        if args.attnswap_learning_rate:
+            lower["attnswap_learning_rate"] = f"{args.attnswap_learning_rate / 10:g}"
+        skip = ("" if self.deepspeed else f" (Or let up to N such steps be skipped instead: --max_bad_steps N; now "
+                                          f"{args.max_bad_steps}.)")
+        if good is None:
+            return (f"No checkpoint was saved before step {bad_step} (set --checkpointing_steps): start again with a "
+                    f"lower learning rate, e.g. --learning_rate {lower['learning_rate']} --overwrite_output_dir."
+                    f"{skip}")
+        return (f"The last good checkpoint is {good}; resume from it with a lower learning rate:\n  "
+                f"{resume_command(self.command, good, processes=self.accelerator.num_processes, **lower)}\n"
+                f"{skip.strip()}")
+
+    def check_weights(self, step: int, when: str) -> None:
+        """Raise :class:`NonFiniteError` if the weights after ``step`` are not finite (then ``when``, e.g. "the
+        final model", is not written)."""
+        if _weights_finite(self.model, self.accelerator):
+            return
+        self.log.write({"step": step, "event": "non_finite", "what": "weights"})
+        raise NonFiniteError(f"after step {step} the model's weights are not finite (the loss and gradient norm of "
+                             f"step {step} were finite; its update was not: the learning rate is far too high), so "
+                             f"{when} was not written. {self.advice(step)}")
+
+    def bad_step(self, step: int, result: StepResult, skipped_steps: list[dict[str, Any]], bar: Any) -> None:
+        """``step`` (1-based) was non-finite: record it in ``skipped_steps`` and the log (the caller then calls
+        :func:`skip_update`), or, past ``max_bad_steps`` or under DeepSpeed, close ``bar`` and raise
+        :class:`NonFiniteError`."""
+        args = self.args
+        record = {"step": step, "loss": _number(result.loss), "grad_norm": _number(result.grad_norm)}
+        skipped_steps.append(record)
+        if self.deepspeed or len(skipped_steps) > args.max_bad_steps:
+            skipped_steps.pop()
+            self.log.write({**record, "event": "non_finite", "skipped_before": len(skipped_steps)})
+            bar.close()
+            allowed = (f"; {len(skipped_steps)} bad step(s) were skipped before, max_bad_steps="
+                       f"{args.max_bad_steps}" if args.max_bad_steps else "")
+            raise NonFiniteError(
+                f"step {step}: the loss is {result.loss:g} and the gradient norm "
+                f"{'unknown' if result.grad_norm is None else f'{result.grad_norm:g}'}: training diverged and stopped "
+                f"there{allowed}. No final model or results.json was written. {self.advice(step)}")
+        self.log.write({**record, "event": "skipped_step", "skipped": len(skipped_steps)})
+        if self.accelerator.is_main_process:
+            print(f"step {step}: non-finite loss {result.loss:g} / gradient norm {result.grad_norm}; update "
+                  f"skipped ({len(skipped_steps)} of at most {args.max_bad_steps})", flush=True)
+
+
+def _log_step(log: JsonlLog, track: Callable[..., Any] | None, bar: Any, step: int, epoch: int, result: StepResult,
+              lrs: dict[str, float], *, tokens_per_second: float, tokens_seen: int) -> None:
+    """A step's record (loss, gradient norm, throughput since the last record, learning rates, model metrics) into
+    the log, the trackers' log (``track``, if any; numbers only) and the progress bar."""
+    record = {"step": step, "epoch": epoch, "loss": result.loss, "grad_norm": result.grad_norm,
+              "tokens_per_second": tokens_per_second, "tokens_seen": tokens_seen, **lrs, **result.metrics}
+    log.write(record)
+    if track is not None:
+        track({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}, step=step)
+    bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{next(iter(lrs.values())):.2e}", tok_s=f"{tokens_per_second:.0f}",
+                    refresh=False)
+
+def _save(accelerator: Any, guard: NonFiniteGuard, out: Path, step: int, outcome: TrainingOutcome, epoch: int,
+          batches_in_epoch: int, total_limit: int | None) -> None:
+    """Checkpoint ``step`` with the data at ``(epoch, batches_in_epoch)``, after checking the weights (no
+    checkpoint holds non-finite weights, so the rotation never drops a good one for a bad one)."""
+    guard.check_weights(step, f"the checkpoint of step {step}")
+    save_checkpoint(accelerator, out, step, ResumeState.record(outcome, epoch, batches_in_epoch),
+                    total_limit=total_limit)
+    if accelerator.is_main_process:
+        print(f"saved checkpoint {out / CHECKPOINTS_DIR}/step_{step:08d}", flush=True)
+
+
+def _report_interrupt(accelerator: Any, log: JsonlLog, out: Path, command: list[str], step: int,
+                      signal_name: str) -> None:
+    """After Ctrl-C or SIGTERM at ``step``: print where the last complete checkpoint is and how to resume, log it."""
+    done = latest_intact(out)
+    if accelerator.is_main_process:
+        where = (f"the last checkpoint is {done}.\nresume with: "
+                 f"{resume_command(command, done, processes=accelerator.num_processes)}" if done
+                 else "no checkpoint was saved yet (set checkpointing_steps; start again with "
+                      "--overwrite_output_dir).")
+        print(f"\ninterrupted at step {step} ({signal_name}); {where}", flush=True)
+    log.write({"step": step, "event": "interrupted", "signal": signal_name})
+
 def train(
     accelerator: Any,
     model: nn.Module,
@@ -421,185 +716,59 @@ def train(
     scaler = getattr(accelerator, "scaler", None)  # fp16: inf gradients are the loss scaler's business
     command = command or recipe_command(sys.argv[0], None)
 
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "tokens_seen": 0, "best": None,
-                             "evaluations": []}
-    if point is not None:
-        state = load_checkpoint(accelerator, point)
-        log.write({"step": state["step"], "event": "resumed", "checkpoint": str(point.path),
-                   **({"inexact": point.inexact} if point.inexact else {})})
-        changed = _apply_learning_rates(optimizer, scheduler, args)
-        if accelerator.is_main_process:
-            print(f"resumed from {point.path} (step {state['step']} of {total_steps})", flush=True)
-            for name, (old, new) in changed.items():
-                print(f"learning rate of {name}: peak {old:g} in the checkpoint, {new:g} now; the schedule continues "
-                      f"from step {state['step']} scaled to the new peak", flush=True)
-        if changed:
-            log.write({"step": state["step"], "event": "learning_rate_changed",
-                       **{f"lr/{k}": {"old": o, "new": n} for k, (o, n) in changed.items()}})
+    state = load_resume_state(accelerator, point, optimizer, scheduler, args, log, total_steps)
     if args.with_tracking:
         accelerator.init_trackers(project_name, config={k: v for k, v in (hparams or {}).items()
                                                         if isinstance(v, (int, float, str, bool))})
-
-    outcome = TrainingOutcome(step=state["step"], total_steps=total_steps, interrupted=False, best=state.get("best"),
-                              tokens_seen=state["tokens_seen"], evaluations=list(state.get("evaluations", [])),
-                              skipped_steps=list(state.get("skipped_steps", [])),
-                              inexact_resume=[*state.get("inexact_resume", []), *(point.inexact if point else [])])
+    outcome = state.outcome(total_steps)
     eval_model = model if getattr(accelerator, "is_fsdp2", False) or accelerator.distributed_type.name == "FSDP" \
         else accelerator.unwrap_model(model)
+    evaluator = Evaluator(evaluate, eval_model, model, outcome, log, best_metric=best_metric, on_best=on_best,
+                          track=accelerator.log if args.with_tracking else None)
+    guard = NonFiniteGuard(accelerator, model, log, out, args, command, deepspeed=deepspeed)
 
-    def run_eval(step: int) -> None:
-        if evaluate is None:
-            return
-        metrics = evaluate(eval_model, step)
-        record = {"step": step, **{f"eval/{k}": v for k, v in metrics.items()}}
-        outcome.evaluations.append(record)
-        log.write(record)
-        if args.with_tracking:
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        if best_metric is not None:
-            name, mode = best_metric
-            value = metrics[name]
-            best = outcome.best
-            if best is None or (value > best["value"] if mode == "max" else value < best["value"]):
-                outcome.best = {"metric": name, "value": value, "step": step}
-                if on_best is not None:
-                    on_best(eval_model, step, metrics)
-        model.train()
-
-    def advice(bad_step: int) -> str:
-        good = latest_intact(out)
-        lower = {"learning_rate": f"{args.learning_rate / 10:g}"}
-        if args.attnswap_learning_rate:
-            lower["attnswap_learning_rate"] = f"{args.attnswap_learning_rate / 10:g}"
-        skip = ("" if deepspeed else f" (Or let up to N such steps be skipped instead: --max_bad_steps N; now "
-                                     f"{args.max_bad_steps}.)")
-        if good is None:
-            return (f"No checkpoint was saved before step {bad_step} (set --checkpointing_steps): start again with a "
-                    f"lower learning rate, e.g. --learning_rate {lower['learning_rate']} --overwrite_output_dir."
-                    f"{skip}")
-        return (f"The last good checkpoint is {good}; resume from it with a lower learning rate:\n  "
-                f"{resume_command(command, good, processes=accelerator.num_processes, **lower)}\n{skip.strip()}")
-
-    def check_weights(step: int, when: str) -> None:
-        if _weights_finite(model, accelerator):
-            return
-        log.write({"step": step, "event": "non_finite", "what": "weights"})
-        raise NonFiniteError(f"after step {step} the model's weights are not finite (the loss and gradient norm of "
-                             f"step {step} were finite; its update was not: the learning rate is far too high), so "
-                             f"{when} was not written. {advice(step)}")
-
-    def checkpoint(step: int, epoch: int, batches_in_epoch: int) -> None:
-        check_weights(step, f"the checkpoint of step {step}")
-        save_checkpoint(accelerator, out, step, {"epoch": epoch, "batches_in_epoch": batches_in_epoch,
-                                                 "tokens_seen": outcome.tokens_seen, "best": outcome.best,
-                                                 "evaluations": outcome.evaluations,
-                                                 "skipped_steps": outcome.skipped_steps,
-                                                 "inexact_resume": outcome.inexact_resume,
-                                                 "total_steps": total_steps},
-                        total_limit=args.checkpoints_total_limit)
-        if accelerator.is_main_process:
-            print(f"saved checkpoint {out / CHECKPOINTS_DIR}/step_{step:08d}", flush=True)
-
-    step = state["step"]
+    step = state.step
     if step == 0 and args.eval_before_training:
-        run_eval(0)
+        evaluator.run(0)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=project_name, dynamic_ncols=True,
                disable=args.disable_progress_bar or not accelerator.is_local_main_process)
     started, window_start, window_tokens, losses = time.perf_counter(), time.perf_counter(), 0, []
     steps_this_run = 0
-    epoch, skip = state["epoch"], state["batches_in_epoch"]
+    epoch, skip = state.epoch, state.batches_in_epoch
     consumed = skip
     try:
         while step < total_steps:
-            saved_rng = _rng_states()
-            dataloader.set_epoch(epoch)
-            active = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-            iterator = iter(active)
-            first = next(iterator, None)  # starts the (lazy) iterator, which draws a seed from the global RNG
-            _set_rng_states(saved_rng)  # so that where an epoch starts does not shift dropout randomness: exact resume
-            iterator = itertools.chain([first] if first is not None else [], iterator)
+            iterator = epoch_batches(accelerator, dataloader, epoch, skip)
             consumed = skip
             for micro_batches in _chunks(iterator, args.gradient_accumulation_steps):
                 consumed += len(micro_batches)
-                targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
-                total_targets = int(accelerator.reduce(torch.tensor(targets, device=accelerator.device), "sum"))
-                step_loss = torch.zeros((), device=accelerator.device)
-                step_tokens = 0
-                step_metrics: dict[str, Any] = {}
-                for i, batch in enumerate(micro_batches):
-                    last = i == len(micro_batches) - 1
-                    with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                        # loss = (sum of this micro-batch's token losses) / (target tokens of the whole step)
-                        output = model(**batch, num_items_in_batch=max(total_targets, 1))
-                        loss = output.loss
-                        accelerator.backward(loss * accelerator.num_processes)  # DDP averages over processes
-                    step_loss += loss.detach().float()
-                    _add_metrics(step_metrics, getattr(output, "metrics", None))
-                    del output
-                    step_tokens += int(batch["input_ids"].numel()) * accelerator.num_processes
-                # the gradient norm, also without clipping (max_norm inf scales by exactly 1): logged and checked
-                norm = accelerator.clip_grad_norm_(model.parameters(),
-                                                   args.max_grad_norm if args.max_grad_norm > 0 else math.inf)
-                if norm is not None and hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
-                    norm = norm.full_tensor()
-                grad_norm = float(norm) if norm is not None else None
-                local_bad = not bool(torch.isfinite(step_loss)) or (
-                    grad_norm is not None and scaler is None and not math.isfinite(grad_norm))
-                # one collective: the step's loss (sum over processes) and whether any process saw a non-finite value
-                stats = accelerator.reduce(torch.stack([step_loss, torch.tensor(float(local_bad),
-                                                                               device=accelerator.device)]), "sum")
-                step_loss, bad = float(stats[0]), float(stats[1]) > 0
-                lrs = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}  # this step's
-                if bad:
-                    record = {"step": step + 1, "loss": _number(step_loss), "grad_norm": _number(grad_norm)}
-                    outcome.skipped_steps.append(record)
-                    if deepspeed or len(outcome.skipped_steps) > args.max_bad_steps:
-                        outcome.skipped_steps.pop()
-                        log.write({**record, "event": "non_finite", "skipped_before": len(outcome.skipped_steps)})
-                        bar.close()
-                        allowed = (f"; {len(outcome.skipped_steps)} bad step(s) were skipped before, max_bad_steps="
-                                   f"{args.max_bad_steps}" if args.max_bad_steps else "")
-                        raise NonFiniteError(
-                            f"step {step + 1}: the loss is {step_loss:g} and the gradient norm "
-                            f"{'unknown' if grad_norm is None else f'{grad_norm:g}'}: training diverged and stopped "
-                            f"there{allowed}. No final model or results.json was written. {advice(step + 1)}")
-                    optimizer.zero_grad(set_to_none=True)  # skip the update: these gradients never reach the weights
-                    log.write({**record, "event": "skipped_step", "skipped": len(outcome.skipped_steps)})
-                    if accelerator.is_main_process:
-                        print(f"step {step + 1}: non-finite loss {step_loss:g} / gradient norm {grad_norm}; update "
-                              f"skipped ({len(outcome.skipped_steps)} of at most {args.max_bad_steps})", flush=True)
-                    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
-                        warnings.simplefilter("ignore", UserWarning)
-                        scheduler.step()  # the schedule follows the step count
+                result = accumulation_step(accelerator, model, micro_batches, max_grad_norm=args.max_grad_norm,
+                                           check_grad_norm=scaler is None)
+                lrs = learning_rates(optimizer)  # this step's
+                if result.bad:
+                    guard.bad_step(step + 1, result, outcome.skipped_steps, bar)  # raises past max_bad_steps
+                    skip_update(optimizer, scheduler)
                 else:
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(step_loss)
+                    apply_update(optimizer, scheduler)
+                    losses.append(result.loss)
                 step += 1
                 steps_this_run += 1
                 outcome.step = step
-                outcome.tokens_seen += step_tokens
-                window_tokens += step_tokens
-                if not bad and (step % args.logging_steps == 0 or step == total_steps):
+                outcome.tokens_seen += result.tokens
+                window_tokens += result.tokens
+                if not result.bad and (step % args.logging_steps == 0 or step == total_steps):
                     now = time.perf_counter()
-                    tps = window_tokens / max(now - window_start, 1e-9)
-                    record = {"step": step, "epoch": epoch, "loss": step_loss, "grad_norm": grad_norm,
-                              "tokens_per_second": tps, "tokens_seen": outcome.tokens_seen, **lrs, **step_metrics}
-                    log.write(record)
-                    if args.with_tracking:
-                        accelerator.log({k: v for k, v in record.items()
-                                         if k != "step" and isinstance(v, (int, float))}, step=step)
-                    bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{next(iter(lrs.values())):.2e}",
-                                    tok_s=f"{tps:.0f}", refresh=False)
+                    _log_step(log, accelerator.log if args.with_tracking else None, bar, step, epoch, result, lrs,
+                              tokens_per_second=window_tokens / max(now - window_start, 1e-9),
+                              tokens_seen=outcome.tokens_seen)
                     window_start, window_tokens = now, 0
                 bar.update(1)
                 at_epoch_end = consumed >= micro_per_epoch
-                if args.eval_steps and step % args.eval_steps == 0 and step < total_steps:
-                    run_eval(step)
+                evaluator.periodic(step, args.eval_steps, total_steps)
                 if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                    checkpoint(step, epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else consumed)
+                    _save(accelerator, guard, out, step, outcome, epoch + 1 if at_epoch_end else epoch,
+                          0 if at_epoch_end else consumed, args.checkpoints_total_limit)
                 if step >= total_steps or (args.stop_after_steps and steps_this_run >= args.stop_after_steps):
                     break
             if args.stop_after_steps and steps_this_run >= args.stop_after_steps and step < total_steps:
@@ -612,26 +781,17 @@ def train(
         outcome.interrupted = True
         outcome.signal = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         bar.close()
-        done = latest_intact(out)
-        if accelerator.is_main_process:
-            where = (f"the last checkpoint is {done}.\nresume with: "
-                     f"{resume_command(command, done, processes=accelerator.num_processes)}" if done
-                     else "no checkpoint was saved yet (set checkpointing_steps; start again with "
-                          "--overwrite_output_dir).")
-            print(f"\ninterrupted at step {step} ({outcome.signal}); {where}", flush=True)
-        log.write({"step": step, "event": "interrupted", "signal": outcome.signal})
+        _report_interrupt(accelerator, log, out, command, step, outcome.signal)
         return model, outcome
     bar.close()
     outcome.train_loss = losses[-1] if losses else None
     outcome.seconds = time.perf_counter() - started
     if not outcome.interrupted:
-        check_weights(step, "the final model")
-        if evaluate is not None and not (outcome.evaluations and outcome.evaluations[-1]["step"] == step):
-            run_eval(step)
+        guard.check_weights(step, "the final model")
+        evaluator.final(step)
         if args.checkpointing_steps and step % args.checkpointing_steps != 0:
-            checkpoint(step, epoch, consumed)
+            _save(accelerator, guard, out, step, outcome, epoch, consumed, args.checkpoints_total_limit)
     return model, outcome
-
 
 def save_final(accelerator: Any, model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike[str]) -> Path:
     """Save the trained model and tokenizer to ``output_dir`` (config.json keeps the mechanism and its options).
