@@ -14,8 +14,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 import hf_attnswap
 from hf_attnswap.training.arguments import DataArguments, ModelArguments, RecipeConfigError, TrainArguments, parse_recipe_args
@@ -24,11 +23,10 @@ from hf_attnswap.errors import AttnSwapError
 from hf_attnswap.training.optim import parameter_groups
 from hf_attnswap.training.report import compare_runs
 
-from conftest import tiny_config
+from conftest import WORDS, tiny_config, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "continue_pretrain.py"
-WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
 
 
 def _load_recipe():
@@ -45,9 +43,7 @@ recipe = _load_recipe()
 def assets(tmp_path_factory):
     """A tiny word-level tokenizer, a tiny GPT-2 checkpoint (dropout on) and a text file of 40 documents."""
     root = tmp_path_factory.mktemp("recipe_assets")
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok = word_tokenizer()
     tok.save_pretrained(root / "model")
     torch.manual_seed(0)
     cfg = tiny_config("gpt2", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)

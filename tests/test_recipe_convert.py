@@ -10,16 +10,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
 import hf_attnswap
 from hf_attnswap.training.loop import run_recipe
 
-from conftest import tiny_config
+from conftest import tiny_config, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
 
 
 def _load(name: str):
@@ -36,10 +34,7 @@ convert = _load("convert")
 def assets(tmp_path_factory):
     """A word-level tokenizer, tiny GPT-2 and Llama checkpoints, a training corpus and a second evaluation corpus."""
     root = tmp_path_factory.mktemp("convert_assets")
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>")
+    tok = word_tokenizer()
     for arch in ("gpt2", "llama"):
         tok.save_pretrained(root / arch)
         torch.manual_seed(0)

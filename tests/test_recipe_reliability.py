@@ -20,20 +20,18 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 from hf_attnswap.training.arguments import (DataArguments, ModelArguments, RecipeConfigError, TrainArguments,
                                             parse_recipe_args)
 from hf_attnswap.training.loop import run_recipe
 
-from conftest import tiny_config
+from conftest import tiny_config, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "continue_pretrain.py"
 MT_RECIPE = ROOT / "recipes" / "finetune_translation.py"
 CPU_CONFIG = ROOT / "recipes" / "configs" / "accelerate" / "cpu.yaml"
-WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 
@@ -53,10 +51,7 @@ mt_recipe = _load(MT_RECIPE, "finetune_translation_reliability")
 def assets(tmp_path_factory):
     """A word-level tokenizer and a tiny GPT-2 (dropout on) in one folder, and 40 documents of those words."""
     root = tmp_path_factory.mktemp("reliability_assets")
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>")
+    tok = word_tokenizer()
     tok.save_pretrained(root / "model")
     torch.manual_seed(0)
     cfg = tiny_config("gpt2", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
