@@ -31,6 +31,12 @@ class CLIError(AttnSwapError):
     """Bad command-line input that no library function sees (an output path, a flag combination)."""
 
 
+#: ``--attn`` when not given (and the model is not saved swapped): the mechanisms side by side.
+PPL_ATTN = "sdpa,softmax,dagpam,polynomial"
+MT_ATTN = "sdpa,dagpam"
+PROBE_ATTN = "softmax,dagpam,polynomial"
+
+
 def _default_model(model: str | None, *, tokenizer: bool = True) -> str:
     """The ``--model`` to load: the offline SmolLM2 by default; else checked (a local path that does not exist, a
     folder without config.json or tokenizer: an error that says so) and returned as ``from_pretrained`` takes it."""
@@ -39,6 +45,28 @@ def _default_model(model: str | None, *, tokenizer: bool = True) -> str:
     if model is None:
         return str(prepare_smollm2())
     return resolve_model(model, tokenizer=tokenizer, what="--model")
+
+
+def _attn_specs(text: str | None, model: str | None, default: str) -> list[Any]:
+    """``--attn``'s specs. Not given: for a model saved swapped (its config records an hf_attnswap mechanism, e.g. the
+    output of recipes/convert.py) its own attention with its saved options, since measuring its weights under other
+    attentions would be a different model; otherwise ``default``."""
+    from transformers import AutoConfig
+
+    from .spec import AttnSpec, parse_attn_specs
+
+    if text is not None:
+        return parse_attn_specs(text)
+    if model is not None:
+        saved = getattr(AutoConfig.from_pretrained(model), "attnswap", None)
+        if isinstance(saved, dict) and saved.get("mechanism"):
+            options = {k: v for k, v in saved.items() if k != "mechanism"}
+            [spec] = parse_attn_specs(saved["mechanism"])  # a mechanism this install does not know: a clear error
+            spec = AttnSpec(spec.name, options)
+            print(f"note: {model} was saved with attention {spec.name!r}; measuring it with that attention and its saved "
+                  f"options (pass --attn to measure it with others, e.g. --attn {default}).", file=sys.stderr)
+            return [spec]
+    return parse_attn_specs(default)
 
 
 def _dataset(name: str) -> str:
@@ -139,11 +167,10 @@ def _eval_ppl(args: argparse.Namespace) -> int:
     from .data.text import load_texts
     from .evaluation.compare import compare, print_table, write_json
     from .evaluation.perplexity import perplexity, plan_perplexity
-    from .spec import parse_attn_specs
 
-    specs = parse_attn_specs(args.attn)
-    _check_output_file(args.json, "--json")
     model = _default_model(args.model)
+    specs = _attn_specs(args.attn, args.model and model, PPL_ATTN)
+    _check_output_file(args.json, "--json")
     source = _dataset(args.dataset)
     _quiet_datasets()
     load_kw: dict[str, Any] = {"text_column": args.text_column, "limit": args.limit, "txt_sample_by": args.sample_by}
@@ -196,11 +223,10 @@ def _eval_mt(args: argparse.Namespace) -> int:
     from .data.parallel import load_parallel
     from .evaluation.compare import compare, print_table, write_json
     from .evaluation.translation import check_translation_fits, evaluate_translation
-    from .spec import parse_attn_specs
 
-    specs = parse_attn_specs(args.attn)
-    _check_output_file(args.json, "--json")
     model = _default_model(args.model)
+    specs = _attn_specs(args.attn, args.model and model, MT_ATTN)
+    _check_output_file(args.json, "--json")
     limit = args.limit if args.limit and args.limit > 0 else None
     _quiet_datasets()
     pairs = load_parallel(_dataset(args.dataset), args.split, src_lang=args.src, tgt_lang=args.tgt, limit=limit,
@@ -276,9 +302,9 @@ def _probe(args: argparse.Namespace) -> int:
     from .diagnostics.collect import check_top_n
     from .diagnostics.plots import write_plots
     from .evaluation.compare import compare, print_table, write_json
-    from .spec import parse_attn_specs
 
-    specs = parse_attn_specs(args.attn)
+    model = _default_model(args.model)
+    specs = _attn_specs(args.attn, args.model and model, PROBE_ATTN)
     if any(s.name == "sdpa" for s in specs):
         raise ProbeError("'sdpa' returns no attention weights, so it cannot be probed; use 'eager' (Transformers' "
                          "own softmax) or 'softmax' instead.")
@@ -292,7 +318,6 @@ def _probe(args: argparse.Namespace) -> int:
         (out / ".write_test").unlink()
     except OSError as err:
         raise ProbeError(f"--out {out}: cannot write there ({err.strerror or err}); pick a writable folder.") from None
-    model = _default_model(args.model)
     source = _dataset("news-lee" if args.dataset == "news" else args.dataset)
     _quiet_datasets()
     texts = load_texts(source, text_column=args.text_column, limit=args.max_texts, txt_sample_by=args.sample_by)
@@ -421,8 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a model under several mechanisms").add_subparsers(dest="metric", required=True)
     p = ev.add_parser("ppl", help="perplexity with a strided sliding window")
     p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
-    p.add_argument("--attn", default="sdpa,softmax,dagpam,polynomial",
-                   help="comma-separated specs, e.g. sdpa,dagpam:lambda_init=0.1,polynomial:degree=3")
+    p.add_argument("--attn", default=None,
+                   help=f"comma-separated specs, e.g. sdpa,dagpam:lambda_init=0.1,polynomial:degree=3 (default: {PPL_ATTN}; "
+                        "for a model saved swapped, its own attention)")
     p.add_argument("--dataset", default="news-lee",
                    help="news-lee (offline news text), a Hub dataset name, local .txt/.json/.jsonl/.parquet/.csv files, "
                         "or a save_to_disk folder")
@@ -444,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ev.add_parser("mt", help="translation BLEU/chrF (sacrebleu, corpus level)")
     p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
-    p.add_argument("--attn", default="sdpa,dagpam", help="comma-separated specs, as for `eval ppl`")
+    p.add_argument("--attn", default=None, help=f"comma-separated specs, as for `eval ppl` (default: {MT_ATTN}; for a model "
+                                                 "saved swapped, its own attention)")
     p.add_argument("--dataset", default="de-en-ding",
                    help="de-en-ding (offline pairs), a folder of <split>.jsonl, a .jsonl file, or a Hub dataset name")
     p.add_argument("--config-name", default=None, help="Hub dataset configuration, e.g. de-en")
@@ -476,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="attention diagnostics (SCIENCE.md) under several mechanisms: JSON + PNG plots")
     p.add_argument("--model", default=None, help="Hub name or local path (default: the offline SmolLM2-135M)")
-    p.add_argument("--attn", default="softmax,dagpam,polynomial",
-                   help="comma-separated specs, as for `eval ppl` (eager, softmax, dagpam:lambda_init=0.1, ...; not sdpa)")
+    p.add_argument("--attn", default=None,
+                   help=f"comma-separated specs, as for `eval ppl` (eager, softmax, dagpam:lambda_init=0.1, ...; not sdpa; "
+                        f"default: {PROBE_ATTN}; for a model saved swapped, its own attention)")
     p.add_argument("--dataset", default="news-lee",
                    help="news (offline news text), a Hub dataset name, local .txt/.json/.jsonl/.parquet/.csv files, "
                         "or a save_to_disk folder")

@@ -60,6 +60,31 @@ def test_eval_ppl_side_by_side_writes_json(tiny_model_dir, tmp_path, capsys):
     assert {"model", "mechanism", "options", "tokens", "seconds", "tokens_per_second"} <= set(rows["sdpa"])
 
 
+def test_eval_ppl_of_a_model_saved_swapped_measures_its_own_attention(tiny_model_dir, tmp_path, capsys):
+    """Without --attn, a converted model (saved with polynomial degree 2) is measured with that attention and its
+    saved options, not under sdpa (its weights without the attention they were trained for) or degree 3."""
+    import hf_attnswap
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    hf_attnswap.swap(model, "polynomial", degree=2)
+    saved = tmp_path / "converted"
+    model.save_pretrained(saved)
+    from test_perplexity import word_tokenizer
+
+    word_tokenizer().save_pretrained(saved)
+    data = tmp_path / "docs.jsonl"
+    data.write_text("\n".join(json.dumps({"text": " ".join(f"w{(i * 5 + j) % 60 + 4}" for j in range(30))}) for i in range(3)))
+    out = tmp_path / "ppl.json"
+    assert main(["eval", "ppl", "--model", str(saved), "--dataset", str(data), "--max-length", "16", "--stride", "16",
+                 "--no-progress", "--json", str(out)]) == 0
+    assert "saved with attention 'polynomial'" in capsys.readouterr().err
+    [row] = json.loads(out.read_text())["results"]
+    assert row["mechanism"] == "polynomial" and row["options"]["degree"] == 2
+    assert main(["eval", "ppl", "--model", str(saved), "--attn", "sdpa", "--dataset", str(data), "--max-length", "16",
+                 "--no-progress", "--json", str(tmp_path / "sdpa.json")]) == 0  # asked for: measured as asked
+    assert [r["mechanism"] for r in json.loads((tmp_path / "sdpa.json").read_text())["results"]] == ["sdpa"]
+
+
 def test_eval_rejects_bad_attention_specs_before_loading(tiny_model_dir, capsys):
     assert main(["eval", "ppl", "--model", str(tiny_model_dir), "--attn", "dagpam:lambda_init=-1"]) == 2
     assert "'lambda_init' must be >= 0" in capsys.readouterr().err
