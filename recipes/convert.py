@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval_datasets, eval_max_tokens, eval_stride, block_size and data settings, or pass "
             "--overwrite_output_dir to start over.")
     state["evaluation"] = evaluation
+    state.setdefault("git_revision", git_revision())  # the code the conversion started with (a resume keeps it)
     if "base" not in state:
         record("base", ppl=measure(model, "base"))
     per_step = train_args.per_device_train_batch_size * train_args.gradient_accumulation_steps \
@@ -345,7 +346,9 @@ def report(out: Path, state: dict[str, Any], **info: Any) -> dict[str, Any]:
                "tokens": sum(state.get(p, {}).get("tokens", 0) for p in ("stage1", "stage2")),
                "seconds": sum(state.get(p, {}).get("seconds", 0.0) for p in ("stage1", "stage2")),
                "control_seconds": state.get("control", {}).get("seconds"),
-               "git_revision": git_revision()}
+               "git_revision": state["git_revision"]}
+    if git_revision() != state["git_revision"]:  # commits landed while it ran (or it was resumed on newer code)
+        results["git_revision_at_end"] = git_revision()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(out / "conversion.png", state, phases, title=f"{info.get('model')} -> {info.get('target')}")
     return results
