@@ -26,12 +26,12 @@ from common import interleaved, machine, peak_memory_subprocess, print_table, wr
 import hf_attnswap  # noqa: E402,F401
 from hf_attnswap.kernels.mask import AttentionMask  # noqa: E402
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv  # noqa: E402
-from hf_attnswap.mechanisms.dagpam import DaGPAMParameters  # noqa: E402
-from hf_attnswap.registry import get_mechanism, parse_options  # noqa: E402
+from hf_attnswap.mechanisms import BUILTINS  # noqa: E402
+from hf_attnswap.registry import exercised_options, get_mechanism  # noqa: E402
 
-CONFIGS = [("softmax", "fused"), ("softmax", "reference"), ("dagpam", "fused"), ("dagpam", "reference"),
-           ("polynomial", "fused"), ("polynomial", "reference")]
-OPTIONS = {"softmax": {}, "dagpam": {"lambda_init": 0.1}, "polynomial": {"degree": 3}}
+#: Each built-in mechanism's fused and reference paths (the registry says which exist; Triton, CUDA only, and the
+#: degree-2 linear form have their own benchmarks), with the first option set its registration exercises.
+CONFIGS = [(m, b) for m in BUILTINS for b in ("fused", "reference") if b in get_mechanism(m).backends]
 
 
 def make_call(mech: str, backend: str, T: int, heads: int, dim: int, device: str, dtype: torch.dtype, backward: bool):
@@ -49,8 +49,8 @@ def make_call(mech: str, backend: str, T: int, heads: int, dim: int, device: str
                 out.sum().backward()
         return run
     spec = get_mechanism(mech)
-    opts = parse_options(spec, {**OPTIONS[mech], "backend": backend})
-    params = DaGPAMParameters(heads, dim, opts).to(device=device, dtype=dtype) if mech == "dagpam" else None
+    opts = exercised_options(spec, backend)[0]
+    params = spec.make_params(heads, dim, opts).to(device=device, dtype=dtype) if spec.make_params else None
     ctx = AttentionContext(scaling=dim**-0.5, options=opts, params=params)
     dense = torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))[None, None]
 

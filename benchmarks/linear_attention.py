@@ -32,7 +32,7 @@ from hf_attnswap.mechanisms.polynomial import (
     polynomial_attention_fused,
     polynomial_attention_linear,
 )
-from hf_attnswap.options import PolynomialOptions
+from hf_attnswap.mechanisms.polynomial import PolynomialOptions
 
 DEFAULT_JSON = str(Path(__file__).resolve().parent / "results" / "linear_attention_cpu.json")
 CELLS = ("sdpa", "fused", "linear")

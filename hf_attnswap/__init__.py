@@ -23,7 +23,10 @@ from ._version import __version__
 from .errors import AttnSwapError, NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from .mechanisms import register_builtins
 from .mechanisms.common import AttentionContext
-from .options import DaGPAMOptions, MechanismOptions, PolynomialOptions, SoftmaxOptions
+from .mechanisms.dagpam import DaGPAMOptions
+from .mechanisms.polynomial import PolynomialOptions
+from .mechanisms.softmax import SoftmaxOptions
+from .options import MechanismOptions
 from .patching import ARCHITECTURES, swap
 from .patching import uninstall as unswap
 from .registry import (

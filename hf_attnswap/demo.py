@@ -15,6 +15,8 @@ import torch
 
 from .data.hints import param
 from .errors import AttnSwapError
+from .mechanisms import BUILTINS
+from .registry import get_mechanism
 
 
 class DemoError(AttnSwapError):
@@ -28,13 +30,11 @@ DEFAULT_TEXT = (
     "and in summer the water is busy with small boats."
 )
 DEFAULT_PROMPT = "The capital of France is"
-DEFAULT_MECHANISMS: list[tuple[str, dict[str, Any]]] = [
-    ("sdpa", {}),
-    ("softmax", {"temperature": 1.0}),
-    ("dagpam", {"lambda_init": 0.0}),
-    ("dagpam", {"lambda_init": 0.1}),
-    ("polynomial", {"degree": 3}),
-]
+def demo_mechanisms() -> list[tuple[str, dict[str, Any]]]:
+    """What the demo compares: the model's own ``sdpa``, then every built-in mechanism (softmax, the reference,
+    first) with each option set its registration lists as ``examples``."""
+    names = sorted(BUILTINS, key=lambda n: (n != "softmax", n))
+    return [("sdpa", {})] + [(n, dict(opts)) for n in names for opts in get_mechanism(n).examples]
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ def run_demo(model_name_or_path: str | None = None, prompt: str = DEFAULT_PROMPT
     console.print(f"[bold]hf_attnswap {__version__}[/bold] demo on [cyan]{model_name_or_path}[/cyan]")
     console.print(f"Perplexity on a {len(DEFAULT_TEXT.split())}-word embedded text; greedy continuation of {prompt!r}.\n")
     rows = []
-    for attn, options in DEFAULT_MECHANISMS:
+    for attn, options in demo_mechanisms():
         start = time.perf_counter()
         kwargs = {"attnswap": options} if options else {}
         with console.status(f"loading with attn_implementation={attn!r} {options or ''}"):

@@ -53,7 +53,15 @@ from torch import nn
 from ._version import __version__
 from .data.hints import param, setting
 from .errors import AttnSwapError, NotSwappedError, OptionError
-from .registry import PARAMS_ATTR, PERSIST_SUFFIX, get_mechanism, is_mechanism, parameter_overhead, parse_options
+from .registry import (
+    PARAMS_ATTR,
+    PERSIST_SUFFIX,
+    get_mechanism,
+    is_mechanism,
+    list_mechanisms,
+    parameter_overhead,
+    parse_options,
+)
 from .transformers_hooks import attn_implementation_of
 
 __all__ = [
@@ -72,11 +80,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LIBRARY_TAG = "hf-attnswap"
-#: Papers behind the built-in mechanisms: name -> (arXiv id, title).
-PAPERS: dict[str, tuple[str, str]] = {
-    "dagpam": ("2410.15578", "Heo & Choi, Generalized Probabilistic Attention Mechanism in Transformers (daGPAM)"),
-    "polynomial": ("2410.18613", "Saratchandran et al., Rethinking Attention: Polynomial Alternatives to Softmax in Transformers"),
-}
+
+
+def papers() -> dict[str, tuple[str, str]]:
+    """The papers behind the registered mechanisms (their registration's ``paper``): name -> (arXiv id, citation)."""
+    return {name: get_mechanism(name).paper for name in list_mechanisms() if get_mechanism(name).paper}
+
+
 #: Keys accepted in each ``eval_results`` entry (see the module docstring).
 EVAL_RESULT_KEYS: dict[str, bool] = {
     "metric": True, "value": True, "dataset": True, "task": False, "config": False, "split": False, "notes": False,
@@ -252,8 +262,9 @@ def _prepare(
 ) -> _Share:
     mechanism, options = _mechanism_of(model)
     tags = [LIBRARY_TAG, "attention", mechanism]
-    if mechanism in PAPERS:
-        tags.append(f"arxiv:{PAPERS[mechanism][0]}")
+    paper = get_mechanism(mechanism).paper
+    if paper is not None:
+        tags.append(f"arxiv:{paper[0]}")
     if extra_tags is not None:
         if isinstance(extra_tags, str):
             raise HubError(f"extra_tags must be a list of strings, e.g. ['smollm2'], not the string {extra_tags!r}.")
@@ -458,7 +469,7 @@ def _about(model: nn.Module, share: _Share, overhead: dict[str, Any]) -> str:
     mech = get_mechanism(share.mechanism)
     base = f"[`{share.base_model}`](https://huggingface.co/{share.base_model})" if share.base_model else "a Transformers model"
     arch = f"{type(model).__name__} (model_type `{getattr(model.config, 'model_type', '?')}`)"
-    paper = f" ([arXiv {PAPERS[mech.name][0]}](https://arxiv.org/abs/{PAPERS[mech.name][0]}))" if mech.name in PAPERS else ""
+    paper = f" ([arXiv {mech.paper[0]}](https://arxiv.org/abs/{mech.paper[0]}))" if mech.paper else ""
     lines = [
         f"This is {base} with its attention swapped to **`{mech.name}`**{paper} by "
         f"[hf-attnswap](https://pypi.org/project/hf-attnswap/). Architecture: {arch}.",
@@ -550,5 +561,5 @@ model = AutoModelForCausalLM.from_pretrained(
 
 def _references(mechanism: str) -> str:
     lines = [f"- {title}: https://arxiv.org/abs/{arxiv}" + (" (this model's mechanism)" if name == mechanism else "")
-             for name, (arxiv, title) in PAPERS.items()]
+             for name, (arxiv, title) in papers().items()]
     return "## References\n\n" + "\n".join(lines) + "\n- hf-attnswap: https://pypi.org/project/hf-attnswap/"

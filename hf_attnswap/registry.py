@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +42,8 @@ from .transformers_hooks import (
 MechanismFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, AttentionContext], tuple[torch.Tensor, torch.Tensor | None]]
 FastFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, AttentionContext], torch.Tensor]
 ParamsFactory = Callable[[int, int, Any], nn.Module]
+#: ``(query (B, H, Q, d), mask, ctx) -> reason or None``: why a fast path cannot take a call (None: it can).
+SupportsFn = Callable[[torch.Tensor, AttentionMask, AttentionContext], str | None]
 
 PERSIST_SUFFIX = " (needs the hf_attnswap plugin: pip install hf-attnswap, then import hf_attnswap)"
 OPTIONS_ATTR = "attnswap_options"  # plain attribute on each attention module: the parsed options
@@ -61,10 +64,17 @@ class Mechanism:
     - ``needs_rope``: the parameters act on the pre-rotary query (only supported architectures can).
     - ``fast``: fast paths by backend name (``"fused"``, ``"triton"``), ``(query, key, value, mask, ctx) -> out``
       with key/value *not* repeated (B, H_kv, K, d) and ``mask`` an :class:`AttentionMask`. Each must match
-      ``forward``; ``fast_supports`` may name a predicate ``(query, ctx) -> reason or None`` per backend.
+      ``forward``; ``fast_supports`` may name a predicate ``(query, mask, ctx) -> reason or None`` per backend,
+      which sees the call's :class:`AttentionMask` (lengths, causal offset, dense mask).
     - ``accepts``: the attention keywords of :data:`SEMANTIC_KEYWORDS` (``softcap``, ``s_aux`` ...) that the
       mechanism implements, reading them from ``ctx.extra``. A model that passes any other of them (not None) is
       refused at its first forward, naming the model type and the keyword, rather than silently ignored.
+    - ``auto``: the fast paths ``backend="auto"`` tries, in order.
+    - Metadata that the model card, ``list_mechanisms()``, the tests, the benchmarks and the demo read (so none keeps
+      its own list): ``paper`` (``(arXiv id, citation)`` or None); ``exercise``, option sets under which the
+      mechanism differs from the model's own attention (the tests and benchmarks run them; a backend that cannot
+      take one, such as a degree-2-only form, takes the first it can); ``examples``, the option sets the demo
+      compares.
     """
 
     name: str
@@ -74,9 +84,12 @@ class Mechanism:
     needs_rope: bool = False
     description: str = ""
     fast: dict[str, FastFn] = dataclasses.field(default_factory=dict)
-    fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] = dataclasses.field(default_factory=dict)
+    fast_supports: dict[str, SupportsFn] = dataclasses.field(default_factory=dict)
     accepts: frozenset[str] = frozenset()
     auto: tuple[str, ...] = ()  # the fast paths backend="auto" tries, in order
+    paper: tuple[str, str] | None = None
+    exercise: tuple[dict[str, Any], ...] = ({},)
+    examples: tuple[dict[str, Any], ...] = ({},)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -99,9 +112,12 @@ def register_mechanism(
     needs_rope: bool = False,
     description: str = "",
     fast: dict[str, FastFn] | None = None,
-    fast_supports: dict[str, Callable[[torch.Tensor, AttentionContext], str | None]] | None = None,
+    fast_supports: dict[str, Callable[..., str | None]] | None = None,
     accepts: tuple[str, ...] = (),
     auto: tuple[str, ...] | None = None,
+    paper: tuple[str, str] | None = None,
+    exercise: tuple[dict[str, Any], ...] | None = None,
+    examples: tuple[dict[str, Any], ...] | None = None,
     overwrite: bool = False,
 ) -> Callable[[MechanismFn], MechanismFn]:
     """Decorator that registers an attention mechanism with hf_attnswap and with Transformers.
@@ -126,8 +142,14 @@ def register_mechanism(
     ``fast``: ``{backend name: fn}``, each ``fn(query, key, value, mask: AttentionMask, ctx) -> out`` (un-repeated
     K/V). Registration is the one source of truth for backends: the options get a ``backend`` option (added
     when the dataclass has none, default ``"auto"``) whose values are ``"auto"``, ``"reference"`` and these names;
-    ``fast_supports[name](query, ctx)`` says why a fast path cannot take a call (None: it can); ``auto`` lists
-    the fast paths ``backend="auto"`` tries, in order (default: all of ``fast``, in its order).
+    ``fast_supports[name](query, mask, ctx)`` says why a fast path cannot take a call (None: it can; ``mask`` is the
+    call's :class:`~hf_attnswap.kernels.mask.AttentionMask`; a predicate of the older form ``(query, ctx)`` is
+    accepted too); ``auto`` lists the fast paths ``backend="auto"`` tries, in order (default: all of ``fast``, in
+    its order).
+
+    Metadata: ``paper=(arXiv id, citation)`` goes on the model card; ``exercise`` (option dicts, default ``({},)``)
+    are what the conformance tests and benchmarks run the mechanism with, ideally options under which it differs from
+    softmax; ``examples`` (default: ``exercise``) what the demo compares. Each is validated here.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise OptionError(f"mechanism name must be a Python identifier such as 'sigmoid', got {name!r}.")
@@ -157,9 +179,15 @@ def register_mechanism(
             raise OptionError(f"register_mechanism({name!r}, auto=...): {sorted(set(order) - set(fast_paths))} are not "
                               f"fast paths of it (fast: {', '.join(fast_paths) or 'none'}).")
         opts_cls = _with_backend_option(name, options_cls, fast_paths)
-        mech = Mechanism(name, fn, opts_cls, make_params, needs_rope, doc, fast_paths, dict(fast_supports or {}),
-                         frozenset(accepts), order)
+        supports = {k: _with_mask_argument(name, k, f) for k, f in (fast_supports or {}).items()}
+        exercised = _option_sets(name, "exercise", exercise)
+        shown = exercised if examples is None else _option_sets(name, "examples", examples)
+        mech = Mechanism(name, fn, opts_cls, make_params, needs_rope, doc, fast_paths, supports, frozenset(accepts),
+                         order, _paper(name, paper), exercised, shown)
         opts_cls.backends = mech.backends
+        for sets in (exercised, shown):
+            for opts in sets:
+                parse_options(mech, {k: v for k, v in opts.items() if k != "backend"})  # a typo fails here, not later
         _REGISTRY[name] = mech
         attention = partial(_attention_interface, mech)
         for key in (name, mech.persisted_name):
@@ -208,6 +236,41 @@ def check_keywords(mech: Mechanism, module: nn.Module, kwargs: dict[str, Any]) -
             f"the model. Use Transformers' own attention for this model, or a mechanism that implements them "
             f"(register_mechanism(..., accepts={tuple(refused)!r}))."
         )
+
+
+def _with_mask_argument(mechanism: str, backend: str, fn: Callable[..., str | None]) -> SupportsFn:
+    """``fn`` as a ``(query, mask, ctx)`` predicate; one of the older form ``(query, ctx)`` is wrapped."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):  # a builtin without a signature: take it as the current form
+        return fn
+    if any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()) or len(params) == 3:
+        return fn
+    if len(params) == 2:
+        return lambda query, mask, ctx: fn(query, ctx)
+    raise OptionError(f"register_mechanism({mechanism!r}): fast_supports[{backend!r}] must take (query, mask, ctx) and "
+                      f"return a reason (str) or None; {getattr(fn, '__name__', fn)!r} takes {len(params)} arguments.")
+
+
+def _option_sets(mechanism: str, what: str, sets: Any) -> tuple[dict[str, Any], ...]:
+    if sets is None:
+        return ({},)
+    if isinstance(sets, dict):
+        sets = (sets,)
+    if not isinstance(sets, (tuple, list)) or not sets or not all(isinstance(o, dict) for o in sets):
+        raise OptionError(f"register_mechanism({mechanism!r}, {what}=...) takes a tuple of option dicts such as "
+                          f"({{'bias': -1.0}},); got {sets!r}.")
+    return tuple(dict(o) for o in sets)
+
+
+def _paper(mechanism: str, paper: Any) -> tuple[str, str] | None:
+    if paper is None:
+        return None
+    if not (isinstance(paper, tuple) and len(paper) == 2 and all(isinstance(x, str) and x for x in paper)):
+        raise OptionError(f"register_mechanism({mechanism!r}, paper=...) takes (arXiv id, citation) such as "
+                          f"('2410.18613', 'Saratchandran et al., ...'); got {paper!r}.")
+    return paper
 
 
 def _empty_options(name: str) -> type[MechanismOptions]:
@@ -264,14 +327,15 @@ def parameter_overhead(model: nn.Module) -> dict[str, Any]:
 
 
 def list_mechanisms() -> dict[str, dict[str, Any]]:
-    """Every registered mechanism: ``{name: {"description", "options": {field: default}, "adds_parameters", "backends"}}``.
+    """Every registered mechanism: ``{name: {"description", "options": {field: default}, "adds_parameters", "backends",
+    "paper"}}`` (``paper``: the arXiv id, or None).
 
     ``backends``: the values its ``backend`` option takes (``"auto"`` where it has that option, ``"reference"``,
     then its fast paths).
     """
     return {
         name: {"description": m.description, "options": m.options.defaults(), "adds_parameters": m.make_params is not None,
-               "backends": list(m.backends)}
+               "backends": list(m.backends), "paper": m.paper[0] if m.paper else None}
         for name, m in sorted(_REGISTRY.items())
     }
 
@@ -312,6 +376,19 @@ def parse_options(mechanism: str | Mechanism, options: dict[str, Any] | Mechanis
         return mech.options(**options)
     except TypeError as err:  # a user dataclass without defaults, say
         raise OptionError(f"bad options for mechanism {mech.name!r}: {err}") from None
+
+
+def exercised_options(mechanism: str | Mechanism, backend: str | None = None) -> list[MechanismOptions]:
+    """The mechanism's ``exercise`` option sets (registration metadata) as options, with ``backend`` set if given:
+    those the backend takes (a degree-2-only form takes only the degree-2 sets). The tests and benchmarks run these."""
+    mech = mechanism if isinstance(mechanism, Mechanism) else get_mechanism(mechanism)
+    found = []
+    for opts in mech.exercise:
+        try:
+            found.append(parse_options(mech, {**opts, "backend": backend} if backend is not None else opts))
+        except OptionError:
+            continue
+    return found
 
 
 def options_to_config(opts: MechanismOptions) -> dict[str, Any]:
@@ -372,13 +449,13 @@ def _attention_interface(
         extra=kwargs,
     )
     need_weights = bool(kwargs.get("output_attentions")) or attention_weights_requested()
-    backend = select_backend(mech, opts, query, ctx, need_weights)
+    dense = None if attention_mask is None else visible_mask(attention_mask, batch, q_len, k_len, query.device)
+    amask = AttentionMask(dense, q_len, k_len, mask_causal_offset(attention_mask))
+    backend = select_backend(mech, opts, query, amask, ctx, need_weights)
     if backend == "reference":
-        mask = visible_mask(attention_mask, batch, q_len, k_len, query.device)
+        mask = dense if dense is not None else visible_mask(None, batch, q_len, k_len, query.device)
         out, weights = mech.forward(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), mask, ctx)
     else:
-        dense = None if attention_mask is None else visible_mask(attention_mask, batch, q_len, k_len, query.device)
-        amask = AttentionMask(dense, q_len, k_len, mask_causal_offset(attention_mask))
         out, weights = mech.fast[backend](query, key, value, amask, ctx), None
     return out.transpose(1, 2).contiguous(), weights
 
@@ -396,8 +473,11 @@ def use_backend(backend: str) -> Iterator[None]:
         _FORCED_BACKEND.reset(token)
 
 
-def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor, ctx: AttentionContext, need_weights: bool) -> str:
+def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor, mask: AttentionMask,
+                   ctx: AttentionContext, need_weights: bool) -> str:
     """The path to run: ``"reference"`` when weights are needed, else the options' (or forced) backend.
+
+    query: (B, H, Q, d); ``mask``: the call's mask, which the fast paths' predicates see.
 
     ``"auto"`` takes the first fast path of ``mech.auto`` whose predicate accepts the call, else the reference
     (``triton`` on CPU only when requested by name). An explicitly requested fast path that cannot run raises,
@@ -411,12 +491,12 @@ def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor,
         for name in mech.auto:
             if name == "triton" and not query.is_cuda:
                 continue  # on CPU Triton only runs interpreted (TRITON_INTERPRET=1): a test path, never the fastest
-            if name in mech.fast and (name not in mech.fast_supports or mech.fast_supports[name](query, ctx) is None):
+            if name in mech.fast and (name not in mech.fast_supports or mech.fast_supports[name](query, mask, ctx) is None):
                 return name
         return "reference"
     if requested not in mech.fast:
         raise OptionError(f"mechanism {mech.name!r} has no {requested!r} backend; available: reference, {', '.join(mech.fast)}.")
-    reason = mech.fast_supports[requested](query, ctx) if requested in mech.fast_supports else None
+    reason = mech.fast_supports[requested](query, mask, ctx) if requested in mech.fast_supports else None
     if reason is not None:
         raise OptionError(f"{mech.name}: backend={requested!r} cannot run this call: {reason}. Use backend='auto'.")
     return requested

@@ -12,16 +12,64 @@ if not torch.cuda.is_available():  # run the Triton kernels on CPU tensors (must
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import hf_attnswap  # noqa: F401  (registers the mechanisms)
+from hf_attnswap.kernels.mask import AttentionMask
+from hf_attnswap.mechanisms import BUILTINS
+from hf_attnswap.mechanisms.common import AttentionContext
+from hf_attnswap.registry import exercised_options, get_mechanism
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)  # tiny models: one thread is faster, and immune to a busy machine
 
 VOCAB = 64
 PAD = 0
-MECHANISMS = ["softmax", "polynomial", "dagpam"]
+#: Every built-in mechanism: a new folder in hf_attnswap/mechanisms/ is covered with no test edits.
+MECHANISMS = list(BUILTINS)
 ARCHS = ["gpt2", "llama"]
-# Options that make every mechanism differ from plain softmax, so the tests exercise the new code.
-ACTIVE_OPTIONS = {"softmax": {"temperature": 0.7}, "polynomial": {"degree": 3}, "dagpam": {"lambda_init": 0.3}}
+#: Options that make every mechanism differ from plain softmax, so the tests exercise the new code: the first option
+#: set its registration lists as ``exercise``.
+ACTIVE_OPTIONS = {m: dict(get_mechanism(m).exercise[0]) for m in MECHANISMS}
+#: The tiny models' attention: heads and head size (hidden 32 over 4 heads).
+TINY_HEADS, TINY_HEAD_DIM = 4, 8
+
+
+def cell_options(mech: str, backend: str) -> dict:
+    """The options a (mechanism, backend) cell runs with: the first ``exercise`` set the backend takes, as a dict."""
+    found = exercised_options(mech, backend)
+    if not found:
+        raise AssertionError(f"{mech}: none of its exercise option sets {get_mechanism(mech).exercise} takes "
+                             f"backend={backend!r}; add one to its registration.")
+    return {k: v for k, v in found[0].to_dict().items()}
+
+
+def fast_path_refusal(mech: str, backend: str, *, dropout: float = 0.0, q_len: int = 8,
+                      head_dim: int = TINY_HEAD_DIM) -> str | None:
+    """Why ``backend`` cannot take a causal call of ``q_len`` tokens with ``dropout`` on a tiny model (None: it can;
+    always None for the reference): the registered predicate's own answer."""
+    spec = get_mechanism(mech)
+    if backend == "reference" or backend not in spec.fast_supports:
+        return None
+    opts = exercised_options(mech, backend)[0]
+    query = torch.zeros(1, TINY_HEADS, q_len, head_dim)
+    ctx = AttentionContext(scaling=head_dim**-0.5, dropout=dropout, options=opts)
+    return spec.fast_supports[backend](query, AttentionMask(None, q_len, q_len, 0), ctx)
+
+
+def _cells() -> list:
+    cells = []
+    for mech in MECHANISMS:
+        for backend in get_mechanism(mech).backends:
+            if backend == "auto":
+                continue
+            reason = fast_path_refusal(mech, backend)
+            marks = [pytest.mark.skip(reason=f"{mech}/{backend} cannot run on the tiny models: {reason}")] if reason else []
+            cells.append(pytest.param(mech, backend, id=f"{mech}-{backend}", marks=marks))
+    return cells
+
+
+#: Every (mechanism, backend) of the registry, the reference included; a backend whose own predicate refuses the
+#: tiny models (Triton needs a head size >= 16) is skipped with that reason.
+CELLS = _cells()
+cells = pytest.mark.parametrize("mech,backend", CELLS)
 
 
 def tiny_config(arch: str, **overrides):

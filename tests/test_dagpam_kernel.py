@@ -12,7 +12,7 @@ from hf_attnswap.kernels import dagpam_cpu
 from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention, dagpam_attention_fused
-from hf_attnswap.options import DaGPAMOptions
+from hf_attnswap.mechanisms.dagpam import DaGPAMOptions
 from hf_attnswap.transformers_hooks import cpu_flash_attention
 
 

@@ -10,9 +10,10 @@ import torch
 from hf_attnswap.kernels import polynomial_blocked
 from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv
-from hf_attnswap.mechanisms.dagpam import DaGPAMParameters
-from hf_attnswap.options import DaGPAMOptions, PolynomialOptions, SoftmaxOptions
-from hf_attnswap.registry import get_mechanism
+from hf_attnswap.mechanisms.polynomial import PolynomialOptions
+from hf_attnswap.registry import exercised_options, get_mechanism
+
+from conftest import MECHANISMS
 
 H, HKV, D = 4, 2, 8
 
@@ -40,48 +41,77 @@ def make_case(case: str, b: int = 2):
 CASES = ["causal", "padded", "cache_chunk", "decode", "bidirectional"]
 
 
+def _conformance_cells() -> list:
+    """(mechanism, backend, options) for every fast path of every built-in mechanism, with each of the mechanism's
+    registered ``exercise`` option sets that the backend takes. A new mechanism or backend is covered with no edit."""
+    cells = []
+    for mech in MECHANISMS:
+        spec = get_mechanism(mech)
+        for backend in spec.fast:
+            for opts in exercised_options(spec, backend):
+                shown = ",".join(f"{k}={v}" for k, v in opts.to_dict().items() if k != "backend")
+                cells.append(pytest.param(mech, backend, opts, id=f"{mech}-{backend}-{shown}"))
+    return cells
+
+
 def options(mech: str):
-    return {
-        "softmax": SoftmaxOptions(temperature=0.7),
-        "polynomial": PolynomialOptions(degree=3),
-        "dagpam": DaGPAMOptions(lambda_init=0.3, neg_query_init="normal"),
-    }[mech]
+    """The options of the rotary / gradcheck tests below: the mechanism's first ``exercise`` set."""
+    return exercised_options(mech)[0]
 
 
-def run_both(mech: str, case: str, dtype: torch.dtype, rotary: bool = False):
+def run_both(mech: str, case: str, dtype: torch.dtype, rotary: bool = False, backend: str = "fused", opts=None,
+             head_dim: int = D):
+    """Reference and ``backend`` on one case: (reference out, fast out, (reference grads, fast grads)), outputs and
+    gradients over the queries that see at least one key."""
     torch.manual_seed(0)
     q_len, k_len, dense, offset = make_case(case)
     b = 2
-    q = torch.randn(b, H, q_len, D, dtype=dtype, requires_grad=True)
-    k = torch.randn(b, HKV, k_len, D, dtype=dtype, requires_grad=True)
-    v = torch.randn(b, HKV, k_len, D, dtype=dtype, requires_grad=True)
-    opts = options(mech)
-    params = DaGPAMParameters(H, D, opts).to(dtype) if mech == "dagpam" else None
+    q = torch.randn(b, H, q_len, head_dim, dtype=dtype, requires_grad=True)
+    k = torch.randn(b, HKV, k_len, head_dim, dtype=dtype, requires_grad=True)
+    v = torch.randn(b, HKV, k_len, head_dim, dtype=dtype, requires_grad=True)
+    opts = options(mech) if opts is None else opts
+    spec = get_mechanism(mech)
+    params = spec.make_params(H, head_dim, opts).to(dtype) if spec.make_params is not None else None
+    if params is not None:  # random parameters (e.g. daGPAM's W⁻ away from -I), so that every one is exercised
+        with torch.no_grad():
+            for p in params.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
     rope = None
     if rotary:
-        ang = torch.randn(b, q_len, D // 2, dtype=dtype)
+        ang = torch.randn(b, q_len, head_dim // 2, dtype=dtype)
         rope = (torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin())
-    ctx = AttentionContext(scaling=D**-0.5, options=opts, params=params, rope=rope)
-    spec = get_mechanism(mech)
+    ctx = AttentionContext(scaling=head_dim**-0.5, options=opts, params=params, rope=rope)
+    amask = AttentionMask(dense, q_len, k_len, offset)
+    if backend in spec.fast_supports:
+        reason = spec.fast_supports[backend](q, amask, ctx)
+        if reason is not None:
+            assert isinstance(reason, str) and reason, "a refusal names its reason"
+            pytest.skip(f"{mech}/{backend} refuses this call: {reason}")
     ref_mask = dense if dense is not None else torch.ones(1, 1, q_len, k_len, dtype=torch.bool)
     ref, _ = spec.forward(q, repeat_kv(k, H // HKV), repeat_kv(v, H // HKV), ref_mask, ctx)
-    fast = spec.fast["fused"](q, k, v, AttentionMask(dense, q_len, k_len, offset), ctx)
+    fast = spec.fast[backend](q, k, v, amask, ctx)
     seen = ref_mask.any(-1, keepdim=True).expand(b, H, q_len, 1).to(dtype)  # queries that see something
     g = torch.randn_like(ref)
     grads = []
     for out in (ref, fast):
         inputs = [q, k, v] + (list(params.parameters()) if params is not None else [])
-        grads.append(torch.autograd.grad((out * g * seen).sum(), inputs))
-    return ref * seen, fast * seen, grads
+        grads.append(torch.autograd.grad((out.to(dtype) * g * seen).sum(), inputs))
+    return ref * seen, fast.to(dtype) * seen, grads
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("mech", ["softmax", "polynomial", "dagpam"])
-def test_fused_matches_reference(mech, case, dtype, monkeypatch):
+@pytest.mark.parametrize("mech,backend,opts", _conformance_cells())
+def test_fast_path_matches_reference(mech, backend, opts, case, dtype, monkeypatch):
+    """The conformance suite's attention level: every registered fast path equals its reference, forward and
+    backward, on every mask case (head size 16, so that the Triton kernel runs too, interpreted on CPU)."""
     monkeypatch.setattr(polynomial_blocked, "DEFAULT_BLOCK", 4)  # many blocks, ragged last block
-    ref, fast, (g_ref, g_fast) = run_both(mech, case, dtype)
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernel computes in float32 (its own tests cover float32/float16)")
+    ref, fast, (g_ref, g_fast) = run_both(mech, case, dtype, backend=backend, opts=opts, head_dim=16)
     tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-9)
+    if backend == "triton":
+        tol = dict(atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(fast, ref, **tol)
     for a, b in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(a, b, **tol)

@@ -13,7 +13,9 @@ from hf_attnswap.mechanisms.common import AttentionContext, visible_mask
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention
 from hf_attnswap.mechanisms.polynomial import polynomial_attention
 from hf_attnswap.mechanisms.softmax import softmax_attention
-from hf_attnswap.options import DaGPAMOptions, PolynomialOptions, SoftmaxOptions
+from hf_attnswap.mechanisms.dagpam import DaGPAMOptions
+from hf_attnswap.mechanisms.polynomial import PolynomialOptions
+from hf_attnswap.mechanisms.softmax import SoftmaxOptions
 
 B, H, Q, D = 2, 2, 5, 4
 

@@ -27,11 +27,16 @@ from hf_attnswap.mechanisms.polynomial import (
     linear_mask_layout,
     polynomial_attention,
 )
-from hf_attnswap.options import PolynomialOptions
+from hf_attnswap.mechanisms.polynomial import PolynomialOptions
 from hf_attnswap.registry import get_mechanism, select_backend, use_backend
 
 H, HKV, D = 4, 2, 8
 SCALES = {"visible": {}, "fixed": {"fixed_length": 7}, "none": {}}
+
+
+def _mask(q):
+    """The causal mask of a prefill of ``q``'s length (what select_backend's predicates see)."""
+    return AttentionMask(None, q.shape[-2], q.shape[-2], 0)
 
 
 def make_case(case: str, b: int = 2):
@@ -225,7 +230,7 @@ def test_linear_needs_degree_2():
     spec, q = get_mechanism("polynomial"), torch.randn(1, 2, 3, 4)
     opts = PolynomialOptions(degree=3)
     with use_backend("linear"), pytest.raises(OptionError, match="needs degree=2, got degree=3"):
-        select_backend(spec, opts, q, AttentionContext(scaling=1.0, options=opts), need_weights=False)
+        select_backend(spec, opts, q, _mask(q), AttentionContext(scaling=1.0, options=opts), need_weights=False)
     with pytest.raises(OptionError, match="degree=3"):
         spec.fast["linear"](q, q[:, :1], q[:, :1], AttentionMask(None, 3, 3, 0), AttentionContext(scaling=1.0, options=opts))
 
@@ -233,11 +238,11 @@ def test_linear_needs_degree_2():
 def test_linear_is_opt_in_and_refuses_dropout():
     spec, q = get_mechanism("polynomial"), torch.randn(1, 2, 3, 4)
     auto = PolynomialOptions(degree=2)
-    assert select_backend(spec, auto, q, AttentionContext(scaling=1.0, options=auto), need_weights=False) == "fused"
+    assert select_backend(spec, auto, q, _mask(q), AttentionContext(scaling=1.0, options=auto), need_weights=False) == "fused"
     opts = PolynomialOptions(degree=2, backend="linear")
-    assert select_backend(spec, opts, q, AttentionContext(scaling=1.0, options=opts), need_weights=False) == "linear"
+    assert select_backend(spec, opts, q, _mask(q), AttentionContext(scaling=1.0, options=opts), need_weights=False) == "linear"
     with pytest.raises(OptionError, match="attention dropout"):
-        select_backend(spec, opts, q, AttentionContext(scaling=1.0, dropout=0.1, options=opts), need_weights=False)
+        select_backend(spec, opts, q, _mask(q), AttentionContext(scaling=1.0, dropout=0.1, options=opts), need_weights=False)
 
 
 def test_mask_layouts():

@@ -20,7 +20,7 @@ from hf_attnswap.kernels.rope import apply_rope, unapply_rope
 from hf_attnswap.mechanisms.common import AttentionContext
 from hf_attnswap.mechanisms.dagpam import DaGPAMParameters, dagpam_attention, dagpam_attention_fused, negative_query
 from hf_attnswap.kernels.mask import AttentionMask
-from hf_attnswap.options import DaGPAMOptions
+from hf_attnswap.mechanisms.dagpam import DaGPAMOptions
 from hf_attnswap.spec import parse_attn_specs
 
 TRAINED = {"tied_lambda": False, "lambda_init": 2.0, "neg_query_init": "normal"}

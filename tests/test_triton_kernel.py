@@ -14,11 +14,17 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from hf_attnswap.kernels.mask import AttentionMask  # noqa: E402
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv  # noqa: E402
-from hf_attnswap.options import OptionError, PolynomialOptions  # noqa: E402
+from hf_attnswap.errors import OptionError  # noqa: E402
+from hf_attnswap.mechanisms.polynomial import PolynomialOptions  # noqa: E402
 from hf_attnswap.registry import get_mechanism, select_backend  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 H, HKV, D = 4, 2, 16
+
+
+def _mask(q):
+    """The causal mask of a prefill of ``q``'s length (what select_backend's predicates see)."""
+    return AttentionMask(None, q.shape[-2], q.shape[-2], 0)
 
 
 def case(name: str, b: int = 2):
@@ -65,12 +71,12 @@ def test_backend_triton_is_chosen_explicitly_and_checked():
     q = torch.randn(1, 2, 4, 8, device=DEVICE)
     opts = PolynomialOptions(backend="triton")
     with pytest.raises(OptionError, match="head size 8 is not a power of two"):
-        select_backend(spec, opts, q, AttentionContext(scaling=1.0, options=opts), need_weights=False)
+        select_backend(spec, opts, q, _mask(q), AttentionContext(scaling=1.0, options=opts), need_weights=False)
     q16 = torch.randn(1, 2, 4, 16, device=DEVICE)
-    assert select_backend(spec, opts, q16, AttentionContext(scaling=1.0, options=opts), need_weights=False) == "triton"
+    assert select_backend(spec, opts, q16, _mask(q16), AttentionContext(scaling=1.0, options=opts), need_weights=False) == "triton"
     auto = PolynomialOptions()
     expected = "triton" if q16.is_cuda else "fused"  # interpreted Triton is never picked by "auto"
-    assert select_backend(spec, auto, q16, AttentionContext(scaling=1.0, options=auto), need_weights=False) == expected
+    assert select_backend(spec, auto, q16, _mask(q16), AttentionContext(scaling=1.0, options=auto), need_weights=False) == expected
 
 
 def test_triton_float64_inputs_match_reference_to_float32_accuracy():

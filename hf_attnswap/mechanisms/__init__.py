@@ -1,38 +1,23 @@
-"""Built-in mechanisms, one file each (reference forward; fast forwards will sit beside them)."""
+"""The built-in mechanisms: one package each, ``mechanisms/<name>/``, which registers itself when imported.
+
+A mechanism's package holds its options (``options.py``), its reference forward and fast forwards
+(``attention.py``; the fast paths call tensor-only kernels in ``hf_attnswap.kernels``), the parameter module it adds
+to attention layers if any (``parameters.py``) and, in ``__init__.py``, the ``register_mechanism`` call with its
+metadata: description, paper, fast paths and their ``auto`` order, and the option sets that tests and benchmarks
+exercise (``exercise``) and the demo shows (``examples``). Adding a built-in mechanism is adding a folder here;
+:data:`BUILTINS` finds it. ``common.py`` holds the tensor helpers the mechanisms share.
+"""
 
 from __future__ import annotations
 
-from ..options import DaGPAMOptions, PolynomialOptions, SoftmaxOptions
-from ..registry import register_mechanism
-from .dagpam import dagpam_attention, dagpam_attention_fused, make_dagpam_parameters
-from .polynomial import (
-    polynomial_attention,
-    polynomial_attention_fused,
-    polynomial_attention_linear,
-    polynomial_attention_triton,
-    polynomial_linear_supports,
-    polynomial_triton_supports,
-)
-from .softmax import softmax_attention, softmax_attention_fused
+import importlib
+import pkgutil
+
+#: The built-in mechanisms: every package in this folder.
+BUILTINS: tuple[str, ...] = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
 
 
 def register_builtins() -> None:
-    """Register softmax, polynomial and dagpam (idempotent)."""
-    register_mechanism(
-        "softmax", SoftmaxOptions, description="Reference softmax attention with a temperature.",
-        fast={"fused": softmax_attention_fused},
-    )(softmax_attention)
-    register_mechanism(
-        "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
-        fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton, "linear": polynomial_attention_linear},
-        fast_supports={"triton": polynomial_triton_supports, "linear": polynomial_linear_supports},
-        auto=("triton", "fused"),  # "linear" is opt-in
-    )(polynomial_attention)
-    register_mechanism(
-        "dagpam",
-        DaGPAMOptions,
-        make_params=make_dagpam_parameters,
-        needs_rope=True,
-        description="Difference of two softmax maps, rows sum to 1; λ=0 is the original model (arXiv 2410.15578).",
-        fast={"fused": dagpam_attention_fused},
-    )(dagpam_attention)
+    """Import (and so register) every built-in mechanism package (idempotent)."""
+    for name in BUILTINS:
+        importlib.import_module(f"{__name__}.{name}")

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from ..errors import OptionError
-from ..kernels import polynomial_linear
-from ..kernels.mask import AttentionMask
-from ..kernels.polynomial_blocked import polynomial_attention_blocked
-from ..kernels.polynomial_linear import PolynomialLinearState
-from ..options import PolynomialOptions, linear_degree_problem
-from .common import AttentionContext, attention_dropout, compute_dtype
+from ...errors import OptionError
+from ...kernels import polynomial_linear
+from ...kernels.mask import AttentionMask
+from ...kernels.polynomial_blocked import polynomial_attention_blocked
+from ...kernels.polynomial_linear import PolynomialLinearState
+from .options import PolynomialOptions, linear_degree_problem
+from ..common import AttentionContext, attention_dropout, compute_dtype
 
 
 def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float, options: PolynomialOptions) -> torch.Tensor:
@@ -105,10 +105,10 @@ def polynomial_attention_fused(
     return _checked_cast(out, query.dtype, ctx.options)
 
 
-def polynomial_triton_supports(query: torch.Tensor, ctx: AttentionContext) -> str | None:
-    """Why the Triton kernel cannot run this call, or None."""
+def polynomial_triton_supports(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
+    """Why the Triton kernel cannot run this call, or None. query: (B, H, Q, d); it takes any mask."""
     try:
-        from ..kernels.polynomial_triton import available_for
+        from ...kernels.polynomial_triton import available_for
     except ImportError:
         return "Triton is not installed (pip install triton)"
     head_dim = query.shape[-1]
@@ -126,22 +126,27 @@ def polynomial_attention_triton(
 
     query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d).
     """
-    from ..kernels.polynomial_triton import polynomial_attention_triton as kernel
+    from ...kernels.polynomial_triton import polynomial_attention_triton as kernel
 
     c = length_scale_vector(mask, ctx.options, query.device)
     out = kernel(query, key, value, mask, c, ctx.scaling, ctx.options.degree)
     return _checked_cast(out.float(), query.dtype, ctx.options)
 
 
-def polynomial_linear_supports(query: torch.Tensor, ctx: AttentionContext) -> str | None:
-    """Why the linear-attention form (backend ``"linear"``) cannot run this call, or None. The mask is checked
-    by :func:`polynomial_attention_linear` itself (this predicate does not see it)."""
+def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
+    """Why the linear-attention form (backend ``"linear"``) cannot run this call, or None: a degree other than 2,
+    attention dropout, or a mask that is not causal / key padding / none (see :func:`linear_mask_layout`).
+    query: (B, H, Q, d)."""
     problem = linear_degree_problem(ctx.options.degree)
     if problem is not None:
         return f"it {problem}. Set 'degree': 2, or use backend='fused'"
     if ctx.dropout > 0:
         return (f"attention dropout ({ctx.dropout:g}) is not supported: the linear form never builds the weights "
                 "it would drop. Set the model's attention dropout to 0 (or call model.eval()), or use backend='fused'")
+    try:
+        linear_mask_layout(mask)
+    except OptionError as err:
+        return str(err).removeprefix("polynomial: ").removesuffix(".")
     return None
 
 
@@ -202,7 +207,7 @@ def polynomial_attention_linear(
     would cost O(K·D·d), the direct form O(Q·K·d); both are exact. Raises :class:`OptionError` for a degree
     other than 2, attention dropout, or a mask that is not causal / key padding / none.
     """
-    reason = polynomial_linear_supports(query, ctx)
+    reason = polynomial_linear_supports(query, mask, ctx)
     if reason is not None:
         raise OptionError(f"polynomial: backend='linear' cannot run this call: {reason}.")
     offset, key_visible = linear_mask_layout(mask)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels.mask import AttentionMask
-from ..kernels.sdpa import sdpa
-from .common import AttentionContext, attention_dropout, masked_softmax
+from ...kernels.mask import AttentionMask
+from ...kernels.sdpa import sdpa
+from ..common import AttentionContext, attention_dropout, masked_softmax
 
 
 def softmax_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

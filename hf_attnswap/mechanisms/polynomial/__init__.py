@@ -1,0 +1,38 @@
+"""polynomial: ``a_ij = c_i * s_ij**p`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613; SCIENCE.md).
+Registers itself when imported: the reference, the blocked ``fused`` kernel, ``triton`` and the degree-2 ``linear`` form.
+"""
+
+from __future__ import annotations
+
+from ...registry import register_mechanism
+from .attention import (
+    length_scale_constant,
+    length_scale_vector,
+    linear_decode_state,
+    linear_mask_layout,
+    polynomial_attention,
+    polynomial_attention_fused,
+    polynomial_attention_linear,
+    polynomial_attention_triton,
+    polynomial_linear_supports,
+    polynomial_triton_supports,
+    polynomial_weights,
+)
+from .options import LENGTH_SCALES, LINEAR_DEGREE, MAX_DEGREE, PolynomialOptions, linear_degree_problem
+
+register_mechanism(
+    "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
+    fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton, "linear": polynomial_attention_linear},
+    fast_supports={"triton": polynomial_triton_supports, "linear": polynomial_linear_supports},
+    auto=("triton", "fused"),  # "linear" is opt-in
+    paper=("2410.18613", "Saratchandran et al., Rethinking Attention: Polynomial Alternatives to Softmax in Transformers"),
+    exercise=({"degree": 3}, {"degree": 2}),  # degree 2 for the linear form, which computes only that one
+    examples=({"degree": 3},),
+)(polynomial_attention)
+
+__all__ = [
+    "LENGTH_SCALES", "LINEAR_DEGREE", "MAX_DEGREE", "PolynomialOptions", "length_scale_constant", "length_scale_vector",
+    "linear_decode_state", "linear_degree_problem", "linear_mask_layout", "polynomial_attention",
+    "polynomial_attention_fused", "polynomial_attention_linear", "polynomial_attention_triton",
+    "polynomial_linear_supports", "polynomial_triton_supports", "polynomial_weights",
+]
