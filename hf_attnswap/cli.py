@@ -168,9 +168,9 @@ def _eval_ppl(args: argparse.Namespace) -> int:
     from .evaluation.compare import compare, print_table, write_json
     from .evaluation.perplexity import perplexity, plan_perplexity
 
+    _check_output_file(args.json, "--json")
     model = _default_model(args.model)
     specs = _attn_specs(args.attn, args.model and model, PPL_ATTN)
-    _check_output_file(args.json, "--json")
     source = _dataset(args.dataset)
     _quiet_datasets()
     load_kw: dict[str, Any] = {"text_column": args.text_column, "limit": args.limit, "txt_sample_by": args.sample_by}
@@ -224,9 +224,9 @@ def _eval_mt(args: argparse.Namespace) -> int:
     from .evaluation.compare import compare, print_table, write_json
     from .evaluation.translation import check_translation_fits, evaluate_translation
 
+    _check_output_file(args.json, "--json")
     model = _default_model(args.model)
     specs = _attn_specs(args.attn, args.model and model, MT_ATTN)
-    _check_output_file(args.json, "--json")
     limit = args.limit if args.limit and args.limit > 0 else None
     _quiet_datasets()
     pairs = load_parallel(_dataset(args.dataset), args.split, src_lang=args.src, tgt_lang=args.tgt, limit=limit,
