@@ -209,7 +209,7 @@ def _wrap_set_attn_implementation() -> None:
     def set_attn_implementation(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
         sync_record = _callback("sync_record")
         name = args[0] if args else kwargs.get("attn_implementation")
-        if isinstance(name, str) and _callback("is_mechanism")(name) and not supports_attention_interface(self):
+        if not supports_attention_interface(self) and isinstance(name, str) and _callback("is_mechanism")(name):
             raise _callback("unsupported_model_error")(self)  # Transformers would only warn, and keep its attention
         result = original(self, *args, **kwargs)
         sync_record(self)
@@ -228,8 +228,8 @@ def _wrap_check_attn_implementation() -> None:
 
     @functools.wraps(original)
     def check(self: PreTrainedModel, attn_implementation: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(attn_implementation, str) and _callback("is_mechanism")(attn_implementation) \
-                and not supports_attention_interface(self):
+        if not supports_attention_interface(self) and isinstance(attn_implementation, str) \
+                and _callback("is_mechanism")(attn_implementation):
             raise _callback("unsupported_model_error")(self)
         return original(self, attn_implementation, *args, **kwargs)
 
