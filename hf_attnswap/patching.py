@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
@@ -53,11 +54,14 @@ class Architecture:
     """How hf_attnswap reaches into one family of models.
 
     ``rotary``: the attention module receives ``position_embeddings=(cos, sin)`` and rotates q/k with the
-    Llama/NeoX ``rotate_half`` convention after projecting them.
+    Llama/NeoX ``rotate_half`` convention after projecting them. ``half_tables``: its tables are (B, Q, d/2), one
+    angle per pair, as GPT-OSS's (``(x1·cos − x2·sin, x2·cos + x1·sin)``, the same rotation); the rotary pre-hook
+    repeats them to (B, Q, d).
     """
 
     label: str
     rotary: bool
+    half_tables: bool = False
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -65,11 +69,26 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("Llama (incl. SmolLM2)", rotary=True),
     "mistral": Architecture("Mistral", rotary=True),
     "qwen2": Architecture("Qwen2", rotary=True),
+    "gemma2": Architecture("Gemma2", rotary=True),
+    "gpt_oss": Architecture("GPT-OSS", rotary=True, half_tables=True),
 }
 
 
 def supported_architectures() -> str:
     return ", ".join(f"{a.label} (model_type {t!r})" for t, a in ARCHITECTURES.items())
+
+
+def unsupported_model_error(model: nn.Module) -> UnsupportedModelError:
+    """The error for a model whose attention does not go through Transformers' ``AttentionInterface`` (Falcon,
+    StableLM, BLOOM ...): it names the model type and lists what is supported."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return UnsupportedModelError(
+        f"{type(model).__name__} (model_type {model_type!r}) computes attention in its own code rather than through "
+        f"Transformers' AttentionInterface, so hf_attnswap cannot swap its attention. Supported: "
+        f"{supported_architectures()} (every mechanism); softmax and polynomial also run on any other model whose "
+        "class sets `_supports_attention_backend = True` (e.g. gemma2, gpt_oss, qwen3). Load this model with "
+        "attn_implementation='eager' or 'sdpa' instead."
+    )
 
 
 def check_supported(model: nn.Module, mech: Mechanism) -> Architecture | None:
@@ -81,11 +100,7 @@ def check_supported(model: nn.Module, mech: Mechanism) -> Architecture | None:
     model_type = getattr(model.config, "model_type", None)
     arch = ARCHITECTURES.get(model_type)
     if not supports_attention_interface(model):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} (model_type {model_type!r}) computes attention in its own code rather than through "
-            f"Transformers' AttentionInterface, so its attention cannot be swapped. Supported: {supported_architectures()}; "
-            "softmax and polynomial also run on any other model with `_supports_attention_backend = True`."
-        )
+        raise unsupported_model_error(model)
     if mech.make_params is not None and arch is None:
         raise UnsupportedModelError(
             f"mechanism {mech.name!r} adds parameters to each attention layer and needs an architecture adapter, "
@@ -119,17 +134,25 @@ def _stash_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
     object.__setattr__(module, ROPE_ATTR, kwargs.get("position_embeddings"))
 
 
+def _stash_half_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """:func:`_stash_rope` for half-width tables (B, Q, d/2): stashed repeated to (B, Q, d), the ``rotate_half`` form."""
+    tables = kwargs.get("position_embeddings")
+    if tables is not None:
+        tables = tuple(torch.cat([t, t], dim=-1) for t in tables)
+    object.__setattr__(module, ROPE_ATTR, tables)
+
+
 def _clear_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
     object.__setattr__(module, ROPE_ATTR, None)
 
 
-def _set_rope_hooks(module: nn.Module, on: bool) -> None:
+def _set_rope_hooks(module: nn.Module, on: bool, half_tables: bool = False) -> None:
     for handle in getattr(module, HOOKS_ATTR, ()):
         handle.remove()
     handles = ()
     if on:
         handles = (
-            module.register_forward_pre_hook(_stash_rope, with_kwargs=True),
+            module.register_forward_pre_hook(_stash_half_rope if half_tables else _stash_rope, with_kwargs=True),
             module.register_forward_hook(_clear_rope, with_kwargs=True),
         )
     object.__setattr__(module, HOOKS_ATTR, handles)
@@ -177,7 +200,8 @@ def install(model: PreTrainedModel, mech: Mechanism, opts: MechanismOptions, *, 
             continue
         if params is not None:
             module.add_module(PARAMS_ATTR, params)
-        _set_rope_hooks(module, bool(mech.needs_rope and arch is not None and arch.rotary))
+        _set_rope_hooks(module, bool(mech.needs_rope and arch is not None and arch.rotary),
+                        bool(arch is not None and arch.half_tables))
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel):
             override_init_weights(sub, _init_weights_with_attnswap)
@@ -364,4 +388,5 @@ def swap(model: PreTrainedModel, mechanism: str, /, **options: Any) -> PreTraine
     return model
 
 
-register_callbacks(apply_from_config=apply_from_config, orphan_mechanism_error=orphan_mechanism_error, sync_record=sync_record)
+register_callbacks(apply_from_config=apply_from_config, orphan_mechanism_error=orphan_mechanism_error, sync_record=sync_record,
+                   unsupported_model_error=unsupported_model_error)

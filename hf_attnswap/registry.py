@@ -69,6 +69,8 @@ class Mechanism:
     - ``accepts``: the attention keywords of :data:`SEMANTIC_KEYWORDS` (``softcap``, ``s_aux`` ...) that the
       mechanism implements, reading them from ``ctx.extra``. A model that passes any other of them (not None) is
       refused at its first forward, naming the model type and the keyword, rather than silently ignored.
+    - ``refuses``: ``{keyword: why}`` for keywords of :data:`SEMANTIC_KEYWORDS` that the mechanism has no meaning for
+      (polynomial and sinks: no softmax denominator); the refusal says why.
     - ``auto``: the fast paths ``backend="auto"`` tries, in order.
     - Metadata that the model card, ``list_mechanisms()``, the tests, the benchmarks and the demo read (so none keeps
       its own list): ``paper`` (``(arXiv id, citation)`` or None); ``exercise``, option sets under which the
@@ -90,6 +92,7 @@ class Mechanism:
     paper: tuple[str, str] | None = None
     exercise: tuple[dict[str, Any], ...] = ({},)
     examples: tuple[dict[str, Any], ...] = ({},)
+    refuses: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -114,6 +117,7 @@ def register_mechanism(
     fast: dict[str, FastFn] | None = None,
     fast_supports: dict[str, Callable[..., str | None]] | None = None,
     accepts: tuple[str, ...] = (),
+    refuses: dict[str, str] | None = None,
     auto: tuple[str, ...] | None = None,
     paper: tuple[str, str] | None = None,
     exercise: tuple[dict[str, Any], ...] | None = None,
@@ -137,7 +141,8 @@ def register_mechanism(
     Then ``from_pretrained(..., attn_implementation="sigmoid", attnswap={"bias": -1.0})``.
 
     ``accepts``: the model-specific attention keywords (of :data:`SEMANTIC_KEYWORDS`, e.g. ``"softcap"``) that
-    ``fn`` implements by reading ``ctx.extra``; models that pass the others are refused.
+    ``fn`` implements by reading ``ctx.extra``; models that pass the others are refused. ``refuses``: ``{keyword: why}``
+    for those of them the mechanism has no meaning for, so that the refusal explains itself.
 
     ``fast``: ``{backend name: fn}``, each ``fn(query, key, value, mask: AttentionMask, ctx) -> out`` (un-repeated
     K/V). Registration is the one source of truth for backends: the options get a ``backend`` option (added
@@ -164,9 +169,12 @@ def register_mechanism(
             raise OptionError(f"mechanism {name!r} is already registered; pass overwrite=True to replace it.")
         options_cls.mechanism = name
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        unknown = sorted(set(accepts) - set(SEMANTIC_KEYWORDS))
+        unknown = sorted((set(accepts) | set(refuses or {})) - set(SEMANTIC_KEYWORDS))
+        both = sorted(set(accepts) & set(refuses or {}))
+        if both:
+            raise OptionError(f"register_mechanism({name!r}): {', '.join(map(repr, both))} both accepted and refused.")
         if unknown:
-            raise OptionError(f"register_mechanism({name!r}, accepts=...): {', '.join(map(repr, unknown))} not among the "
+            raise OptionError(f"register_mechanism({name!r}, accepts/refuses=...): {', '.join(map(repr, unknown))} not among the "
                               f"attention keywords hf_attnswap checks ({', '.join(SEMANTIC_KEYWORDS)}); other keywords "
                               "reach ctx.extra anyway.")
         fast_paths = dict(fast or {})
@@ -183,7 +191,7 @@ def register_mechanism(
         exercised = _option_sets(name, "exercise", exercise)
         shown = exercised if examples is None else _option_sets(name, "examples", examples)
         mech = Mechanism(name, fn, opts_cls, make_params, needs_rope, doc, fast_paths, supports, frozenset(accepts),
-                         order, _paper(name, paper), exercised, shown)
+                         order, _paper(name, paper), exercised, shown, {k: str(v) for k, v in (refuses or {}).items()})
         opts_cls.backends = mech.backends
         for sets in (exercised, shown):
             for opts in sets:
@@ -223,17 +231,35 @@ def _with_backend_option(name: str, options_cls: type[MechanismOptions], fast: d
 #: ``indices``/``block_indices``. (``sliding_window`` is not here: the mask function applies it.)
 SEMANTIC_KEYWORDS = ("softcap", "s_aux", "sinks", "position_bias", "indices", "block_indices")
 
+#: Attention keywords that models pass and that need nothing of a mechanism, with the reason. Together with
+#: :data:`SEMANTIC_KEYWORDS` (implemented or refused by each mechanism) and the arguments of the attention function
+#: itself (``attention_mask``, ``scaling``, ``dropout``), these are every keyword an installed Transformers causal LM
+#: passes; ``tests/test_attention_keywords.py`` walks the models and fails on any other, so that a new one is decided
+#: on rather than silently ignored.
+NEUTRAL_KEYWORDS: dict[str, str] = {
+    "sliding_window": "applied by the mask function: the boolean mask hides keys outside the window",
+    "position_ids": "positions are already in the (rotated) query/key and in the mask",
+    "cache_position": "the KV-cache offset is already in the mask",
+    "position_embeddings": "rotary (cos, sin), already applied to query/key (daGPAM's pre-rotary hook reads its own copy)",
+    "past_key_values": "the cache was already updated: key/value hold every cached position",
+    "use_cache": "bookkeeping for the cache, not for attention",
+    "output_attentions": "read by the registry: attention weights come from the reference forward",
+    "output_router_logits": "mixture-of-experts bookkeeping, not for attention",
+    "encoder_hidden_states": "None in a causal LM; cross-attention gets them already projected into key/value",
+}
+
 
 def check_keywords(mech: Mechanism, module: nn.Module, kwargs: dict[str, Any]) -> None:
     """Raise :class:`UnsupportedModelError` if the model passed a :data:`SEMANTIC_KEYWORDS` keyword (not None) that
-    ``mech`` does not implement."""
+    ``mech`` does not implement (with the mechanism's reason when it refuses it by name)."""
     refused = [k for k in SEMANTIC_KEYWORDS if kwargs.get(k) is not None and k not in mech.accepts]
     if refused:
         model_type = getattr(getattr(module, "config", None), "model_type", None)
+        why = "".join(f" {k!r}: {mech.refuses[k]}." for k in refused if k in mech.refuses)
         raise UnsupportedModelError(
             f"mechanism {mech.name!r} does not implement the attention argument(s) {', '.join(map(repr, refused))} "
             f"that {type(module).__name__} (model_type {model_type!r}) passes; ignoring them would silently change "
-            f"the model. Use Transformers' own attention for this model, or a mechanism that implements them "
+            f"the model.{why} Use Transformers' own attention for this model, or a mechanism that implements them "
             f"(register_mechanism(..., accepts={tuple(refused)!r}))."
         )
 

@@ -17,6 +17,10 @@ Hooks. Transformers has no public hook for "a model was just built" nor for extr
 
 ``load_adapter`` (Transformers' PEFT integration) is wrapped to refuse an adapter whose mechanism parameters the
 model cannot take, and ``set_attn_implementation`` to keep the saved record true to what the model computes.
+``_check_and_adjust_attn_implementation`` (private; ``PreTrainedModel.__init__`` and ``set_attn_implementation`` check
+the requested attention with it) is wrapped to refuse a mechanism for a model whose attention does not go through
+``AttentionInterface``: Falcon picks its attention class from its own table in ``__init__`` and would fail there with
+``KeyError: 'softmax'``.
 
 Other internals, one function each:
 
@@ -67,6 +71,7 @@ _CALLBACK_OWNERS = {
     "is_mechanism_parameter": "registry",
     "apply_from_config": "patching",
     "orphan_mechanism_error": "patching",
+    "unsupported_model_error": "patching",
     "sync_record": "patching",
 }
 _CALLBACKS: dict[str, Callable[..., Any]] = {}
@@ -196,12 +201,16 @@ def _wrap_load_adapter() -> None:
 
 
 def _wrap_set_attn_implementation() -> None:
-    """``model.set_attn_implementation("sdpa")`` on a swapped model must not leave ``config.json`` saying daGPAM."""
+    """``model.set_attn_implementation("sdpa")`` on a swapped model must not leave ``config.json`` saying daGPAM; a
+    mechanism on a model outside ``AttentionInterface`` is refused (Transformers only warns and changes nothing)."""
     original = PreTrainedModel.set_attn_implementation
 
     @functools.wraps(original)
     def set_attn_implementation(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
         sync_record = _callback("sync_record")
+        name = args[0] if args else kwargs.get("attn_implementation")
+        if not supports_attention_interface(self) and isinstance(name, str) and _callback("is_mechanism")(name):
+            raise _callback("unsupported_model_error")(self)  # Transformers would only warn, and keep its attention
         result = original(self, *args, **kwargs)
         sync_record(self)
         return result
@@ -210,8 +219,27 @@ def _wrap_set_attn_implementation() -> None:
     PreTrainedModel.set_attn_implementation = set_attn_implementation
 
 
+def _wrap_check_attn_implementation() -> None:
+    """Refuse a mechanism name, with hf_attnswap's error, on a model that cannot run it, before the model builds its
+    attention layers: ``PreTrainedModel.__init__`` checks ``config._attn_implementation`` with the private
+    ``_check_and_adjust_attn_implementation`` (as does ``set_attn_implementation``), before a model such as Falcon looks
+    the name up in its own table of attention classes (``KeyError: 'softmax'``)."""
+    original = PreTrainedModel._check_and_adjust_attn_implementation
+
+    @functools.wraps(original)
+    def check(self: PreTrainedModel, attn_implementation: Any, *args: Any, **kwargs: Any) -> Any:
+        if not supports_attention_interface(self) and isinstance(attn_implementation, str) \
+                and _callback("is_mechanism")(attn_implementation):
+            raise _callback("unsupported_model_error")(self)
+        return original(self, attn_implementation, *args, **kwargs)
+
+    setattr(check, _MARK, original)
+    PreTrainedModel._check_and_adjust_attn_implementation = check
+
+
 def install_hooks() -> None:
-    """Wrap ``from_pretrained``, ``_from_config``, ``post_init`` and ``load_adapter`` once (idempotent)."""
+    """Wrap ``from_pretrained``, ``_from_config``, ``post_init``, ``load_adapter``, ``set_attn_implementation`` and
+    ``_check_and_adjust_attn_implementation`` once (idempotent)."""
     for name in ("from_pretrained", "_from_config"):
         if not hasattr(PreTrainedModel.__dict__[name].__func__, _MARK):
             _wrap_classmethod(name)
@@ -221,6 +249,8 @@ def install_hooks() -> None:
         _wrap_load_adapter()
     if not hasattr(PreTrainedModel.set_attn_implementation, _MARK):
         _wrap_set_attn_implementation()
+    if not hasattr(PreTrainedModel._check_and_adjust_attn_implementation, _MARK):
+        _wrap_check_attn_implementation()
 
 
 def hooks_installed() -> bool:
@@ -232,6 +262,7 @@ def hooks_installed() -> bool:
             PreTrainedModel.post_init,
             PreTrainedModel.load_adapter,
             PreTrainedModel.set_attn_implementation,
+            PreTrainedModel._check_and_adjust_attn_implementation,
         )
     )
 

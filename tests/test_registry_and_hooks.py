@@ -100,6 +100,7 @@ def test_transformers_internals_hf_attnswap_relies_on():
 #: names, imported names or the string of a getattr/pop): only hf_attnswap/transformers_hooks.py may use them.
 PRIVATE_NAMES = {
     "_from_config",  # PreTrainedModel._from_config: wrapped (attnswap= keyword of AutoModel*.from_config)
+    "_check_and_adjust_attn_implementation",  # wrapped: a mechanism on a model outside AttentionInterface is refused
     "_attn_implementation",  # PretrainedConfig._attn_implementation: attn_implementation_of, set_attn_implementation_name
     "_supports_attention_backend",  # supports_attention_interface
     "_can_record_outputs",  # attention_class
@@ -153,6 +154,22 @@ def test_internal_transformers_attention_names():
         AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="no_such_attention")
     with pytest.raises(hf_attnswap.OptionError, match="clashes with a Transformers attention"):
         hf_attnswap.register_mechanism("flex_attention")
+
+
+def test_internal_check_and_adjust_attn_implementation():
+    """``PreTrainedModel.__init__`` checks the requested attention with ``_check_and_adjust_attn_implementation``
+    before the model builds its layers (Falcon then looks the name up in its own table): the wrapper refuses a
+    mechanism there, on models outside AttentionInterface, and leaves every other call to Transformers."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    assert "self._check_and_adjust_attn_implementation(" in inspect.getsource(PreTrainedModel.__init__)
+    assert hasattr(PreTrainedModel._check_and_adjust_attn_implementation, "__hf_attnswap_wrapped__")
+    cfg = FalconConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    set_attn_implementation_name(cfg, "softmax")
+    with pytest.raises(hf_attnswap.UnsupportedModelError, match="model_type 'falcon'"):
+        FalconForCausalLM(cfg)
+    set_attn_implementation_name(cfg, "eager")
+    assert attn_implementation_of(FalconForCausalLM(cfg).config) == "eager"
 
 
 def test_internal_supports_attention_backend():

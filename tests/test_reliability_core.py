@@ -247,29 +247,37 @@ def test_mechanism_weights_into_a_plain_model_with_strict_false_are_refused(trai
 # ----------------------------------------------------------------------------------- 7. attention keywords, rotary
 
 
-def test_gemma2_softcap_is_refused_by_name():
+def test_gemma2_softcap_is_refused_by_name_by_a_mechanism_that_does_not_implement_it():
     from transformers import Gemma2Config
+
+    @hf_attnswap.register_mechanism("no_softcap", overwrite=True)
+    def no_softcap(query, key, value, mask, ctx):
+        w = torch.softmax((query @ key.transpose(-1, -2) * ctx.scaling).masked_fill(~mask, float("-inf")), -1)
+        return w @ value, w
 
     cfg = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, attn_logit_softcapping=50.0)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="softmax").eval()
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="no_softcap").eval()
     with pytest.raises(UnsupportedModelError, match=r"'softcap'.*model_type 'gemma2'"):
         model(random_ids(1, 5))
 
 
-@pytest.mark.parametrize("keyword", ["s_aux", "sinks", "softcap", "position_bias"])
-def test_semantic_keywords_are_refused_and_none_is_fine(load, keyword):
+@pytest.mark.parametrize("mechanism, keyword", [("softmax", "position_bias"), ("softmax", "indices"),
+                                                ("polynomial", "s_aux"), ("polynomial", "sinks"),
+                                                ("polynomial", "position_bias")])
+def test_semantic_keywords_are_refused_and_none_is_fine(load, mechanism, keyword):
     from transformers import AttentionInterface
 
-    model = load("llama", "softmax")
+    model = load("llama", mechanism)
     module = model.model.layers[0].self_attn
-    fn = AttentionInterface()["softmax"]
+    fn = AttentionInterface()[mechanism]
     q = torch.randn(1, 4, 3, 8)
     kv = torch.randn(1, 2, 3, 8)
     mask = torch.ones(1, 1, 3, 3, dtype=torch.bool).tril()
     out, _ = fn(module, q, kv, kv, mask, **{keyword: None})
     assert out.shape == (1, 3, 4, 8)
-    with pytest.raises(UnsupportedModelError, match=rf"{keyword!r}.*model_type 'llama'"):
+    why = r".*no\s+denominator" if keyword in ("s_aux", "sinks") else ""
+    with pytest.raises(UnsupportedModelError, match=rf"(?s){keyword!r}.*model_type 'llama'{why}"):
         fn(module, q, kv, kv, mask, **{keyword: torch.zeros(4)})
 
 

@@ -8,6 +8,9 @@ There is no row normalisation, hence no row statistics to carry between blocks, 
     s = (scale·q) kᵀ,  w = s^p ⊙ M,  out = c ⊙ (w v)
     g = c ⊙ dout:  dv = wᵀ g,  ds = p · s^(p-1) ⊙ M ⊙ (g vᵀ),  dq = scale · ds k,  dk = dsᵀ (scale·q)
 
+With a logit soft-cap ``t`` (Gemma2's ``softcap``), ``s`` is replaced by ``u = t·tanh(s/t)`` and ``ds`` gains the
+factor ``du/ds = 1 - (u/t)²``.
+
 Reference: ``hf_attnswap.mechanisms.polynomial.polynomial_attention``.
 """
 
@@ -40,10 +43,16 @@ def _keep(shape: tuple[int, ...], dropout: float, seed: int, q0: int, k0: int, d
     return keep.to(dtype).div_(1.0 - dropout)
 
 
-def block_forward(rows: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, m: torch.Tensor | None, p: int) -> torch.Tensor:
-    """One block's ``((rows·kbᵀ)^p ⊙ m) vb``: rows (B, H_kv, n, d) (already scaled), kb (B, H_kv, k, d), vb
-    (B, H_kv, k, d_v), m (n, k)-broadcastable or None. Returns (B, H_kv, n, d_v)."""
-    s = torch.matmul(rows, kb.transpose(-1, -2))
+def _capped(s: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """``softcap·tanh(s/softcap)`` in place on ``s`` (None: ``s``)."""
+    return s if softcap is None else s.div_(softcap).tanh_().mul_(softcap)
+
+
+def block_forward(rows: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, m: torch.Tensor | None, p: int,
+                  softcap: float | None = None) -> torch.Tensor:
+    """One block's ``((cap(rows·kbᵀ))^p ⊙ m) vb``: rows (B, H_kv, n, d) (already scaled), kb (B, H_kv, k, d), vb
+    (B, H_kv, k, d_v), m (n, k)-broadcastable or None, ``cap`` the soft-cap (None: none). Returns (B, H_kv, n, d_v)."""
+    s = _capped(torch.matmul(rows, kb.transpose(-1, -2)), softcap)
     w = s.pow_(p) if p > 1 else s
     if m is not None:
         w.mul_(m)
@@ -51,11 +60,13 @@ def block_forward(rows: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, m: tor
 
 
 def block_backward(rows: torch.Tensor, go: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, m: torch.Tensor | None,
-                   p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   p: int, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One block's gradients ``(dq_rows, dk, dv)`` for :func:`block_forward` with upstream ``go`` (B, H_kv, n, d_v),
-    the scores recomputed: ``dv = wᵀ go``, ``ds = s^(p-1) ⊙ m ⊙ (go vbᵀ)``, ``dq_rows = ds kb``, ``dk = dsᵀ rows``.
+    the scores recomputed: ``dv = wᵀ go``, ``ds = s^(p-1) ⊙ m ⊙ (go vbᵀ)``, ``dq_rows = ds kb``, ``dk = dsᵀ rows``
+    (with a soft-cap, ``s`` is the capped score and ``ds`` gains ``1 - (s/softcap)²``).
     ``dq_rows`` and ``dk`` leave out the constant factor ``p`` (callers apply it once)."""
-    s = torch.matmul(rows, kb.transpose(-1, -2))
+    s = _capped(torch.matmul(rows, kb.transpose(-1, -2)), softcap)
+    dcap = None if softcap is None else 1 - (s / softcap).square()
     if p == 1:
         dpow, w = None, s
     else:
@@ -67,6 +78,8 @@ def block_backward(rows: torch.Tensor, go: torch.Tensor, kb: torch.Tensor, vb: t
     ds = torch.matmul(go, vb.transpose(-1, -2))
     if dpow is not None:
         ds.mul_(dpow)
+    if dcap is not None:
+        ds.mul_(dcap)
     if m is not None:
         ds.mul_(m)
     return torch.matmul(ds, kb), torch.matmul(ds.transpose(-1, -2), rows), dv
@@ -76,7 +89,8 @@ class PolynomialAttention(torch.autograd.Function):
     """Autograd function; call through :func:`polynomial_attention_blocked`."""
 
     @staticmethod
-    def forward(ctx, query, key, value, c, mask: AttentionMask, scale: float, degree: int, block: int, dropout: float):
+    def forward(ctx, query, key, value, c, mask: AttentionMask, scale: float, degree: int, block: int, dropout: float,
+                softcap: float | None):
         b, hkv, r, q_len, d = query.shape
         seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
         out = query.new_zeros(*query.shape[:-1], value.shape[-1])
@@ -89,13 +103,14 @@ class PolynomialAttention(torch.autograd.Function):
                 shape = (*rows.shape[:-1], k1 - k0)
                 keep = _keep(shape, dropout, seed, q0, k0, rows.device, rows.dtype) if dropout > 0 else None
                 m = _block_mask(mask, q0, q1, k0, k1, r, rows.dtype, rows.device, keep)
-                part = block_forward(rows, key[:, :, k0:k1], value[:, :, k0:k1], m, degree)
+                part = block_forward(rows, key[:, :, k0:k1], value[:, :, k0:k1], m, degree, softcap)
                 acc = part if acc is None else acc.add_(part)
             if acc is not None:
                 out[:, :, :, q0:q1] = ungroup_rows(acc, r)
         out.mul_(c.to(out.dtype).unsqueeze(2))  # c: (B|1, 1, Q, 1) -> (B|1, 1, 1, Q, 1)
         ctx.save_for_backward(query, key, value, c)  # inputs only: nothing of size n×d is added for the backward
         ctx.mask, ctx.scale, ctx.degree, ctx.block, ctx.dropout, ctx.seed = mask, scale, degree, block, dropout, seed
+        ctx.softcap = softcap
         return out
 
     @staticmethod
@@ -117,13 +132,13 @@ class PolynomialAttention(torch.autograd.Function):
                 shape = (*rows.shape[:-1], k1 - k0)
                 keep = _keep(shape, dropout, seed, q0, k0, rows.device, rows.dtype) if dropout > 0 else None
                 m = _block_mask(mask, q0, q1, k0, k1, r, rows.dtype, rows.device, keep)
-                part, dk_part, dv_part = block_backward(rows, go, key[:, :, k0:k1], value[:, :, k0:k1], m, p)
+                part, dk_part, dv_part = block_backward(rows, go, key[:, :, k0:k1], value[:, :, k0:k1], m, p, ctx.softcap)
                 dq_rows = part if dq_rows is None else dq_rows.add_(part)
                 dk[:, :, k0:k1] += dk_part
                 dv[:, :, k0:k1] += dv_part
             if dq_rows is not None:
                 dq[:, :, :, q0:q1] = ungroup_rows(dq_rows, r)
-        return dq.mul_(p * scale), dk.mul_(p), dv, None, None, None, None, None, None
+        return dq.mul_(p * scale), dk.mul_(p), dv, None, None, None, None, None, None, None
 
 
 def polynomial_attention_blocked(
@@ -136,17 +151,20 @@ def polynomial_attention_blocked(
     degree: int,
     block: int | None = None,
     dropout: float = 0.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Polynomial attention without an n×n matrix, forward and backward.
 
     query: (B, H, Q, d); key, value: (B, H_kv, K, d) (GQA: ``H = R·H_kv``, query head ``h`` uses K/V head
     ``h // R``, as Transformers' ``repeat_kv``); ``c``: the length scale ``c_i``, (B|1, 1, Q, 1), no gradient.
     ``dropout``: attention dropout on the weights; each block's mask comes from a seeded generator, so the
-    backward regenerates it instead of storing it. Returns (B, H, Q, d_v) in the dtype of ``query``.
+    backward regenerates it instead of storing it. ``softcap``: scores ``s`` become ``softcap·tanh(s/softcap)`` before
+    the power (None: none). Returns (B, H, Q, d_v) in the dtype of ``query``.
     """
     b, h, q_len, d = query.shape
     hkv = key.shape[1]
     block = block or DEFAULT_BLOCK
     q5 = query.view(b, hkv, h // hkv, q_len, d)
-    out = PolynomialAttention.apply(q5, key, value, c.detach(), mask, float(scale), int(degree), int(block), float(dropout))
+    out = PolynomialAttention.apply(q5, key, value, c.detach(), mask, float(scale), int(degree), int(block), float(dropout),
+                                    None if softcap is None else float(softcap))
     return out.view(b, h, q_len, value.shape[-1])

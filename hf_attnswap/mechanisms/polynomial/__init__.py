@@ -24,6 +24,10 @@ register_mechanism(
     "polynomial", PolynomialOptions, description="x^p with a 1/sqrt(N) length scale, unnormalised (arXiv 2410.18613).",
     fast={"fused": polynomial_attention_fused, "triton": polynomial_attention_triton, "linear": polynomial_attention_linear},
     fast_supports={"triton": polynomial_triton_supports, "linear": polynomial_linear_supports},
+    accepts=("softcap",),
+    refuses={k: ("an attention sink is a logit that joins a softmax denominator, and polynomial attention has no "
+                 "denominator (rows are not normalised), so a sink has no meaning here. Use softmax or dagpam for "
+                 "models with attention sinks") for k in ("s_aux", "sinks")},
     auto=("triton", "fused"),  # "linear" is opt-in
     paper=("2410.18613", "Saratchandran et al., Rethinking Attention: Polynomial Alternatives to Softmax in Transformers"),
     exercise=({"degree": 3}, {"degree": 2}),  # degree 2 for the linear form, which computes only that one

@@ -1,4 +1,10 @@
-"""polynomial: ``a_ij = c_i * s_ij**p`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613; SCIENCE.md)."""
+"""polynomial: ``a_ij = c_i * s_ij**p`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613; SCIENCE.md).
+
+Model arguments (``ctx.extra``): ``softcap`` caps the scaled scores before the power, ``a_ij = c_i·(t·tanh(s_ij/t))^p``
+(reference and ``fused``; ``triton`` and ``linear`` refuse it, so ``backend="auto"`` falls back). Attention sinks
+(``s_aux``/``sinks``) are refused at registration: a sink is a logit in a softmax denominator, and polynomial
+attention has no denominator to put it in (docs/softcap_and_sinks.md).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +19,19 @@ from ...kernels.mask import AttentionMask
 from ...kernels.polynomial_blocked import polynomial_attention_blocked
 from ...kernels.polynomial_linear import PolynomialLinearState
 from .options import PolynomialOptions, linear_degree_problem
-from ..common import AttentionContext, attention_dropout, compute_dtype
+from ..common import AttentionContext, apply_softcap, attention_dropout, compute_dtype, score_softcap
 
 
-def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float, options: PolynomialOptions) -> torch.Tensor:
-    """Unnormalised weights ``c_i * (scale * q_i·k_j)**p`` with a multiplicative mask, in float32.
+def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float, options: PolynomialOptions,
+                       softcap: float | None = None) -> torch.Tensor:
+    """Unnormalised weights ``c_i * cap(scale * q_i·k_j)**p`` with a multiplicative mask, in float32.
 
-    query: (B, H, Q, d); key: (B, H, K, d); mask: (B|1, 1, Q, K) bool. Returns (B, H, Q, K).
-    Computed in float32 for half-precision inputs, so that they cannot overflow here.
+    query: (B, H, Q, d); key: (B, H, K, d); mask: (B|1, 1, Q, K) bool; ``cap(s) = softcap·tanh(s/softcap)`` (None:
+    ``cap(s) = s``). Returns (B, H, Q, K). Computed in float32 for half-precision inputs, so that they cannot overflow
+    here.
     """
     dtype = compute_dtype(query.dtype)
-    scores = torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * scale
+    scores = apply_softcap(torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * scale, softcap)
     c = length_scale_vector(AttentionMask(mask, mask.shape[-2], mask.shape[-1]), options, mask.device)
     return scores.pow(options.degree) * mask * c.to(scores.dtype)
 
@@ -38,7 +46,7 @@ def polynomial_attention(
     done in float32; if the result does not fit the input dtype an ``OverflowError`` says so, rather than
     returning infinities.
     """
-    weights = polynomial_weights(query, key, mask, ctx.scaling, ctx.options)
+    weights = polynomial_weights(query, key, mask, ctx.scaling, ctx.options, score_softcap(ctx))
     out = torch.matmul(attention_dropout(weights, ctx.dropout), value.to(weights.dtype))
     return _checked_cast(out, value.dtype, ctx.options), weights.to(value.dtype)
 
@@ -100,7 +108,8 @@ def polynomial_attention_fused(
     dtype = compute_dtype(query.dtype)
     c = length_scale_vector(mask, ctx.options, query.device)
     out = polynomial_attention_blocked(
-        query.to(dtype), key.to(dtype), value.to(dtype), mask, c, ctx.scaling, ctx.options.degree, dropout=ctx.dropout
+        query.to(dtype), key.to(dtype), value.to(dtype), mask, c, ctx.scaling, ctx.options.degree, dropout=ctx.dropout,
+        softcap=score_softcap(ctx),
     )
     return _checked_cast(out, query.dtype, ctx.options)
 
@@ -116,6 +125,8 @@ def polynomial_triton_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
         return f"head size {head_dim} is not a power of two >= 16"
     if ctx.dropout > 0:
         return "attention dropout is not implemented in the Triton kernel"
+    if score_softcap(ctx) is not None:
+        return "the model's softcap (tanh on the scores) is not implemented in the Triton kernel; backend='fused' has it"
     return available_for(query)
 
 
@@ -143,6 +154,9 @@ def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
     if ctx.dropout > 0:
         return (f"attention dropout ({ctx.dropout:g}) is not supported: the linear form never builds the weights "
                 "it would drop. Set the model's attention dropout to 0 (or call model.eval()), or use backend='fused'")
+    if score_softcap(ctx) is not None:
+        return ("the model's softcap is not supported: tanh(s/softcap) has no finite feature map φ(q)·φ(k). Use "
+                "backend='fused', which takes it")
     try:
         linear_mask_layout(mask)
     except OptionError as err:
