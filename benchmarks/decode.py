@@ -19,8 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, machine, print_table, write_json  # noqa: E402
 
 import hf_attnswap  # noqa: E402,F401
+from hf_attnswap.mechanisms import BUILTINS  # noqa: E402
+from hf_attnswap.registry import get_mechanism  # noqa: E402
 
-CELLS = [("sdpa", {}), ("softmax", {}), ("dagpam", {"lambda_init": 0.1}), ("polynomial", {"degree": 3})]
+#: Native SDPA, then every built-in mechanism (backend auto) with the first option set its registration exercises.
+CELLS = [("sdpa", {})] + [(m, dict(get_mechanism(m).exercise[0])) for m in sorted(BUILTINS, key=lambda n: (n != "softmax", n))]
 
 
 def main() -> None:

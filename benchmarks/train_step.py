@@ -19,9 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, machine, print_table, write_json  # noqa: E402
 
 import hf_attnswap  # noqa: E402,F401
+from hf_attnswap.mechanisms import BUILTINS  # noqa: E402
+from hf_attnswap.registry import exercised_options  # noqa: E402
 
-CELLS = [("sdpa", {}), ("softmax", {"backend": "fused"}), ("dagpam", {"lambda_init": 0.1, "backend": "fused"}),
-         ("polynomial", {"degree": 3, "backend": "fused"})]
+#: Native SDPA, then every built-in mechanism's fused path with the first option set its registration exercises.
+CELLS = [("sdpa", {})] + [(m, exercised_options(m, "fused")[0].to_dict()) for m in sorted(BUILTINS, key=lambda n: (n != "softmax", n))]
 
 
 def main() -> None:

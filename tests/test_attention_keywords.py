@@ -26,6 +26,8 @@ from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv
 from hf_attnswap.transformers_hooks import attn_implementation_of
 
+from conftest import MECHANISMS
+
 #: Overrides that make most configs tiny; a config ignores the names it does not have (they become plain attributes).
 TINY = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=64,
@@ -265,7 +267,7 @@ def test_softcap_then_temperature():
 
 # --- models whose attention does not go through AttentionInterface --------------------------------------------------
 
-@pytest.mark.parametrize("mechanism", ["softmax", "polynomial", "dagpam"])
+@pytest.mark.parametrize("mechanism", MECHANISMS)
 @pytest.mark.parametrize("model_type", ["falcon", "stablelm", "bloom"])
 def test_models_outside_the_attention_interface_are_refused_clearly(model_type, mechanism):
     """Falcon used to fail with ``KeyError: 'softmax'`` in its own ``__init__``; now every path says why."""

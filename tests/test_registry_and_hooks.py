@@ -37,7 +37,7 @@ from hf_attnswap.transformers_hooks import (
     set_last_lr,
     supports_attention_interface,
 )
-from conftest import random_ids, tiny_config
+from conftest import MECHANISMS, random_ids, tiny_config
 
 
 def test_list_mechanisms():
@@ -50,13 +50,13 @@ def test_list_mechanisms():
     assert mechs["softmax"]["options"] == {"temperature": 1.0, "backend": "auto"}
 
 
-@pytest.mark.parametrize("name", ["softmax", "polynomial", "dagpam"])
+@pytest.mark.parametrize("name", MECHANISMS)
 def test_registered_with_both_interfaces(name):
     for key in (name, name + PERSIST_SUFFIX):
         assert key in AttentionInterface._global_mapping and key in AttentionMaskInterface._global_mapping
 
 
-@pytest.mark.parametrize("name", ["softmax", "polynomial", "dagpam"])
+@pytest.mark.parametrize("name", MECHANISMS)
 def test_mask_function_materialises_causal_padding_and_offset(name):
     """Transformers' create_causal_mask would skip the causal mask for sdpa; ours must always be materialised."""
     cfg = tiny_config("llama")
