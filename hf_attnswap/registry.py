@@ -93,6 +93,9 @@ class Mechanism:
     exercise: tuple[dict[str, Any], ...] = ({},)
     examples: tuple[dict[str, Any], ...] = ({},)
     refuses: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: ``{backend: (query, mask, ctx) -> reason or None}``, consulted by ``"auto"`` only: why auto should not pick a
+    #: fast path that *can* take the call (e.g. it is slower at this length); an explicit request ignores it.
+    auto_when: dict[str, SupportsFn] = dataclasses.field(default_factory=dict)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -118,6 +121,7 @@ def register_mechanism(
     fast_supports: dict[str, Callable[..., str | None]] | None = None,
     accepts: tuple[str, ...] = (),
     refuses: dict[str, str] | None = None,
+    auto_when: dict[str, Callable[..., str | None]] | None = None,
     auto: tuple[str, ...] | None = None,
     paper: tuple[str, str] | None = None,
     exercise: tuple[dict[str, Any], ...] | None = None,
@@ -150,7 +154,8 @@ def register_mechanism(
     ``fast_supports[name](query, mask, ctx)`` says why a fast path cannot take a call (None: it can; ``mask`` is the
     call's :class:`~hf_attnswap.kernels.mask.AttentionMask`; a predicate of the older form ``(query, ctx)`` is
     accepted too); ``auto`` lists the fast paths ``backend="auto"`` tries, in order (default: all of ``fast``, in
-    its order).
+    its order); ``auto_when[name](query, mask, ctx)`` says why ``"auto"`` should pass over a fast path that can
+    run the call (None: take it), e.g. below the length where it becomes faster.
 
     Metadata: ``paper=(arXiv id, citation)`` goes on the model card; ``exercise`` (option dicts, default ``({},)``)
     are what the conformance tests and benchmarks run the mechanism with, ideally options under which it differs from
@@ -178,7 +183,8 @@ def register_mechanism(
                               f"attention keywords hf_attnswap checks ({', '.join(SEMANTIC_KEYWORDS)}); other keywords "
                               "reach ctx.extra anyway.")
         fast_paths = dict(fast or {})
-        bad = sorted(set(fast_paths) & {"auto", "reference"}) or sorted(set(fast_supports or {}) - set(fast_paths))
+        bad = sorted(set(fast_paths) & {"auto", "reference"}) or sorted(
+            (set(fast_supports or {}) | set(auto_when or {})) - set(fast_paths))
         if bad:
             raise OptionError(f"register_mechanism({name!r}): {', '.join(map(repr, bad))} cannot be a fast path name "
                               "here ('auto' and 'reference' are reserved; fast_supports names must be in fast).")
@@ -191,7 +197,8 @@ def register_mechanism(
         exercised = _option_sets(name, "exercise", exercise)
         shown = exercised if examples is None else _option_sets(name, "examples", examples)
         mech = Mechanism(name, fn, opts_cls, make_params, needs_rope, doc, fast_paths, supports, frozenset(accepts),
-                         order, _paper(name, paper), exercised, shown, {k: str(v) for k, v in (refuses or {}).items()})
+                         order, _paper(name, paper), exercised, shown, {k: str(v) for k, v in (refuses or {}).items()},
+                         {k: _with_mask_argument(name, k, f) for k, f in (auto_when or {}).items()})
         opts_cls.backends = mech.backends
         for sets in (exercised, shown):
             for opts in sets:
@@ -517,6 +524,8 @@ def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor,
         for name in mech.auto:
             if name == "triton" and not query.is_cuda:
                 continue  # on CPU Triton only runs interpreted (TRITON_INTERPRET=1): a test path, never the fastest
+            if name in mech.auto_when and mech.auto_when[name](query, mask, ctx) is not None:
+                continue  # it could run, but another path is faster here
             if name in mech.fast and (name not in mech.fast_supports or mech.fast_supports[name](query, mask, ctx) is None):
                 return name
         return "reference"

@@ -235,6 +235,34 @@ def test_linear_needs_degree_2():
         spec.fast["linear"](q, q[:, :1], q[:, :1], AttentionMask(None, 3, 3, 0), AttentionContext(scaling=1.0, options=opts))
 
 
+def test_auto_picks_linear_only_for_long_calls_without_gradients():
+    """From LINEAR_AUTO_MIN_KEYS keys, without gradients and past one chunk of queries, auto takes the linear form
+    (measured faster there); shorter calls, training and decode steps keep the blocked kernel; degree 3 never."""
+    from hf_attnswap.mechanisms.polynomial import LINEAR_AUTO_MIN_KEYS
+
+    spec, auto = get_mechanism("polynomial"), PolynomialOptions(degree=2)
+    ctx = AttentionContext(scaling=1.0, options=auto)
+    n = LINEAR_AUTO_MIN_KEYS
+    long_q = torch.randn(1, 1, 256, 4)
+
+    def pick(q, k_len, opts=auto):
+        return select_backend(spec, opts, q, AttentionMask(None, q.shape[-2], k_len, k_len - q.shape[-2]),
+                              AttentionContext(scaling=1.0, options=opts), need_weights=False)
+
+    assert pick(long_q, n) == "linear"
+    assert pick(long_q, n - 1) == "fused"
+    assert pick(long_q.requires_grad_(), n) == "fused"  # training
+    assert pick(torch.randn(1, 1, 1, 4), n) == "fused"  # a decode step
+    assert pick(torch.randn(1, 1, 256, 4), n, PolynomialOptions(degree=3)) == "fused"
+    padded = AttentionMask(torch.ones(1, 1, 256, n, dtype=torch.bool).tril(n - 256), 256, n, None)
+    assert select_backend(spec, auto, torch.randn(1, 1, 256, 4), padded, ctx, need_weights=False) == "linear"
+    window = padded.dense.clone()
+    window[..., :10] = False
+    window[..., -1, :10] = True  # not causal-with-padding: a custom mask the linear form cannot take
+    assert select_backend(spec, auto, torch.randn(1, 1, 256, 4), AttentionMask(window, 256, n, None), ctx,
+                          need_weights=False) == "fused"
+
+
 def test_linear_is_opt_in_and_refuses_dropout():
     spec, q = get_mechanism("polynomial"), torch.randn(1, 2, 3, 4)
     auto = PolynomialOptions(degree=2)

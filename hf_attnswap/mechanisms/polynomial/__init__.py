@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ...registry import register_mechanism
 from .attention import (
+    LINEAR_AUTO_MIN_KEYS,
     length_scale_constant,
     length_scale_vector,
     linear_decode_state,
@@ -14,6 +15,7 @@ from .attention import (
     polynomial_attention_fused,
     polynomial_attention_linear,
     polynomial_attention_triton,
+    polynomial_linear_pays_off,
     polynomial_linear_supports,
     polynomial_triton_supports,
     polynomial_weights,
@@ -28,15 +30,16 @@ register_mechanism(
     refuses={k: ("an attention sink is a logit that joins a softmax denominator, and polynomial attention has no "
                  "denominator (rows are not normalised), so a sink has no meaning here. Use softmax or dagpam for "
                  "models with attention sinks") for k in ("s_aux", "sinks")},
-    auto=("triton", "fused"),  # "linear" is opt-in
+    auto=("triton", "linear", "fused"),  # linear only where it can run and pays off: long prefills, no gradients
+    auto_when={"linear": polynomial_linear_pays_off},
     paper=("2410.18613", "Saratchandran et al., Rethinking Attention: Polynomial Alternatives to Softmax in Transformers"),
     exercise=({"degree": 3}, {"degree": 2}),  # degree 2 for the linear form, which computes only that one
     examples=({"degree": 3},),
 )(polynomial_attention)
 
 __all__ = [
-    "LENGTH_SCALES", "LINEAR_DEGREE", "MAX_DEGREE", "PolynomialOptions", "length_scale_constant", "length_scale_vector",
+    "LENGTH_SCALES", "LINEAR_AUTO_MIN_KEYS", "LINEAR_DEGREE", "MAX_DEGREE", "PolynomialOptions", "length_scale_constant", "length_scale_vector",
     "linear_decode_state", "linear_degree_problem", "linear_mask_layout", "polynomial_attention",
     "polynomial_attention_fused", "polynomial_attention_linear", "polynomial_attention_triton",
-    "polynomial_linear_supports", "polynomial_triton_supports", "polynomial_weights",
+    "polynomial_linear_pays_off", "polynomial_linear_supports", "polynomial_triton_supports", "polynomial_weights",
 ]

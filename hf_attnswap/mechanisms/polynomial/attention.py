@@ -164,6 +164,26 @@ def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
     return None
 
 
+#: ``backend="auto"`` picks the linear form from this many keys on, without gradients (a prefill or an evaluation):
+#: on the 2-core CPU, `python benchmarks/linear_attention.py` measured its forward at 1.24x SDPA against 1.21x for
+#: ``fused`` at T = 8192, and 0.82x against 1.08x at T = 16384 (README, "Linear-time polynomial attention").
+LINEAR_AUTO_MIN_KEYS = 16384
+
+
+def polynomial_linear_pays_off(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
+    """Why ``backend="auto"`` should not pick the linear form for a call it can take (None: pick it): with
+    gradients (its forward+backward is slower than ``fused`` at every measured length), below
+    :data:`LINEAR_AUTO_MIN_KEYS` keys, or for at most one chunk of queries (a decode step, which runs the blocked
+    kernel anyway). query: (B, H, Q, d)."""
+    if torch.is_grad_enabled() and query.requires_grad:
+        return "training: the linear form's forward+backward is slower than 'fused' at every measured length"
+    if mask.k_len < LINEAR_AUTO_MIN_KEYS:
+        return f"{mask.k_len} keys: below {LINEAR_AUTO_MIN_KEYS} the blocked kernel is faster (benchmarks/linear_attention.py)"
+    if query.shape[-2] <= polynomial_linear.DEFAULT_CHUNK:
+        return "a decode step: the linear backend runs the blocked kernel for it anyway"
+    return None
+
+
 def linear_mask_layout(mask: AttentionMask, rows: int = 1024) -> tuple[int | None, torch.Tensor | None]:
     """The mask as the linear kernel takes it: ``(causal_offset, key_visible)``.
 

@@ -35,9 +35,9 @@ class PolynomialOptions(MechanismOptions):
     ``"fixed"`` -> ``1/sqrt(fixed_length)``; ``"none"`` -> ``1``.
     ``backend``: ``"auto"``, ``"reference"``, ``"fused"`` (blocked, O(n·block) memory, CPU and CUDA),
     ``"triton"`` (CUDA kernel; on CPU only with ``TRITON_INTERPRET=1``, for testing) or ``"linear"``
-    (``degree=2`` only, opt-in: linear attention with the d(d+1)/2 features of ``(q·k)²``, linear time in the
-    length; plain causal, KV-cache offset, key padding or no mask; no attention dropout. ``"auto"`` never
-    picks it).
+    (``degree=2`` only: linear attention with the d(d+1)/2 features of ``(q·k)²``, linear time in the
+    length; plain causal, KV-cache offset, key padding or no mask; no attention dropout. ``"auto"`` picks it
+    only where it is faster: from 16,384 keys, without gradients, for more than one chunk of queries).
     """
 
     mechanism: ClassVar[str] = "polynomial"
