@@ -265,3 +265,16 @@ def test_distillation_adds_the_kl_to_the_original_model():
         DistillObjective(student, teacher, kl_weight=0.0)
     with pytest.raises(OptionError, match="lm_weight >= 0"):
         DistillObjective(student, teacher, kl_weight=1.0, lm_weight=-1.0)
+
+
+@pytest.mark.parametrize("keyword", ["softcap", "s_aux"])
+def test_teacher_refuses_attention_it_would_not_reproduce(keyword):
+    """Transformers' SDPA raises on softcap and ignores sinks: a teacher built on it would not be the original model."""
+    from hf_attnswap.conversion.transfer import TransferError, _teacher
+
+    model = _model("llama")
+    module = model.model.layers[0].self_attn
+    q = torch.randn(1, 4, 3, 8)
+    value = {"softcap": 30.0, "s_aux": torch.zeros(4)}[keyword]
+    with pytest.raises(TransferError, match=f"passes '{keyword}'.*model_type 'llama'|model_type 'llama'.*'{keyword}'"):
+        _teacher(module, q, q[:, :2], q[:, :2], None, 0.3, {keyword: value})

@@ -91,7 +91,17 @@ _STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("hf_attnswa
 
 def _teacher(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
              attention_mask: torch.Tensor | None, scaling: float | None, kwargs: dict[str, Any]) -> torch.Tensor:
-    """The original attention's output (B, Q, H, d): Transformers' SDPA with the boolean mask, no dropout."""
+    """The original attention's output (B, Q, H, d): Transformers' SDPA with the boolean mask, no dropout.
+
+    A model whose attention passes a logit softcap or attention sinks is refused: Transformers' SDPA raises on the
+    first and silently ignores the second, so the teacher would not be the original model."""
+    passed = [k for k in ("softcap", "s_aux", "sinks") if kwargs.get(k) is not None]
+    if passed:
+        model_type = getattr(getattr(module, "config", None), "model_type", None)
+        raise TransferError(
+            f"attention transfer cannot convert {type(module).__name__} (model_type {model_type!r}) yet: its attention "
+            f"passes {', '.join(map(repr, passed))}, which the teacher (Transformers' SDPA) does not compute, so the "
+            "target would not be the original model. Fine-tune it with recipes/continue_pretrain.py instead.")
     sdpa = AttentionInterface()["sdpa"]
     keep = {k: v for k, v in kwargs.items() if k not in ("output_attentions",)}
     out, _ = sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=scaling, **keep)
