@@ -144,10 +144,8 @@ def polynomial_attention_triton(
     return _checked_cast(out.float(), query.dtype, ctx.options)
 
 
-def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
-    """Why the linear-attention form (backend ``"linear"``) cannot run this call, or None: a degree other than 2,
-    attention dropout, or a mask that is not causal / key padding / none (see :func:`linear_mask_layout`).
-    query: (B, H, Q, d)."""
+def _linear_option_problem(ctx: AttentionContext) -> str | None:
+    """Why the linear form cannot run with ``ctx``'s options and dropout (None: it can); the mask aside."""
     problem = linear_degree_problem(ctx.options.degree)
     if problem is not None:
         return f"it {problem}. Set 'degree': 2, or use backend='fused'"
@@ -157,6 +155,16 @@ def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
     if score_softcap(ctx) is not None:
         return ("the model's softcap is not supported: tanh(s/softcap) has no finite feature map φ(q)·φ(k). Use "
                 "backend='fused', which takes it")
+    return None
+
+
+def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
+    """Why the linear-attention form (backend ``"linear"``) cannot run this call, or None: a degree other than 2,
+    attention dropout, or a mask that is not causal / key padding / none (see :func:`linear_mask_layout`).
+    query: (B, H, Q, d)."""
+    problem = _linear_option_problem(ctx)
+    if problem is not None:
+        return problem
     try:
         linear_mask_layout(mask)
     except OptionError as err:
@@ -241,7 +249,7 @@ def polynomial_attention_linear(
     would cost O(K·D·d), the direct form O(Q·K·d); both are exact. Raises :class:`OptionError` for a degree
     other than 2, attention dropout, or a mask that is not causal / key padding / none.
     """
-    reason = polynomial_linear_supports(query, mask, ctx)
+    reason = _linear_option_problem(ctx)  # the mask is checked once, by linear_mask_layout below
     if reason is not None:
         raise OptionError(f"polynomial: backend='linear' cannot run this call: {reason}.")
     offset, key_visible = linear_mask_layout(mask)
