@@ -37,7 +37,8 @@ Other internals, one function each:
   :func:`cpu_flash_attention` (``torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`` and its backward,
   which the mechanism layer hands to ``kernels/dagpam_cpu.py``: kernels import nothing of the package),
   :func:`set_last_lr` (``LRScheduler._last_lr``);
-- Accelerate: :func:`full_precision` (``prepare``'s ``_original_forward``).
+- Accelerate: :func:`full_precision` (``prepare``'s ``_original_forward``), :func:`forget_prepared`
+  (``Accelerator._custom_objects``).
 
 This module sits below :mod:`hf_attnswap.registry` and :mod:`hf_attnswap.patching` and imports neither: what the
 hooks need from them (looking up a mechanism, installing one, ...) those modules hand over at their import, with
@@ -465,3 +466,18 @@ def full_precision(model: Any) -> Iterator[Any]:
         yield model
     finally:
         model.forward = wrapped
+
+
+def forget_prepared(accelerator: Any) -> None:
+    """Make ``accelerator`` forget every model, optimiser, dataloader and scheduler that an earlier training in this
+    process prepared or registered, so that ``save_state``/``load_state`` see only the next training's objects.
+
+    ``save_state`` writes every prepared model (``model.safetensors``, ``model_1.safetensors`` ...) and every object
+    given to ``register_for_checkpointing`` (``custom_checkpoint_<i>.pkl``), numbered in the order they were added;
+    a second training in the same process (the conversion's stage 2 after stage 1) would otherwise number its own
+    after the first's, and a resumed process that skips the finished first training would load the first's files
+    into the second's objects. The public ``free_memory`` empties the model, optimiser, dataloader and scheduler
+    lists; the registered objects live in the private list ``_custom_objects``, emptied here.
+    """
+    accelerator.free_memory()
+    accelerator._custom_objects.clear()

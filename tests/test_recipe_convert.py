@@ -160,14 +160,22 @@ def test_control_runs_the_same_stage2_on_the_unswapped_model(assets, tmp_path, c
     assert "skip_finetune skips stage 2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["stage1", "stage2"])
+@pytest.mark.parametrize("where", ["stage1", "stage2", "inside_stage2"])
 def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, where, capsys):
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ("--checkpointing_steps", "1", "--max_transfer_steps", "3", "--max_train_steps", "3")
+    if where == "inside_stage2":  # distilled, stopped inside stage 2 by the process that also ran stage 1
+        args = ("--checkpointing_steps", "1", "--max_transfer_steps", "2", "--max_train_steps", "4",
+                "--distill_kl_weight", "0.5")
     assert _run(_argv(assets, full, *args)) == 0
     if where == "stage1":  # stop_after_steps stops the first stage that runs
         assert _run(_argv(assets, cut, *args, "--stop_after_steps", "2")) == 0
         assert not (cut / "results.json").exists() and not (cut / "stage1" / "model.safetensors").exists()
+    elif where == "inside_stage2":  # stage 1's 2 steps are under the limit of 3; stage 2 stops after 3 of its 4
+        assert _run(_argv(assets, cut, *args, "--stop_after_steps", "3")) == 0
+        assert (cut / "stage1" / "model.safetensors").exists() and not (cut / "results.json").exists()
+        names = {p.name for p in (cut / "stage2" / "checkpoints").glob("step_*/*")}
+        assert "model.safetensors" in names and "model_1.safetensors" not in names  # only stage 2's own state
     else:
         assert _run(_argv(assets, cut, *args[:-2], "--max_train_steps", "3", "--skip_finetune")) == 0
         (cut / "results.json").unlink()

@@ -112,6 +112,7 @@ PRIVATE_NAMES = {
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",  # cpu_flash_attention
     "_last_lr",  # set_last_lr
     "_original_forward",  # full_precision (Accelerate)
+    "_custom_objects",  # forget_prepared (Accelerate)
 }
 
 
@@ -412,6 +413,34 @@ def test_user_defined_mechanism(tmp_path):
         AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="shifted_sigmoid", attnswap={"bias": "low"})
     with pytest.raises(hf_attnswap.OptionError, match="unknown option 'scale'"):
         hf_attnswap.swap(model, "shifted_sigmoid", scale=2)
+
+
+def test_internal_forget_prepared_resets_what_save_state_writes(tmp_path):
+    """A second training in one process (the conversion's stage 2) must checkpoint only its own objects: after
+    ``forget_prepared`` Accelerate's ``save_state`` writes one model, one optimiser and one registered object, named
+    as a fresh process would name them (so a resume that skips the first training loads the right files)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from hf_attnswap.transformers_hooks import forget_prepared
+
+    AcceleratorState._reset_state(True)
+    try:
+        acc = Accelerator(cpu=True)
+        assert isinstance(acc._custom_objects, list), "Accelerate no longer keeps _custom_objects: fix forget_prepared"
+        for _ in range(2):
+            forget_prepared(acc)
+            model = torch.nn.Linear(2, 2)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            model, opt = acc.prepare(model, opt)
+            acc.register_for_checkpointing(sched)
+        acc.save_state(str(tmp_path / "state"))
+    finally:
+        AcceleratorState._reset_state(True)
+    names = sorted(p.name for p in (tmp_path / "state").iterdir())
+    assert not any("_1" in n for n in names), names
+    assert "model.safetensors" in names and "custom_checkpoint_0.pkl" in names, names
 
 
 def test_full_precision_undoes_accelerates_autocast_wrapper():

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import AttnSwapError
-from ..transformers_hooks import set_last_lr
+from ..transformers_hooks import forget_prepared, set_last_lr
 from .arguments import TrainArguments
 from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, ResumePoint, latest_intact, list_checkpoints,
                          load_checkpoint, resolve_resume, save_checkpoint)
@@ -704,6 +704,7 @@ def train(
     dataloader = DataLoader(train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True,
                             collate_fn=collate_fn, drop_last=False)
     optimizer = build_optimizer(model, args)
+    forget_prepared(accelerator)  # an earlier training in this process (stage 1) must not be in our checkpoints
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     micro_per_epoch = len(dataloader)
     if micro_per_epoch == 0:
