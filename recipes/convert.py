@@ -75,6 +75,26 @@ def mechanism_parameter_summary(model: torch.nn.Module) -> dict[str, dict[str, f
     return summary
 
 
+def step_records(path: Path) -> list[dict[str, Any]]:
+    """The training records (those with a ``loss``) of a stage's ``log.jsonl``, one per step in step order: a
+    resumed run logs again the steps after its checkpoint, and the later record of a step is the one that counts."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            by_step[record["step"]] = record
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def resumed_at(path: Path) -> list[int]:
+    """The steps at which the stage in ``log.jsonl`` was resumed: its recorded ``seconds`` cover only the last
+    process, from the last of them."""
+    if not path.exists():  # another node's process: the log is the main process's
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines())
+    return [r["step"] for r in records if r.get("event") == "resumed"]
+
+
 def layer_errors(log: list[dict[str, Any]], last: int = 10) -> dict[str, list[float]] | None:
     """Stage 1's per-layer relative error (squared error / the teacher output's mean square; 1.0 is no better than
     an all-zero output) at the first step and averaged over the ``last`` steps, from the stage's log records."""
@@ -246,12 +266,12 @@ def main(argv: list[str] | None = None) -> int:
             return outcome.exit_code
         model = objective.finish()
         save_final(accelerator, model, tokenizer, stage1_dir)
-        losses = [json.loads(line) for line in (stage1_dir / "log.jsonl").read_text().splitlines()] \
+        losses = step_records(stage1_dir / "log.jsonl") \
             if accelerator.is_main_process else []
         record("stage1", ppl=measure(model, "after stage 1"), steps=outcome.step, tokens=outcome.tokens_seen,
                seconds=time.perf_counter() - started, trainable=objective.trainable_names,
-               loss=[r["loss"] for r in losses if "loss" in r], mechanism_parameters=mechanism_parameter_summary(model),
-               relative_error=layer_errors(losses))
+               loss=[r["loss"] for r in losses], mechanism_parameters=mechanism_parameter_summary(model),
+               relative_error=layer_errors(losses), resumed_at=resumed_at(stage1_dir / "log.jsonl"))
 
     # --- stage 2: fine-tuning on the training loop (full or LoRA; optionally distilled) -------------------------
     def finetune(m: torch.nn.Module, stage: str) -> tuple[torch.nn.Module | None, int]:
@@ -290,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             from transformers import AutoModelForCausalLM
 
             student = AutoModelForCausalLM.from_pretrained(saved, dtype=m.dtype)
-        losses = [json.loads(line) for line in (stage_dir / "log.jsonl").read_text().splitlines()] \
+        losses = step_records(stage_dir / "log.jsonl") \
             if accelerator.is_main_process else []
         label = "after stage 2" if stage == "stage2" else "control (its own attention, the same stage 2)"
         record(stage, ppl=measure(student, label), steps=outcome.step, tokens=outcome.tokens_seen,
-               seconds=time.perf_counter() - started, loss=[r["loss"] for r in losses if "loss" in r],
+               seconds=time.perf_counter() - started, loss=[r["loss"] for r in losses],
+               resumed_at=resumed_at(stage_dir / "log.jsonl"),
                mechanism_parameters=mechanism_parameter_summary(student))
         return student, 0
 

@@ -188,6 +188,11 @@ def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, w
     assert _run(_argv(assets, cut, *args, "--resume_from_checkpoint", "latest")) == 0
     a, b = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if where == "inside_stage2":  # the steps logged twice (before the stop, after the resume) count once
+        stage2 = json.loads((cut / "results.json").read_text())["phases"]["stage2"]
+        expected = json.loads((full / "results.json").read_text())["phases"]["stage2"]["loss"]
+        assert stage2["loss"] == pytest.approx(expected) and len(expected) == 4
+        assert stage2["resumed_at"] == [3]
 
 
 def test_bad_input_is_a_clear_error(assets, tmp_path, capsys):
