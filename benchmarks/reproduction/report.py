@@ -88,8 +88,12 @@ def render_conversion(name: str, results: dict[str, Any], plot: str | None = Non
     if any("ratio_to_control" in r for r in ratios.values()):
         line += "; final / control perplexity: " + ", ".join(
             f"{c} {fmt_num(number(r.get('ratio_to_control')))}×" for c, r in ratios.items())
+    resumed = {p: phases[p].get("resumed_at") for p in ("stage1", "stage2") if phases.get(p, {}).get("resumed_at")}
     line += (f". Stages 1 + 2: {_tokens(results.get('tokens'))} training tokens, "
-             f"{_minutes(results.get('seconds'))} min.\n")
+             f"{_minutes(results.get('seconds'))} min"
+             + "".join(f" ({p.replace('stage', 'stage ')} resumed at step {', '.join(map(str, at))}: its time covers "
+                       "the last process only)" for p, at in resumed.items())
+             + (f"; {results['wall_note']}" if results.get("wall_note") else "") + ".\n")
     L.append(line)
     for phase in ("stage1", "stage2"):
         params = phases.get(phase, {}).get("mechanism_parameters")
