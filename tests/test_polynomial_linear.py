@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PAD, random_ids, tiny_config
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from hf_attnswap import OptionError
 from hf_attnswap.kernels import polynomial_linear
@@ -27,7 +27,7 @@ from hf_attnswap.mechanisms.polynomial import (
     linear_mask_layout,
     polynomial_attention,
 )
-from hf_attnswap.mechanisms.polynomial import PolynomialOptions
+from hf_attnswap.mechanisms.polynomial import PolynomialLinearCache, PolynomialOptions
 from hf_attnswap.registry import get_mechanism, select_backend, use_backend
 
 H, HKV, D = 4, 2, 8
@@ -360,7 +360,11 @@ def test_model_kv_cache_and_generate(arch, monkeypatch):
     kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": PAD, "output_scores": True,
               "return_dict_in_generate": True}
     prompt = ids[:, :7]
-    want, got = ref.generate(prompt, **kwargs), lin.generate(prompt, **kwargs)
+    want, got = ref.generate(prompt, **kwargs), lin.generate(prompt, cache=DynamicCache(), **kwargs)
     assert torch.equal(got.sequences, want.sequences)
     assert len(calls) == 6, calls  # the prompt (7 > 4 queries) ran the linear kernel; single-token steps run blocked
     torch.testing.assert_close(torch.stack(got.scores), torch.stack(want.scores), atol=1e-5, rtol=1e-4)
+    state = lin.generate(prompt, **kwargs)  # by itself, generate() decodes from the fixed-size state
+    assert isinstance(state.past_key_values, PolynomialLinearCache) and len(calls) == 6, calls
+    assert torch.equal(state.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(state.scores), torch.stack(want.scores), atol=1e-5, rtol=1e-4)
