@@ -293,15 +293,14 @@ def _linear_from_state(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
                           "already holds (a state cannot forget keys); pass the same padding mask that the earlier "
                           "tokens ran with, extended by the new tokens.")
     new_visible = None if key_visible is None else key_visible[:, seen:]
-    dtype = layer.state.dtype
     constant = length_scale_constant(ctx.options)
     if constant is None:  # 1/sqrt(N_i): N_i = the cached visible keys + this call's visible keys up to i
         own = (torch.arange(1, n + 1, device=query.device) if new_visible is None
                else new_visible.to(torch.long).cumsum(-1))
         counts = layer.visible.view(-1, 1) + own
-        c = counts.clamp_min(1).to(dtype).rsqrt().view(-1, 1, n, 1)
+        c = counts.clamp_min(1).to(torch.float32).rsqrt().view(-1, 1, n, 1)  # float32, as length_scale_vector
     else:
-        c = torch.full((1, 1, n, 1), constant, dtype=dtype, device=query.device)
+        c = torch.full((1, 1, n, 1), constant, device=query.device)
     out = polynomial_linear_step(layer.state, query, key, value, c, ctx.scaling, new_visible, has_prefix=seen > 0)
     layer.advance(new_visible, n)
     return _checked_cast(out, query.dtype, ctx.options)

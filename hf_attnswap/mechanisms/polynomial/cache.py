@@ -79,6 +79,15 @@ class PolynomialLinearLayer(CacheLayerMixin):
         """Keys (B, H_kv, n, d) and values (B, H_kv, n, d_v) of this call, returned as they are (the key tagged with
         this layer); the attention function absorbs them into the state. Raises if the previous call's keys never
         reached polynomial attention (a model that is not all-linear would otherwise attend to them alone)."""
+        self.check_taken()
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._pending = key_states
+        return tag_cache_state(key_states, self), value_states
+
+    def check_taken(self) -> None:
+        """Raise if the keys of the last :meth:`update` never reached polynomial attention's linear backend (a model
+        that is not all-linear, which would have attended to that call's tokens alone)."""
         if self._pending is not None:
             self._pending = None
             raise OptionError(
@@ -87,10 +96,6 @@ class PolynomialLinearLayer(CacheLayerMixin):
                 "serves a model whose every attention layer runs polynomial attention with {'degree': 2, 'backend': "
                 "'linear'} (or 'auto'); use a DynamicCache for any other model."
             )
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self._pending = key_states
-        return tag_cache_state(key_states, self), value_states
 
     def take(self, key: torch.Tensor) -> None:
         """Mark the keys of the last :meth:`update` as reaching the attention function (``key`` must be them)."""
@@ -179,6 +184,7 @@ class PolynomialLinearCache(Cache):
     def __init__(self, model: nn.Module) -> None:
         self.check_model(model, allow_auto=True)
         self.config = model.config
+        self._last: PolynomialLinearLayer | None = None  # the layer updated last, whose keys must reach attention
         super().__init__(layer_class_to_replicate=PolynomialLinearLayer)
 
     def check_model(self, model: nn.Module, allow_auto: bool = True) -> None:
@@ -197,7 +203,12 @@ class PolynomialLinearCache(Cache):
         if name not in (MECHANISM, MECHANISM + PERSIST_SUFFIX):
             raise OptionError(f"PolynomialLinearCache: the model now runs attention {name!r}, not polynomial; this "
                               "cache keeps no keys for it. Use a DynamicCache.")
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self._last is not None:  # the previous layer's keys must have reached its attention
+            last, self._last = self._last, None
+            last.check_taken()
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        self._last = self.layers[layer_idx]
+        return keys, values
 
     @property
     def nbytes(self) -> int:
