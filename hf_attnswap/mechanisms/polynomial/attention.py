@@ -173,16 +173,20 @@ def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
 
 
 #: ``backend="auto"`` picks the linear form from this many keys on, without gradients (a prefill or an evaluation):
-#: on the 2-core CPU, `python benchmarks/linear_attention.py` measured its forward at 1.24x SDPA against 1.21x for
-#: ``fused`` at T = 8192, and 0.82x against 1.08x at T = 16384 (README, "Linear-time polynomial attention").
-LINEAR_AUTO_MIN_KEYS = 16384
+#: the smallest length where every run of ``python benchmarks/linear_attention.py`` on the 2-core CPU measured its
+#: forward faster than ``fused``: at T = 8192 the two tie (1.24x against 1.21x SDPA on an idle machine, 3.20x against
+#: 3.34x on a loaded one), at T = 10240 linear took 1.47x against 3.37x, at T = 16384 0.82x against 1.08x (README,
+#: "Linear-time polynomial attention"; benchmarks/results/linear_attention_crossover_cpu.log). Under a
+#: PolynomialLinearCache, auto runs the linear form at every length (the registration's ``state_backend``).
+LINEAR_AUTO_MIN_KEYS = 10240
 
 
 def polynomial_linear_pays_off(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
     """Why ``backend="auto"`` should not pick the linear form for a call it can take (None: pick it): with
     gradients (its forward+backward is slower than ``fused`` at every measured length), below
     :data:`LINEAR_AUTO_MIN_KEYS` keys, or for at most one chunk of queries (a decode step, which runs the blocked
-    kernel anyway). query: (B, H, Q, d)."""
+    kernel anyway). Not consulted under a :class:`~hf_attnswap.mechanisms.polynomial.cache.PolynomialLinearCache`,
+    whose calls only the linear form can run. query: (B, H, Q, d)."""
     if torch.is_grad_enabled() and query.requires_grad:
         return "training: the linear form's forward+backward is slower than 'fused' at every measured length"
     if mask.k_len < LINEAR_AUTO_MIN_KEYS:
