@@ -1,8 +1,9 @@
 """Attention-level benchmark: each mechanism x backend against native SDPA softmax, measured in the same run.
 
-    python benchmarks/attention.py [--lengths 512,1024,2048,4096,8192] [--repeats 3] [--json out.json]
+    python benchmarks/attention.py [--lengths 512,1024,2048,4096,8192] [--repeats 3] [--dtype float32] [--json out.json]
 
-Causal, B=1, 12 heads, head size 64, fp32 (CPU) by default. Prints the time of forward and of
+Causal, B=1, 12 heads, head size 64, fp32 by default (``--dtype bfloat16``/``float16`` for half precision; the
+mechanisms compute those in float32 inside). On CUDA the Triton backends are measured too. Prints the time of forward and of
 forward+backward as a ratio to native ``scaled_dot_product_attention(is_causal=True)``, interleaved,
 median of repeats; and (``--memory``) the peak memory of forward+backward as a ratio to the same, the
 median of ``--memory-repeats`` fresh processes per cell. Reference paths are skipped above
@@ -29,9 +30,11 @@ from hf_attnswap.mechanisms.common import AttentionContext, repeat_kv  # noqa: E
 from hf_attnswap.mechanisms import BUILTINS  # noqa: E402
 from hf_attnswap.registry import exercised_options, get_mechanism  # noqa: E402
 
-#: Each built-in mechanism's fused and reference paths (the registry says which exist; Triton, CUDA only, and the
-#: degree-2 linear form have their own benchmarks), with the first option set its registration exercises.
+#: Each built-in mechanism's fused and reference paths (the registry says which exist; the degree-2 linear form has its
+#: own benchmark), with the first option set its registration exercises; on CUDA, its Triton path too.
 CONFIGS = [(m, b) for m in BUILTINS for b in ("fused", "reference") if b in get_mechanism(m).backends]
+CUDA_CONFIGS = [(m, "triton") for m in BUILTINS if "triton" in get_mechanism(m).backends]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def make_call(mech: str, backend: str, T: int, heads: int, dim: int, device: str, dtype: torch.dtype, backward: bool):
@@ -92,17 +95,20 @@ def main() -> None:
     parser.add_argument("--memory-repeats", type=int, default=3,
                         help="fresh processes per memory cell; the table shows the median and the range (the peak RSS "
                              "moves by a few tens of MiB from run to run with the malloc heap's layout)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of q, k, v")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = DTYPES[args.dtype]
+    configs = CONFIGS + (CUDA_CONFIGS if device == "cuda" else [])
     lengths = [int(x) for x in args.lengths.split(",")]
     info = machine()
     print(f"machine: {info}")
     results = []
     for T in lengths:
-        cells = [("native", "sdpa"), ("native", "sdpa-x2")] + [c for c in CONFIGS if c[1] != "reference" or T <= args.max_reference]
+        cells = [("native", "sdpa"), ("native", "sdpa-x2")] + [c for c in configs if c[1] != "reference" or T <= args.max_reference]
         for backward in (False, True):
-            calls = {f"{m}/{b}": make_call(m, b, T, args.heads, args.dim, device, torch.float32, backward) for m, b in cells}
+            calls = {f"{m}/{b}": make_call(m, b, T, args.heads, args.dim, device, dtype, backward) for m, b in cells}
             times = interleaved(calls, args.repeats, device)
             base = times["native/sdpa"]
             for name, t in times.items():
@@ -114,7 +120,8 @@ def main() -> None:
             get = {r["pass"]: r for r in results if r["T"] == T and r["cell"] == name}
             rows.append([T, name, f"{get['fwd']['seconds'] * 1e3:.1f} ms", f"{get['fwd']['ratio']:.2f}x",
                          f"{get['fwd+bwd']['seconds'] * 1e3:.1f} ms", f"{get['fwd+bwd']['ratio']:.2f}x"])
-    print_table("Attention time, ratio to native SDPA softmax (causal, B=1, 12 heads, d=64, fp32)",
+    print_table(f"Attention time, ratio to native SDPA softmax (causal, B=1, {args.heads} heads, d={args.dim}, "
+                f"{args.dtype}, {device})",
                 ["T", "mechanism/backend", "fwd", "fwd ratio", "fwd+bwd", "fwd+bwd ratio"], rows)
     memory = []
     if args.memory and device == "cpu":

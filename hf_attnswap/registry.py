@@ -16,6 +16,7 @@ import contextvars
 import dataclasses
 import difflib
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -28,11 +29,13 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from .errors import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
 from .kernels.mask import AttentionMask
-from .mechanisms.common import AttentionContext, repeat_kv, visible_mask
+from .mechanisms.common import AttentionContext, cache_state, repeat_kv, visible_mask
 from .options import MechanismOptions, check_backend
 from .transformers_hooks import (
     TRANSFORMERS_ATTENTIONS,
+    attention_class,
     attention_weights_requested,
+    attn_implementation_of,
     boolean_mask,
     is_transformers_attention_name,
     mask_causal_offset,
@@ -44,6 +47,11 @@ FastFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMask, Atte
 ParamsFactory = Callable[[int, int, Any], nn.Module]
 #: ``(query (B, H, Q, d), mask, ctx) -> reason or None``: why a fast path cannot take a call (None: it can).
 SupportsFn = Callable[[torch.Tensor, AttentionMask, AttentionContext], str | None]
+#: ``(model, per-layer options) -> Cache | str | None``: the cache ``generate()`` should use for a model running the
+#: mechanism; a string says why the model keeps Transformers' KV cache (logged); None keeps it silently.
+GenerationCacheFn = Callable[[nn.Module, list[Any]], Any]
+
+logger = logging.getLogger(__name__)
 
 PERSIST_SUFFIX = " (needs the hf_attnswap plugin: pip install hf-attnswap, then import hf_attnswap)"
 OPTIONS_ATTR = "attnswap_options"  # plain attribute on each attention module: the parsed options
@@ -96,6 +104,11 @@ class Mechanism:
     #: ``{backend: (query, mask, ctx) -> reason or None}``, consulted by ``"auto"`` only: why auto should not pick a
     #: fast path that *can* take the call (e.g. it is slower at this length); an explicit request ignores it.
     auto_when: dict[str, SupportsFn] = dataclasses.field(default_factory=dict)
+    #: The fast path that runs a call whose keys come from the mechanism's fixed-size state cache (``ctx.state``):
+    #: ``"auto"`` and that backend take it, any other backend (and the reference) refuses it. None: no state cache.
+    state_backend: str | None = None
+    #: What ``generate()`` uses as its cache when the user passes none (see :data:`GenerationCacheFn`).
+    generation_cache: GenerationCacheFn | None = None
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -126,6 +139,8 @@ def register_mechanism(
     paper: tuple[str, str] | None = None,
     exercise: tuple[dict[str, Any], ...] | None = None,
     examples: tuple[dict[str, Any], ...] | None = None,
+    state_backend: str | None = None,
+    generation_cache: GenerationCacheFn | None = None,
     overwrite: bool = False,
 ) -> Callable[[MechanismFn], MechanismFn]:
     """Decorator that registers an attention mechanism with hf_attnswap and with Transformers.
@@ -156,6 +171,11 @@ def register_mechanism(
     accepted too); ``auto`` lists the fast paths ``backend="auto"`` tries, in order (default: all of ``fast``, in
     its order); ``auto_when[name](query, mask, ctx)`` says why ``"auto"`` should pass over a fast path that can
     run the call (None: take it), e.g. below the length where it becomes faster.
+
+    ``state_backend``: the fast path that can run from a fixed-size state cache instead of a KV cache (its cache layer
+    tags the keys it returns, :func:`~hf_attnswap.mechanisms.common.tag_cache_state`; the call's ``ctx.state`` is that
+    layer); ``generation_cache(model, per-layer options)``: the cache ``generate()`` builds for a model that runs the
+    mechanism (or a reason, logged, to keep Transformers' KV cache).
 
     Metadata: ``paper=(arXiv id, citation)`` goes on the model card; ``exercise`` (option dicts, default ``({},)``)
     are what the conformance tests and benchmarks run the mechanism with, ideally options under which it differs from
@@ -188,6 +208,9 @@ def register_mechanism(
         if bad:
             raise OptionError(f"register_mechanism({name!r}): {', '.join(map(repr, bad))} cannot be a fast path name "
                               "here ('auto' and 'reference' are reserved; fast_supports names must be in fast).")
+        if state_backend is not None and state_backend not in fast_paths:
+            raise OptionError(f"register_mechanism({name!r}, state_backend={state_backend!r}): not one of its fast paths "
+                              f"({', '.join(fast_paths) or 'none'}).")
         order = tuple(fast_paths) if auto is None else tuple(auto)
         if set(order) - set(fast_paths):
             raise OptionError(f"register_mechanism({name!r}, auto=...): {sorted(set(order) - set(fast_paths))} are not "
@@ -198,7 +221,8 @@ def register_mechanism(
         shown = exercised if examples is None else _option_sets(name, "examples", examples)
         mech = Mechanism(name, fn, opts_cls, make_params, needs_rope, doc, fast_paths, supports, frozenset(accepts),
                          order, _paper(name, paper), exercised, shown, {k: str(v) for k, v in (refuses or {}).items()},
-                         {k: _with_mask_argument(name, k, f) for k, f in (auto_when or {}).items()})
+                         {k: _with_mask_argument(name, k, f) for k, f in (auto_when or {}).items()},
+                         state_backend, generation_cache)
         opts_cls.backends = mech.backends
         for sets in (exercised, shown):
             for opts in sets:
@@ -480,11 +504,17 @@ def _attention_interface(
         rope=getattr(module, ROPE_ATTR, None),
         module=module,
         extra=kwargs,
+        state=cache_state(key),
     )
     need_weights = bool(kwargs.get("output_attentions")) or attention_weights_requested()
+    if ctx.state is not None:  # only this call's keys: the earlier ones are in the state, and the mask covers all
+        k_len = attention_mask.shape[-1] if attention_mask is not None else ctx.state.get_seq_length() + k_len
     dense = None if attention_mask is None else visible_mask(attention_mask, batch, q_len, k_len, query.device)
     amask = AttentionMask(dense, q_len, k_len, mask_causal_offset(attention_mask))
-    backend = select_backend(mech, opts, query, amask, ctx, need_weights)
+    if ctx.state is not None:
+        backend = state_backend(mech, opts, query, amask, ctx, need_weights)
+    else:
+        backend = select_backend(mech, opts, query, amask, ctx, need_weights)
     if backend == "reference":
         mask = dense if dense is not None else visible_mask(None, batch, q_len, k_len, query.device)
         out, weights = mech.forward(query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), mask, ctx)
@@ -537,5 +567,57 @@ def select_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor,
     return requested
 
 
+def state_backend(mech: Mechanism, opts: MechanismOptions, query: torch.Tensor, mask: AttentionMask,
+                  ctx: AttentionContext, need_weights: bool) -> str:
+    """The backend for a call whose keys come from a fixed-size state cache (``ctx.state``): the mechanism's
+    ``state_backend`` when the options ask for it or for ``"auto"`` and it can take the call; anything else raises an
+    :class:`OptionError` (every other path needs the keys the state does not keep). query: (B, H, Q, d)."""
+    cache = type(ctx.state).__name__
+    if mech.state_backend is None:
+        raise OptionError(f"mechanism {mech.name!r} got its keys from a {cache}, a fixed-size state that keeps no keys, "
+                          f"and it has no backend that reads such a state. Generate with Transformers' own cache "
+                          f"(DynamicCache, the default) instead.")
+    forced = None if torch.compiler.is_compiling() else _FORCED_BACKEND.get()
+    requested = forced or getattr(opts, "backend", "reference")
+    if need_weights:
+        raise OptionError(f"{mech.name}: attention weights (output_attentions) need every key, and a {cache} keeps none "
+                          f"(only a fixed-size state). Pass a DynamicCache (or use_cache=False) to read the weights.")
+    if requested not in ("auto", mech.state_backend):
+        raise OptionError(f"{mech.name}: backend={requested!r} needs every key, and a {cache} keeps none (only a "
+                          f"fixed-size state): use backend={mech.state_backend!r} (or 'auto') with this cache, or pass "
+                          f"a DynamicCache.")
+    supports = mech.fast_supports.get(mech.state_backend)
+    reason = supports(query, mask, ctx) if supports is not None else None
+    if reason is not None:
+        raise OptionError(f"{mech.name}: a {cache} needs backend={mech.state_backend!r}, which cannot run this call: "
+                          f"{reason}.")
+    return mech.state_backend
+
+
+def layer_options(model: nn.Module) -> tuple[Mechanism, list[MechanismOptions]] | None:
+    """``(mechanism, options of each attention layer)`` of a model whose attention is an hf_attnswap mechanism (in
+    the order of ``model.modules()``), or None (Transformers' own attention, or attention layers it does not declare)."""
+    name = attn_implementation_of(getattr(model, "config", None))
+    target = attention_class(model)
+    if not is_mechanism(name) or target is None:
+        return None
+    mech = get_mechanism(name)
+    return mech, [module_options(m, mech) for m in model.modules() if isinstance(m, target)]
+
+
+def generation_cache(model: nn.Module) -> Any:
+    """The cache ``generate()`` should use for ``model`` when the user passes none: the mechanism's
+    ``generation_cache``, or None (Transformers prepares its own KV cache; when the mechanism says why, it is logged)."""
+    found = layer_options(model)
+    if found is None or found[0].generation_cache is None:
+        return None
+    mech, opts = found
+    made = mech.generation_cache(model, opts)
+    if isinstance(made, str):
+        logger.warning("hf_attnswap: generate() keeps Transformers' KV cache for this %s model: %s.", mech.name, made)
+        return None
+    return made
+
+
 register_callbacks(get_mechanism=get_mechanism, is_mechanism=is_mechanism, is_transformers_attention=is_transformers_attention,
-                   is_mechanism_parameter=is_mechanism_parameter)
+                   is_mechanism_parameter=is_mechanism_parameter, generation_cache=generation_cache)

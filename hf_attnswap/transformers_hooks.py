@@ -15,6 +15,10 @@ Hooks. Transformers has no public hook for "a model was just built" nor for extr
 - ``post_init`` (run at the end of every model's ``__init__``, before weights are loaded) installs the
   mechanism named by ``config._attn_implementation``, so its parameters exist when the checkpoint is read.
 
+``GenerationMixin._prepare_cache_for_generation`` (private; ``generate()`` builds its cache there) is wrapped so
+that a model whose mechanism runs from a fixed-size state generates with that state's cache instead of a KV cache
+(:func:`_wrap_prepare_cache`), and so that a cache the user passes is checked against the model first.
+
 ``load_adapter`` (Transformers' PEFT integration) is wrapped to refuse an adapter whose mechanism parameters the
 model cannot take, and ``set_attn_implementation`` to keep the saved record true to what the model computes.
 ``_check_and_adjust_attn_implementation`` (private; ``PreTrainedModel.__init__`` and ``set_attn_implementation`` check
@@ -74,6 +78,7 @@ _CALLBACK_OWNERS = {
     "orphan_mechanism_error": "patching",
     "unsupported_model_error": "patching",
     "sync_record": "patching",
+    "generation_cache": "registry",
 }
 _CALLBACKS: dict[str, Callable[..., Any]] = {}
 
@@ -238,9 +243,51 @@ def _wrap_check_attn_implementation() -> None:
     PreTrainedModel._check_and_adjust_attn_implementation = check
 
 
+#: The method of a cache object that says whether it can serve a model (raising if not); hf_attnswap's state caches
+#: define it, and :func:`_wrap_prepare_cache` calls it on a cache the user hands to ``generate()``.
+CHECK_MODEL = "check_model"
+
+
+def _wrap_prepare_cache() -> None:
+    """``generate()`` prepares its cache in the private ``GenerationMixin._prepare_cache_for_generation(generation_config,
+    model_kwargs, generation_mode, batch_size, max_cache_length)``, which writes it to ``model_kwargs["cache"]`` (or
+    keeps the user's cache there, and then only marks it). Transformers has no public hook for the default cache of
+    a model (``cache_implementation`` takes only its own names). When the user passes no cache, uses the cache and
+    asks for no particular one (``cache_implementation`` None, not an assistant model of assisted decoding, whose
+    cache must be croppable), the registry's ``generation_cache`` callback may supply one; a user's cache with a
+    ``check_model`` method is checked against the model first."""
+    from transformers.generation.utils import GenerationMixin
+
+    original = GenerationMixin._prepare_cache_for_generation
+
+    @functools.wraps(original)
+    def prepare(self: Any, generation_config: Any, model_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+        given = model_kwargs.get("cache")
+        if given is not None:
+            check = getattr(given, CHECK_MODEL, None)
+            if callable(check):
+                check(self)
+        elif (generation_config.use_cache is not False and generation_config.cache_implementation is None
+              and not generation_config.is_assistant):
+            cache = _callback("generation_cache")(self)
+            if cache is not None:
+                model_kwargs["cache"] = cache
+                return None
+        return original(self, generation_config, model_kwargs, *args, **kwargs)
+
+    setattr(prepare, _MARK, original)
+    GenerationMixin._prepare_cache_for_generation = prepare
+
+
+def _generation_mixin() -> type:
+    from transformers.generation.utils import GenerationMixin
+
+    return GenerationMixin
+
+
 def install_hooks() -> None:
-    """Wrap ``from_pretrained``, ``_from_config``, ``post_init``, ``load_adapter``, ``set_attn_implementation`` and
-    ``_check_and_adjust_attn_implementation`` once (idempotent)."""
+    """Wrap ``from_pretrained``, ``_from_config``, ``post_init``, ``load_adapter``, ``set_attn_implementation``,
+    ``_check_and_adjust_attn_implementation`` and ``_prepare_cache_for_generation`` once (idempotent)."""
     for name in ("from_pretrained", "_from_config"):
         if not hasattr(PreTrainedModel.__dict__[name].__func__, _MARK):
             _wrap_classmethod(name)
@@ -252,6 +299,8 @@ def install_hooks() -> None:
         _wrap_set_attn_implementation()
     if not hasattr(PreTrainedModel._check_and_adjust_attn_implementation, _MARK):
         _wrap_check_attn_implementation()
+    if not hasattr(_generation_mixin()._prepare_cache_for_generation, _MARK):
+        _wrap_prepare_cache()
 
 
 def hooks_installed() -> bool:
@@ -264,6 +313,7 @@ def hooks_installed() -> bool:
             PreTrainedModel.load_adapter,
             PreTrainedModel.set_attn_implementation,
             PreTrainedModel._check_and_adjust_attn_implementation,
+            _generation_mixin()._prepare_cache_for_generation,
         )
     )
 

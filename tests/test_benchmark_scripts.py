@@ -80,3 +80,28 @@ def test_transfer_errors(tmp_path):
     assert all(len(v) == tiny_config("llama").num_hidden_layers for v in rows.values())
     assert rows["converted"] == pytest.approx(rows["right after the swap"], rel=1e-5)
     assert all(c <= s * (1 + 1e-6) for c, s in zip(rows["after calibration"], rows["right after the swap"]))
+
+
+def test_attention_benchmark_in_bfloat16(tmp_path):
+    result = run_script("attention.py", "--lengths", "64", "--repeats", "1", "--heads", "2", "--dim", "16",
+                        "--dtype", "bfloat16", tmp_path=tmp_path)
+    assert result["args"]["dtype"] == "bfloat16"
+    assert {"native/sdpa", "polynomial/fused", "dagpam/fused"} <= {r["cell"] for r in result["time"]}
+
+
+def test_generate_benchmark(tmp_path):
+    result = run_script("generate.py", "--quick", tmp_path=tmp_path)
+    rows = {(r["cell"], r["context"]): r for r in result["results"]}
+    assert set(rows) == {(c, n) for c in ("sdpa", "fused", "linear") for n in (64, 128)}
+    assert all(rows["sdpa", n]["ratio"] == 1.0 for n in (64, 128))
+    assert rows["linear", 64]["cache_bytes"] == rows["linear", 128]["cache_bytes"]  # a fixed-size state
+    assert rows["sdpa", 128]["cache_bytes"] == 2 * rows["sdpa", 64]["cache_bytes"] > 0  # a KV cache grows
+    assert all(r["tokens_per_second"] > 0 for r in rows.values())
+
+
+def test_gpu_check_refuses_without_cuda():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "/nonexistent/should-not-be-made"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: no CUDA device") and not Path("/nonexistent/should-not-be-made").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PAD, random_ids, tiny_config
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from hf_attnswap import OptionError
 from hf_attnswap.kernels import polynomial_linear
@@ -27,7 +27,7 @@ from hf_attnswap.mechanisms.polynomial import (
     linear_mask_layout,
     polynomial_attention,
 )
-from hf_attnswap.mechanisms.polynomial import PolynomialOptions
+from hf_attnswap.mechanisms.polynomial import PolynomialLinearCache, PolynomialOptions
 from hf_attnswap.registry import get_mechanism, select_backend, use_backend
 
 H, HKV, D = 4, 2, 8
@@ -263,6 +263,43 @@ def test_auto_picks_linear_only_for_long_calls_without_gradients():
                           need_weights=False) == "fused"
 
 
+def _auto_mask(kind: str, q_len: int, k_len: int) -> AttentionMask:
+    """A mask of each kind the model can hand the attention (q_len queries, k_len keys)."""
+    causal = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len)
+    if kind == "causal":  # tagged by hf_attnswap's mask function
+        return AttentionMask(None, q_len, k_len, k_len - q_len)
+    if kind == "causal_dense":  # the same, untagged
+        return AttentionMask(causal[None, None], q_len, k_len)
+    if kind == "left_padding":
+        dense = causal[None, None].repeat(2, 1, 1, 1)
+        dense[1, ..., :7] = False
+        return AttentionMask(dense, q_len, k_len)
+    if kind == "static_cache":  # unfilled slots after the sequence: hidden keys
+        dense = torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len - 5)
+        dense[:, -5:] = False
+        return AttentionMask(dense[None, None], q_len, k_len)
+    if kind == "none":  # bidirectional, no padding
+        return AttentionMask(None, q_len, k_len)
+    if kind == "sliding_window":
+        return AttentionMask((causal & ~causal.tril(k_len - q_len - 64))[None, None], q_len, k_len)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["causal", "causal_dense", "left_padding", "static_cache", "none", "sliding_window"])
+def test_auto_picks_linear_above_the_crossover_and_fused_below_on_every_mask(kind):
+    """``auto`` takes the linear form from LINEAR_AUTO_MIN_KEYS keys on (the crossover measured by
+    benchmarks/linear_attention.py) on every mask it can take, the blocked kernel below it and for a mask it cannot."""
+    from hf_attnswap.mechanisms.polynomial import LINEAR_AUTO_MIN_KEYS
+
+    spec, opts = get_mechanism("polynomial"), PolynomialOptions(degree=2)
+    ctx = AttentionContext(scaling=1.0, options=opts)
+    q_len = polynomial_linear.DEFAULT_CHUNK + 1
+    for k_len, above in ((LINEAR_AUTO_MIN_KEYS, True), (LINEAR_AUTO_MIN_KEYS - 1, False)):
+        query = torch.zeros(1, 2, q_len, 4)
+        got = select_backend(spec, opts, query, _auto_mask(kind, q_len, k_len), ctx, need_weights=False)
+        assert got == ("linear" if above and kind != "sliding_window" else "fused"), (kind, k_len, got)
+
+
 def test_linear_is_opt_in_and_refuses_dropout():
     spec, q = get_mechanism("polynomial"), torch.randn(1, 2, 3, 4)
     auto = PolynomialOptions(degree=2)
@@ -360,7 +397,11 @@ def test_model_kv_cache_and_generate(arch, monkeypatch):
     kwargs = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": PAD, "output_scores": True,
               "return_dict_in_generate": True}
     prompt = ids[:, :7]
-    want, got = ref.generate(prompt, **kwargs), lin.generate(prompt, **kwargs)
+    want, got = ref.generate(prompt, **kwargs), lin.generate(prompt, cache=DynamicCache(), **kwargs)
     assert torch.equal(got.sequences, want.sequences)
     assert len(calls) == 6, calls  # the prompt (7 > 4 queries) ran the linear kernel; single-token steps run blocked
     torch.testing.assert_close(torch.stack(got.scores), torch.stack(want.scores), atol=1e-5, rtol=1e-4)
+    state = lin.generate(prompt, **kwargs)  # by itself, generate() decodes from the fixed-size state
+    assert isinstance(state.past_key_values, PolynomialLinearCache) and len(calls) == 6, calls
+    assert torch.equal(state.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(state.scores), torch.stack(want.scores), atol=1e-5, rtol=1e-4)

@@ -113,6 +113,7 @@ PRIVATE_NAMES = {
     "_last_lr",  # set_last_lr
     "_original_forward",  # full_precision (Accelerate)
     "_custom_objects",  # forget_prepared (Accelerate)
+    "_prepare_cache_for_generation",  # wrapped: generate() builds a mechanism's state cache (_wrap_prepare_cache)
 }
 
 
@@ -155,6 +156,40 @@ def test_internal_transformers_attention_names():
         AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="no_such_attention")
     with pytest.raises(hf_attnswap.OptionError, match="clashes with a Transformers attention"):
         hf_attnswap.register_mechanism("flex_attention")
+
+
+def test_internal_prepare_cache_for_generation():
+    """``generate()`` prepares its cache in ``GenerationMixin._prepare_cache_for_generation(generation_config,
+    model_kwargs, generation_mode, batch_size, max_cache_length)``, writing it to ``model_kwargs["cache"]``, and hands
+    that object to every forward: the wrapper puts a mechanism's state cache there, and checks a cache the user passes."""
+    from transformers import DynamicCache, GenerationConfig
+    from transformers.generation.utils import GenerationMixin
+
+    from hf_attnswap.mechanisms.polynomial import PolynomialLinearCache
+
+    prepare = GenerationMixin._prepare_cache_for_generation
+    assert hasattr(prepare, "__hf_attnswap_wrapped__")
+    params = list(inspect.signature(prepare.__hf_attnswap_wrapped__).parameters)
+    assert params[:6] == ["self", "generation_config", "model_kwargs", "generation_mode", "batch_size", "max_cache_length"]
+    assert "self._prepare_cache_for_generation(" in inspect.getsource(GenerationMixin.generate)
+    torch.manual_seed(0)
+    linear = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="polynomial",
+                                              attnswap={"degree": 2, "backend": "linear"}).eval()
+    kwargs: dict = {}
+    linear._prepare_cache_for_generation(GenerationConfig(), kwargs, None, 1, 10)
+    assert isinstance(kwargs["cache"], PolynomialLinearCache)
+    kwargs = {}
+    linear._prepare_cache_for_generation(GenerationConfig(cache_implementation="dynamic"), kwargs, None, 1, 10)
+    assert type(kwargs["cache"]) is DynamicCache  # the user asked for a particular cache
+    seen = []
+    original = linear.forward
+    linear.forward = lambda *a, **k: seen.append(k.get("cache")) or original(*a, **k)
+    out = linear.generate(random_ids(1, 3), max_new_tokens=2, pad_token_id=0, return_dict_in_generate=True)
+    assert seen and all(c is out.past_key_values for c in seen) and isinstance(seen[0], PolynomialLinearCache)
+    plain = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="sdpa").eval()
+    with pytest.raises(hf_attnswap.OptionError, match="cannot serve this model"):
+        plain._prepare_cache_for_generation(GenerationConfig(), {"cache": PolynomialLinearCache.__new__(PolynomialLinearCache)},
+                                            None, 1, 10)
 
 
 def test_internal_check_and_adjust_attn_implementation():

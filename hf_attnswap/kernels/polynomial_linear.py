@@ -22,7 +22,9 @@ with ``x ⊗ h`` instead of a scatter. Features are built feature-major (D, N) (
 faster than gathering along the last dimension). ``DEFAULT_CHUNK = 128`` was the fastest of 64/128/256/512
 for forward and forward+backward at T = 4096, d = 64 on the 2-core benchmark machine.
 
-:class:`PolynomialLinearState` is the decode-time form: a state of constant size instead of a KV cache.
+:func:`polynomial_linear_step` advances a state by ``n`` tokens (a prefill or a decode step, with key padding);
+:class:`PolynomialLinearState` is a standalone decode-time form around it: a state of constant size instead of a KV
+cache (``hf_attnswap.mechanisms.polynomial.cache`` puts the same state in Transformers' ``Cache``).
 
 Reference: ``hf_attnswap.mechanisms.polynomial.polynomial_attention`` with ``degree=2``.
 """
@@ -266,6 +268,40 @@ def polynomial_linear_attention(
     return out.reshape(b, h, q_len, value.shape[-1])
 
 
+@torch.no_grad()
+def polynomial_linear_step(
+    state: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    c: torch.Tensor,
+    scale: float,
+    key_visible: torch.Tensor | None = None,
+    has_prefix: bool = True,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Append ``n`` tokens to a state and return their causal outputs: one prefill or decode step from a state.
+
+    ``state``: ``S = Σ φ(k_j) v_jᵀ`` over the keys absorbed so far, (B, H_kv, D, d_v), advanced in place with the new
+    keys (its dtype is the compute dtype). query: (B, H, n, d); key: (B, H_kv, n, d); value: (B, H_kv, n, d_v).
+    New token i sees every absorbed key, and new key j iff ``j <= i`` and ``key_visible[:, j]`` (optional (B|1, n)
+    bool: padding, hidden from every query and kept out of the state). ``c``: the length scale (B|1, 1, n, 1).
+    ``has_prefix``: whether ``state`` holds any key (False skips a matmul with zeros). Cost ``O(n·D·d + n·C·d)``,
+    whatever the number of keys absorbed. Returns (B, H, n, d_v) in the state's dtype. Inference only.
+    """
+    _check_shapes(query, key, value)
+    b, h, n, d = query.shape
+    hkv, dtype = key.shape[1], state.dtype
+    k, v = key.to(dtype), value.to(dtype)
+    if key_visible is not None:
+        k = k * key_visible.to(dtype)[:, None, :, None]  # φ(0) = 0: a hidden key adds nothing, now or later
+    q5 = query.to(dtype).reshape(b, hkv, h // hkv, n, d)
+    size = int(chunk or DEFAULT_CHUNK)
+    out, absorbed = _causal_forward(q5, k, v, float(scale), 0, size, state, has_prefix)
+    _absorb(state, k, v, absorbed, n, size)
+    return out.reshape(b, h, n, -1).mul_(c.to(dtype))
+
+
 class PolynomialLinearState:
     """Constant-memory decode state of degree-2 polynomial attention: replaces the KV cache of one layer.
 
@@ -349,12 +385,8 @@ class PolynomialLinearState:
         self._check(query, "query", True)
         self._check(key, "key", False)
         self._check(value, "value", False)
-        b, h, n, d = query.shape
-        hkv, dtype = self.state.shape[1], self.state.dtype
-        k, v = key.to(dtype), value.to(dtype)
-        q5 = query.to(dtype).reshape(b, hkv, h // hkv, n, d)
-        out, absorbed = _causal_forward(q5, k, v, self.scaling, 0, self.chunk, self.state, self.seen > 0)
-        _absorb(self.state, k, v, absorbed, n, self.chunk)
-        out = out.reshape(b, h, n, -1).mul_(self._scale(self.seen, n, causal=True))
+        n = query.shape[-2]
+        out = polynomial_linear_step(self.state, query, key, value, self._scale(self.seen, n, causal=True),
+                                     self.scaling, has_prefix=self.seen > 0, chunk=self.chunk)
         self.seen += n
         return out.to(query.dtype)

@@ -26,6 +26,9 @@ class AttentionContext:
     - ``module``: the attention module that called us (for user mechanisms that need more).
     - ``extra``: every other keyword the model passed to the attention function (``softcap``, ``s_aux``,
       ``sliding_window`` ...); :func:`score_softcap` and :func:`attention_sinks` read the ones that change the scores.
+    - ``state``: the layer of a fixed-size *state cache* the keys came from (:func:`cache_state`), or ``None``. Then
+      ``key``/``value`` hold only this call's tokens, earlier ones are in the state, and only the mechanism's
+      ``state_backend`` can run the call (the registry routes it there).
     """
 
     scaling: float
@@ -35,6 +38,24 @@ class AttentionContext:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     module: nn.Module | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+
+
+_STATE_TAG = "_attnswap_cache_state"
+
+
+def tag_cache_state(key: torch.Tensor, layer: Any) -> torch.Tensor:
+    """Mark ``key`` (B, H_kv, n, d), returned by a state cache layer's ``update``, as coming from ``layer``: the
+    attention function then reads ``layer`` back with :func:`cache_state` (the model hands the tensor ``update``
+    returned to the attention function as the same Python object, and a tensor takes Python attributes). Returns ``key``."""
+    setattr(key, _STATE_TAG, layer)
+    return key
+
+
+def cache_state(key: torch.Tensor) -> Any:
+    """The state cache layer :func:`tag_cache_state` marked ``key`` with, or None (keys of an ordinary KV cache, or
+    no cache)."""
+    return getattr(key, _STATE_TAG, None)
 
 
 def visible_mask(

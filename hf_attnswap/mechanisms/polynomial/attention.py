@@ -17,7 +17,7 @@ from ...errors import OptionError
 from ...kernels import polynomial_linear
 from ...kernels.mask import AttentionMask
 from ...kernels.polynomial_blocked import polynomial_attention_blocked
-from ...kernels.polynomial_linear import PolynomialLinearState
+from ...kernels.polynomial_linear import PolynomialLinearState, polynomial_linear_step
 from .options import PolynomialOptions, linear_degree_problem
 from ..common import AttentionContext, apply_softcap, attention_dropout, compute_dtype, score_softcap
 
@@ -173,16 +173,20 @@ def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
 
 
 #: ``backend="auto"`` picks the linear form from this many keys on, without gradients (a prefill or an evaluation):
-#: on the 2-core CPU, `python benchmarks/linear_attention.py` measured its forward at 1.24x SDPA against 1.21x for
-#: ``fused`` at T = 8192, and 0.82x against 1.08x at T = 16384 (README, "Linear-time polynomial attention").
-LINEAR_AUTO_MIN_KEYS = 16384
+#: the smallest length where every run of ``python benchmarks/linear_attention.py`` on the 2-core CPU measured its
+#: forward faster than ``fused``: at T = 8192 the two tie (1.24x against 1.21x SDPA on an idle machine, 3.20x against
+#: 3.34x on a loaded one), at T = 10240 linear took 1.47x against 3.37x, at T = 16384 0.82x against 1.08x (README,
+#: "Linear-time polynomial attention"; benchmarks/results/linear_attention_crossover_cpu.log). Under a
+#: PolynomialLinearCache, auto runs the linear form at every length (the registration's ``state_backend``).
+LINEAR_AUTO_MIN_KEYS = 10240
 
 
 def polynomial_linear_pays_off(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
     """Why ``backend="auto"`` should not pick the linear form for a call it can take (None: pick it): with
     gradients (its forward+backward is slower than ``fused`` at every measured length), below
     :data:`LINEAR_AUTO_MIN_KEYS` keys, or for at most one chunk of queries (a decode step, which runs the blocked
-    kernel anyway). query: (B, H, Q, d)."""
+    kernel anyway). Not consulted under a :class:`~hf_attnswap.mechanisms.polynomial.cache.PolynomialLinearCache`,
+    whose calls only the linear form can run. query: (B, H, Q, d)."""
     if torch.is_grad_enabled() and query.requires_grad:
         return "training: the linear form's forward+backward is slower than 'fused' at every measured length"
     if mask.k_len < LINEAR_AUTO_MIN_KEYS:
@@ -244,14 +248,18 @@ def polynomial_attention_linear(
 
     query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d). Linear time in the length; the
     backward recomputes the chunk states (O(D·d) memory per head). Half-precision inputs are computed in
-    float32. A call with at most one chunk of queries (a decode step under Transformers' KV cache) runs the
-    blocked kernel of backend ``"fused"`` instead: rebuilding the state from the whole cache at every step
+    float32. Under a :class:`~hf_attnswap.mechanisms.polynomial.cache.PolynomialLinearCache` (``ctx.state``: key and
+    value hold only this call's tokens) the outputs come from the layer's state, which then absorbs the call's keys:
+    O(D·d) per head and token. Under Transformers' KV cache, a call with at most one chunk of queries (a decode step)
+    runs the blocked kernel of backend ``"fused"`` instead: rebuilding the state from the whole cache at every step
     would cost O(K·D·d), the direct form O(Q·K·d); both are exact. Raises :class:`OptionError` for a degree
     other than 2, attention dropout, or a mask that is not causal / key padding / none.
     """
     reason = _linear_option_problem(ctx)  # the mask is checked once, by linear_mask_layout below
     if reason is not None:
         raise OptionError(f"polynomial: backend='linear' cannot run this call: {reason}.")
+    if ctx.state is not None:
+        return _linear_from_state(query, key, value, mask, ctx)
     offset, key_visible = linear_mask_layout(mask)
     dtype = compute_dtype(query.dtype)
     c = length_scale_vector(mask, ctx.options, query.device)
@@ -260,4 +268,43 @@ def polynomial_attention_linear(
         out = polynomial_attention_blocked(q, k, v, mask, c, ctx.scaling, ctx.options.degree)
     else:
         out = polynomial_linear.polynomial_linear_attention(q, k, v, c, ctx.scaling, offset, key_visible)
+    return _checked_cast(out, query.dtype, ctx.options)
+
+
+def _linear_from_state(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: AttentionMask,
+                       ctx: AttentionContext) -> torch.Tensor:
+    """One call (prefill, prefill chunk or decode step) from a :class:`PolynomialLinearCache` layer ``ctx.state``.
+
+    query: (B, H, n, d); key, value: (B, H_kv, n, d), this call's tokens only; ``mask`` covers every position
+    (K = the layer's ``seen`` + n) and must be causal with key padding: the state already holds the earlier keys, so
+    the mask may only hide what the state left out (its count of visible keys is checked). Returns (B, H, n, d).
+    """
+    layer = ctx.state
+    layer.take(key)
+    n, seen = query.shape[-2], layer.seen
+    if mask.k_len != seen + n:
+        raise OptionError(f"polynomial: the attention mask covers {mask.k_len} keys, but the PolynomialLinearCache holds "
+                          f"{seen} positions and this call adds {n}; pass the cache that went with the earlier tokens "
+                          "(or none for a new prompt), and a mask over all of them.")
+    offset, key_visible = linear_mask_layout(mask)
+    if offset != seen and not (offset is None and n == 1):
+        raise OptionError(f"polynomial: a PolynomialLinearCache needs a causal mask (query i sees the {seen} cached "
+                          "positions and the call's own up to i); this mask is "
+                          f"{'bidirectional' if offset is None else f'causal with offset {offset}'}. Use a DynamicCache.")
+    before = layer.visible if key_visible is None else key_visible[:, :seen].sum(-1)
+    if not bool((before == layer.visible).all()):
+        raise OptionError("polynomial: the attention mask hides cached keys that the PolynomialLinearCache's state "
+                          "already holds (a state cannot forget keys); pass the same padding mask that the earlier "
+                          "tokens ran with, extended by the new tokens.")
+    new_visible = None if key_visible is None else key_visible[:, seen:]
+    constant = length_scale_constant(ctx.options)
+    if constant is None:  # 1/sqrt(N_i): N_i = the cached visible keys + this call's visible keys up to i
+        own = (torch.arange(1, n + 1, device=query.device) if new_visible is None
+               else new_visible.to(torch.long).cumsum(-1))
+        counts = layer.visible.view(-1, 1) + own
+        c = counts.clamp_min(1).to(torch.float32).rsqrt().view(-1, 1, n, 1)  # float32, as length_scale_vector
+    else:
+        c = torch.full((1, 1, n, 1), constant, device=query.device)
+    out = polynomial_linear_step(layer.state, query, key, value, c, ctx.scaling, new_visible, has_prefix=seen > 0)
+    layer.advance(new_visible, n)
     return _checked_cast(out, query.dtype, ctx.options)
