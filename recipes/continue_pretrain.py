@@ -25,7 +25,8 @@ from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import DataArguments, LoraArguments, ModelArguments, TrainArguments, parse_recipe_args
 from hf_attnswap.training.loop import (make_accelerator, prepare_output_dir, recipe_command, run_recipe, save_final,
                                       train)
-from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, wrap_lora
+from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, load_tokenizer,
+                                        wrap_lora)
 from hf_attnswap.training.report import push_final, write_results
 
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- model: pretrained or from scratch, swapped through the public API -----------------------------------
     model, spec = build_model(model_args, tokenizer, block_size=data_args.block_size)
+    if data_args.packing == "documents":
+        check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():
         train_dataset = pack_texts(texts.train, tokenizer, data_args.block_size,
                                    num_proc=data_args.preprocessing_num_workers,

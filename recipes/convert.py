@@ -40,7 +40,8 @@ from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, 
                                             RecipeConfigError, TrainArguments, parse_recipe_args)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
-from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, parse_single_attn, wrap_lora
+from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, load_tokenizer,
+                                        parse_single_attn, wrap_lora)
 from hf_attnswap.training.report import git_revision
 
 STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
+    if data_args.packing == "documents":
+        check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():
         dataset = pack_texts(texts.train, tokenizer, data_args.block_size, num_proc=data_args.preprocessing_num_workers,
                              isolate_documents=data_args.packing == "documents")

@@ -32,6 +32,8 @@ from hf_attnswap.errors import UnsupportedModelError
 from hf_attnswap.kernels import dagpam_cpu
 from hf_attnswap.patching import ARCHITECTURES, attention_modules
 from hf_attnswap.registry import PARAMS_ATTR
+from hf_attnswap.training.arguments import RecipeConfigError
+from hf_attnswap.training.model import check_packing_isolates
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             intermediate_size=64, vocab_size=128, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
@@ -300,6 +302,62 @@ def test_every_rope_type_equals_the_definition(rope_type, backend, recorder):
     if rope_type in ("yarn", "longrope"):
         assert not torch.allclose(cos * cos + sin * sin, torch.ones_like(cos)), "the tables are scaled"
     assert check_against_definition(calls) == len(calls)
+
+
+# --- the conformance matrix ---------------------------------------------------------------------------------------------
+
+MATRIX = ("softmax_equals_native", "dagpam_at_zero_equals_native", "cached_decode_equals_full", "packed_rows_isolated")
+#: Model types whose attention mask, in Transformers 5.24, ignores restarting position_ids (eager/sdpa alike).
+PACKING_NOT_ISOLATED = {"opt", "gpt_oss"}
+DOCS = (torch.tensor([[3, 5, 7, 11, 13]]), torch.tensor([[17, 19, 23, 29]]), torch.tensor([[31, 37, 41]]))
+
+
+def _logits(model, ids, **kw):
+    with torch.no_grad():
+        return model(ids, **kw).logits
+
+
+@pytest.mark.parametrize("check", MATRIX)
+@pytest.mark.parametrize("model_type", SUPPORTED)
+def test_conformance(model_type, check):
+    """Per supported model type (float32, tiny): softmax (T=1) and daGPAM at λ=0 equal the model's own eager
+    attention on a padded batch (1e-5); daGPAM (λ=0.5) decoding with the KV cache equals its full forward; and a
+    packed row (``position_ids`` restarting, ``use_cache=False``, as ``DataCollatorWithFlattening`` makes them) equals
+    its documents run alone (or, where Transformers' own mask ignores the position_ids, ``--packing documents`` refuses
+    the model)."""
+    model = tiny_model(model_type, dtype=torch.float32)
+    keep = MASK.bool()
+    if check in ("softmax_equals_native", "dagpam_at_zero_equals_native"):
+        want = _logits(model, IDS, attention_mask=MASK)
+        if check == "softmax_equals_native":
+            hf_attnswap.swap(model, "softmax")
+        else:
+            hf_attnswap.swap(model, "dagpam", lambda_init=0.0)
+        torch.testing.assert_close(_logits(model, IDS, attention_mask=MASK)[keep], want[keep], atol=1e-5, rtol=1e-5)
+        return
+    _dagpam(model, backend="auto")
+    if check == "cached_decode_equals_full":
+        ids = IDS[:1]
+        full = _logits(model, ids)
+        with torch.no_grad():
+            out = model(ids[:, :6], use_cache=True)
+            steps, cache = [out.logits], out.past_key_values
+            for t in range(6, ids.shape[1]):
+                out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+                steps.append(out.logits)
+                cache = out.past_key_values
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+        return
+    if model_type in PACKING_NOT_ISOLATED:  # Transformers' own mask ignores the position_ids: --packing refuses it
+        with pytest.raises(RecipeConfigError, match=rf"model_type '{model_type}' does not keep packed documents apart"):
+            check_packing_isolates(model)
+        return
+    check_packing_isolates(model)
+    packed = torch.cat(DOCS, dim=1)
+    positions = torch.cat([torch.arange(d.shape[1]) for d in DOCS])[None]
+    got = _logits(model, packed, position_ids=positions, use_cache=False)
+    want = torch.cat([_logits(model, d) for d in DOCS], dim=1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # --- refusals --------------------------------------------------------------------------------------------------------
