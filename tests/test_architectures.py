@@ -375,3 +375,35 @@ def test_issue_target_reached():
     tests/test_attention_keywords.py)."""
     covered = [t for t in ISSUE_TYPES if t in SUPPORTED]
     assert len(covered) >= 30, covered
+
+
+# --- kernels/rope.py: every layout inverts and transposes exactly -------------------------------------------------------
+
+@pytest.mark.parametrize("pairs", ["half", "interleaved"])
+@pytest.mark.parametrize("rotary_dim", [None, 8])
+def test_rope_layouts_invert_and_transpose_exactly(pairs, rotary_dim):
+    """For each layout, with scaled tables (factor 1.3): ``rope`` is the per-pair 2×2 map ``m·R(θ)`` on the rotated dims
+    and the identity on the rest (built here pair by pair), ``unapply_rope`` inverts it, and ``rope_adjoint`` is its
+    transpose (what the CPU kernel's backward uses)."""
+    from hf_attnswap.kernels.rope import RotaryLayout, apply_rope, full_width_tables, rope, rope_adjoint, unapply_rope
+
+    torch.manual_seed(0)
+    d, r = 16, rotary_dim or 16
+    layout = RotaryLayout(pairs, rotary_dim)
+    angles = torch.rand(1, 5, r // 2, dtype=torch.float64) * 6
+    cos, sin = 1.3 * angles.cos(), 1.3 * angles.sin()
+    expand = (lambda t: torch.cat((t, t), -1)) if pairs == "half" else (lambda t: t.repeat_interleave(2, -1))
+    cos, sin = full_width_tables(expand(cos), expand(sin), d)
+    x = torch.randn(2, 3, 5, d, dtype=torch.float64)
+    want = x.clone()
+    for i in range(r // 2):
+        a, b = (i, i + r // 2) if pairs == "half" else (2 * i, 2 * i + 1)
+        c, s = 1.3 * angles[..., i].cos()[:, None], 1.3 * angles[..., i].sin()[:, None]  # (1, 1, 5) over heads
+        want[..., a] = x[..., a] * c - x[..., b] * s
+        want[..., b] = x[..., b] * c + x[..., a] * s
+    got = apply_rope(x, cos, sin, layout)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(unapply_rope(got, cos, sin, layout), x)
+    g = torch.randn_like(x)
+    c4, s4 = cos[:, None], sin[:, None]
+    torch.testing.assert_close((rope(x, c4, s4, layout=layout) * g).sum(), (x * rope_adjoint(g, c4, s4, layout=layout)).sum())
