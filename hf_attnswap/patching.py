@@ -3,12 +3,15 @@ they are initialised, and how rotary models hand their position embedding to daG
 
 Softmax and polynomial need nothing from the architecture: they work on any model whose attention goes
 through Transformers' ``AttentionInterface`` (``_supports_attention_backend = True``). A mechanism with
-parameters on the pre-rotary query (daGPAM) also needs an :class:`Architecture` entry below.
+parameters on the pre-rotary query (daGPAM) also needs an :class:`Architecture` entry below: one line per model
+type, holding only what cannot be derived from the model (how its rotary pairs the dims, what its tables hold).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -16,6 +19,7 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
 from .errors import NotSwappedError, OptionError, UnsupportedModelError
+from .kernels.rope import Rotary, RotaryLayout, full_width_tables
 from .options import MechanismOptions
 from .registry import (
     OPTIONS_ATTR,
@@ -51,31 +55,124 @@ ADAPTER_RECORD = "attnswap.json"  # beside a PEFT adapter: the mechanism and opt
 
 @dataclass(frozen=True)
 class Architecture:
-    """How hf_attnswap reaches into one family of models.
+    """What hf_attnswap cannot derive about one model type; one entry per supported model type.
 
-    ``rotary``: the attention module receives ``position_embeddings=(cos, sin)`` and rotates q/k with the
-    Llama/NeoX ``rotate_half`` convention after projecting them. ``half_tables``: its tables are (B, Q, d/2), one
-    angle per pair, as GPT-OSS's (``(x1·cos − x2·sin, x2·cos + x1·sin)``, the same rotation); the rotary pre-hook
-    repeats them to (B, Q, d).
+    Derived from the model, for every entry: whether it is rotary (its attention modules receive
+    ``position_embeddings``; GPT-2 and OPT do not), partial rotary (tables narrower than the head: the first ``r`` dims
+    rotate, the rest pass through, as in Phi, GPT-NeoX, GLM, GPT-J), the head shape, and scaled tables (YaRN,
+    longrope: the inverse divides by ``cos² + sin²``). A mechanism acting on the pre-rotary query (daGPAM) recovers it
+    from the rotated query with those tables (``kernels/rope.py``); q/k norms applied before the rotation (Qwen3,
+    OLMo2, Gemma3) are then part of it, as they should be. Declared here, because neither the tables nor the config
+    say it:
+
+    - ``pairs``: how the model's rotation pairs the dims: ``"half"`` (Llama's ``rotate_half``, ``(i, i + r/2)``) or
+      ``"interleaved"`` (``(2i, 2i + 1)``: GPT-J, Cohere, GLM, Helium, ERNIE-4.5).
+    - ``tables``: what ``position_embeddings`` holds: ``"per_dim"`` (one value per rotated dim, in the pairs' order:
+      Llama's ``cat(f, f)``, Cohere's ``repeat_interleave(f)``), ``"per_pair"`` (one angle per pair, (B, Q, r/2):
+      GPT-OSS, GPT-J) or ``"first_half"`` (Llama-form tables of which the model takes the first half as one angle
+      per pair: GLM, Helium, ERNIE-4.5).
+    - ``sin_first``: the tables come as ``(sin, cos)`` (GPT-J).
+    - ``rotates``: per attention module, whether that layer applies the rotation at all (NoPE layers: SmolLM3's
+      ``use_rope``, Cohere2's and EXAONE-4's global layers); default: every layer.
+    - ``refused``: why the pre-rotary query cannot be recovered from what the attention function receives (then
+      daGPAM is refused on it, saying so).
     """
 
     label: str
-    rotary: bool
-    half_tables: bool = False
+    pairs: str = "half"
+    tables: str = "per_dim"
+    sin_first: bool = False
+    rotates: Callable[[nn.Module], bool] | None = None
+    refused: str | None = None
+
+    def __post_init__(self) -> None:
+        RotaryLayout(self.pairs)  # checks the name
+        if self.tables not in ("per_dim", "per_pair", "first_half"):
+            raise ValueError(f"Architecture.tables must be 'per_dim', 'per_pair' or 'first_half', got {self.tables!r}")
+
+
+def _cohere2_rotates(module: nn.Module) -> bool:
+    return module.sliding_window is not None  # Cohere2: global layers are NoPE
+
+
+def _exaone4_rotates(module: nn.Module) -> bool:
+    return module.sliding_window is None or module.is_sliding  # EXAONE-4: with a window, global layers are NoPE
+
+
+def _smollm3_rotates(module: nn.Module) -> bool:
+    return bool(module.use_rope)  # SmolLM3: no_rope_layers
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "gpt2": Architecture("GPT-2", rotary=False),
-    "llama": Architecture("Llama (incl. SmolLM2)", rotary=True),
-    "mistral": Architecture("Mistral", rotary=True),
-    "qwen2": Architecture("Qwen2", rotary=True),
-    "gemma2": Architecture("Gemma2", rotary=True),
-    "gpt_oss": Architecture("GPT-OSS", rotary=True, half_tables=True),
+    "gpt2": Architecture("GPT-2"),
+    "opt": Architecture("OPT"),
+    "llama": Architecture("Llama (incl. SmolLM2)"),
+    "mistral": Architecture("Mistral"),
+    "ministral": Architecture("Ministral"),
+    "mixtral": Architecture("Mixtral"),
+    "qwen2": Architecture("Qwen2"),
+    "qwen2_moe": Architecture("Qwen2-MoE"),
+    "qwen3": Architecture("Qwen3"),
+    "qwen3_moe": Architecture("Qwen3-MoE"),
+    "gemma": Architecture("Gemma"),
+    "gemma2": Architecture("Gemma2"),
+    "gemma3_text": Architecture("Gemma3"),
+    "phi": Architecture("Phi"),
+    "phi3": Architecture("Phi-3"),
+    "olmo": Architecture("OLMo"),
+    "olmo2": Architecture("OLMo2"),
+    "olmo3": Architecture("OLMo3"),
+    "olmoe": Architecture("OLMoE"),
+    "granite": Architecture("Granite"),
+    "granitemoe": Architecture("Granite-MoE"),
+    "starcoder2": Architecture("StarCoder2"),
+    "smollm3": Architecture("SmolLM3", rotates=_smollm3_rotates),
+    "seed_oss": Architecture("Seed-OSS"),
+    "arcee": Architecture("Arcee"),
+    "apertus": Architecture("Apertus"),
+    "exaone4": Architecture("EXAONE-4", rotates=_exaone4_rotates),
+    "gpt_neox": Architecture("GPT-NeoX"),
+    "cohere": Architecture("Cohere", pairs="interleaved"),
+    "cohere2": Architecture("Cohere2", pairs="interleaved", rotates=_cohere2_rotates),
+    "glm": Architecture("GLM", pairs="interleaved", tables="first_half"),
+    "glm4": Architecture("GLM-4", pairs="interleaved", tables="first_half"),
+    "helium": Architecture("Helium", pairs="interleaved", tables="first_half"),
+    "ernie4_5": Architecture("ERNIE-4.5", pairs="interleaved", tables="first_half"),
+    "gptj": Architecture("GPT-J", pairs="interleaved", tables="per_pair", sin_first=True),
+    "gpt_oss": Architecture("GPT-OSS", tables="per_pair"),
+    "hunyuan_v1_dense": Architecture("Hunyuan", refused=(
+        "its attention normalises the query after the rotation (query_layernorm), so the query the attention "
+        "function receives is not a rotation of a pre-rotary query and daGPAM's Q⁻ cannot be computed from it")),
 }
 
 
 def supported_architectures() -> str:
-    return ", ".join(f"{a.label} (model_type {t!r})" for t, a in ARCHITECTURES.items())
+    return ", ".join(repr(t) for t, a in ARCHITECTURES.items() if a.refused is None)
+
+
+def model_rotary(arch: Architecture, tables: Any, head_dim: int) -> Rotary:
+    """The model's ``position_embeddings`` as full-width :class:`~hf_attnswap.kernels.rope.Rotary` tables (B, Q,
+    head_dim) in its own layout: reordered (``sin_first``), expanded to one value per dim (``per_pair``,
+    ``first_half``) and padded for partial rotary (the rotary dim is the tables' width)."""
+    if not (isinstance(tables, (tuple, list)) and len(tables) == 2 and all(isinstance(t, torch.Tensor) for t in tables)):
+        raise UnsupportedModelError(
+            f"{arch.label}: the attention module received position_embeddings of type {type(tables).__name__}, not "
+            f"the (cos, sin) pair of tensors hf_attnswap reads the rotary embedding from.")
+    cos, sin = tables[::-1] if arch.sin_first else tables
+    if arch.tables == "first_half":
+        cos, sin = cos[..., : cos.shape[-1] // 2], sin[..., : sin.shape[-1] // 2]
+    if arch.tables != "per_dim":
+        if arch.pairs == "half":
+            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        else:
+            cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+    rotary_dim = cos.shape[-1]
+    if rotary_dim > head_dim or rotary_dim % 2 or cos.shape != sin.shape:
+        raise UnsupportedModelError(
+            f"{arch.label}: rotary tables of shape {tuple(cos.shape)} / {tuple(sin.shape)} for heads of size {head_dim}; "
+            "hf_attnswap expects (B, Q, r) tables with an even r <= head_dim (its Architecture entry may be wrong).")
+    cos, sin = full_width_tables(cos, sin, head_dim)
+    return Rotary(cos, sin, RotaryLayout(arch.pairs, None if rotary_dim == head_dim else rotary_dim))
 
 
 def unsupported_model_error(model: nn.Module) -> UnsupportedModelError:
@@ -85,8 +182,8 @@ def unsupported_model_error(model: nn.Module) -> UnsupportedModelError:
     return UnsupportedModelError(
         f"{type(model).__name__} (model_type {model_type!r}) computes attention in its own code rather than through "
         f"Transformers' AttentionInterface, so hf_attnswap cannot swap its attention. Supported: "
-        f"{supported_architectures()} (every mechanism); softmax and polynomial also run on any other model whose "
-        "class sets `_supports_attention_backend = True` (e.g. gemma2, gpt_oss, qwen3). Load this model with "
+        f"{supported_architectures()} (every mechanism); mechanisms without parameters (softmax, polynomial) also run on any other "
+        "model whose class sets `_supports_attention_backend = True`. Load this model with "
         "attn_implementation='eager' or 'sdpa' instead."
     )
 
@@ -103,9 +200,15 @@ def check_supported(model: nn.Module, mech: Mechanism) -> Architecture | None:
         raise unsupported_model_error(model)
     if mech.make_params is not None and arch is None:
         raise UnsupportedModelError(
-            f"mechanism {mech.name!r} adds parameters to each attention layer and needs an architecture adapter, "
-            f"which model_type {model_type!r} does not have. Supported: {supported_architectures()}. "
-            "Add one to hf_attnswap.patching.ARCHITECTURES if the model projects queries like these."
+            f"mechanism {mech.name!r} adds parameters to each attention layer, on the query before the rotary "
+            f"embedding, and needs an architecture entry, which model_type {model_type!r} does not have. Supported: "
+            f"{supported_architectures()}. If this model rotates its queries like one of these, add one line to "
+            "hf_attnswap.patching.ARCHITECTURES (an Architecture saying how its rotary pairs the dims)."
+        )
+    if mech.needs_rope and arch is not None and arch.refused is not None:
+        raise UnsupportedModelError(
+            f"mechanism {mech.name!r} cannot run on {arch.label} (model_type {model_type!r}): {arch.refused}. "
+            f"Supported: {supported_architectures()}."
         )
     return arch
 
@@ -126,33 +229,35 @@ def attention_modules(model: PreTrainedModel) -> list[nn.Module]:
 
 def _head_shape(module: nn.Module) -> tuple[int, int]:
     heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
-    head_dim = getattr(module, "head_dim", None) or module.config.hidden_size // heads
+    head_dim = (getattr(module, "head_dim", None) or getattr(module, "head_size", None)
+                or getattr(module.config, "head_dim", None) or module.config.hidden_size // heads)
     return int(heads), int(head_dim)
 
 
-def _stash_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    object.__setattr__(module, ROPE_ATTR, kwargs.get("position_embeddings"))
-
-
-def _stash_half_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    """:func:`_stash_rope` for half-width tables (B, Q, d/2): stashed repeated to (B, Q, d), the ``rotate_half`` form."""
+def _stash_rope(arch: Architecture, head_dim: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook: the rotary tables this call of ``module`` receives, as a :class:`Rotary` (or None: not rotary)."""
     tables = kwargs.get("position_embeddings")
-    if tables is not None:
-        tables = tuple(torch.cat([t, t], dim=-1) for t in tables)
-    object.__setattr__(module, ROPE_ATTR, tables)
+    if tables is None and any(isinstance(a, tuple) and len(a) == 2 and all(isinstance(t, torch.Tensor) for t in a)
+                              for a in args):
+        raise UnsupportedModelError(
+            f"{arch.label}: its attention module received its rotary tables positionally, not as the keyword "
+            "position_embeddings, so hf_attnswap cannot read them; its Architecture entry needs updating.")
+    object.__setattr__(module, ROPE_ATTR, None if tables is None else model_rotary(arch, tables, head_dim))
 
 
 def _clear_rope(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
     object.__setattr__(module, ROPE_ATTR, None)
 
 
-def _set_rope_hooks(module: nn.Module, on: bool, half_tables: bool = False) -> None:
+def _set_rope_hooks(module: nn.Module, arch: Architecture | None) -> None:
+    """Stash the rotary tables for the call in progress (``arch``), or remove the hooks (``None``). A layer that
+    the entry says does not rotate (NoPE) gets no hooks: its query is the pre-rotary one."""
     for handle in getattr(module, HOOKS_ATTR, ()):
         handle.remove()
     handles = ()
-    if on:
+    if arch is not None and (arch.rotates is None or arch.rotates(module)):
         handles = (
-            module.register_forward_pre_hook(_stash_half_rope if half_tables else _stash_rope, with_kwargs=True),
+            module.register_forward_pre_hook(partial(_stash_rope, arch, _head_shape(module)[1]), with_kwargs=True),
             module.register_forward_hook(_clear_rope, with_kwargs=True),
         )
     object.__setattr__(module, HOOKS_ATTR, handles)
@@ -196,12 +301,11 @@ def install(model: PreTrainedModel, mech: Mechanism, opts: MechanismOptions, *, 
         object.__setattr__(module, OPTIONS_ATTR, opts)
         if mech.make_params is None:
             remove_child_module(module, PARAMS_ATTR)
-            _set_rope_hooks(module, False)
+            _set_rope_hooks(module, None)
             continue
         if params is not None:
             module.add_module(PARAMS_ATTR, params)
-        _set_rope_hooks(module, bool(mech.needs_rope and arch is not None and arch.rotary),
-                        bool(arch is not None and arch.half_tables))
+        _set_rope_hooks(module, arch if mech.needs_rope else None)
     for sub in model.modules():
         if isinstance(sub, PreTrainedModel):
             override_init_weights(sub, _init_weights_with_attnswap)
@@ -264,7 +368,7 @@ def uninstall(model: PreTrainedModel, attn_implementation: str = "sdpa", /) -> P
         raise OptionError(f"unswap: Transformers cannot switch this model to {attn_implementation!r}: {err}") from None
     for module in modules:
         remove_child_module(module, PARAMS_ATTR)
-        _set_rope_hooks(module, False)
+        _set_rope_hooks(module, None)
         if OPTIONS_ATTR in module.__dict__:
             del module.__dict__[OPTIONS_ATTR]
     for sub in model.modules():

@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 PERSIST_SUFFIX = " (needs the hf_attnswap plugin: pip install hf-attnswap, then import hf_attnswap)"
 OPTIONS_ATTR = "attnswap_options"  # plain attribute on each attention module: the parsed options
 PARAMS_ATTR = "attnswap"  # submodule on each attention module: the mechanism's parameters, if any
-ROPE_ATTR = "_attnswap_rope"  # (cos, sin) stashed by the rotary pre-hook for the current forward
+ROPE_ATTR = "_attnswap_rope"  # the Rotary (cos, sin) the rotary pre-hook stashed for the current forward
 
 
 @dataclass(frozen=True)

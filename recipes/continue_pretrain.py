@@ -16,24 +16,18 @@ logs under ``tracking/``.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import torch
 
 import hf_attnswap  # noqa: F401  (registers the mechanisms in every process, before any model is built)
-from hf_attnswap.data.lm import load_lm_texts, pack_texts
+from hf_attnswap.data.lm import collate_blocks as collate, load_lm_texts, pack_texts
 from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import DataArguments, LoraArguments, ModelArguments, TrainArguments, parse_recipe_args
 from hf_attnswap.training.loop import (make_accelerator, prepare_output_dir, recipe_command, run_recipe, save_final,
                                       train)
-from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, wrap_lora
+from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, load_tokenizer,
+                                        wrap_lora)
 from hf_attnswap.training.report import push_final, write_results
-
-
-def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Packed blocks -> ``input_ids`` and ``labels`` (the model shifts labels), shape (batch, block_size)."""
-    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-    return {"input_ids": ids, "labels": ids.clone()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- model: pretrained or from scratch, swapped through the public API -----------------------------------
     model, spec = build_model(model_args, tokenizer, block_size=data_args.block_size)
+    if data_args.packing == "documents":
+        check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():
         train_dataset = pack_texts(texts.train, tokenizer, data_args.block_size,
-                                   num_proc=data_args.preprocessing_num_workers)
+                                   num_proc=data_args.preprocessing_num_workers,
+                                   isolate_documents=data_args.packing == "documents")
     if lora_args.lora:
         model = wrap_lora(model, lora_args)
     if accelerator.is_main_process:

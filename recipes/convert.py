@@ -33,23 +33,18 @@ import hf_attnswap  # noqa: F401  (registers the mechanisms in every process, be
 from hf_attnswap.conversion import TransferObjective
 from hf_attnswap.conversion.distill import DistillObjective
 from hf_attnswap.data.assets import resolve_asset
-from hf_attnswap.data.lm import load_lm_texts, pack_texts
+from hf_attnswap.data.lm import collate_blocks as collate, load_lm_texts, pack_texts
 from hf_attnswap.data.text import load_texts
 from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, LoraArguments, ModelArguments,
                                             RecipeConfigError, TrainArguments, parse_recipe_args)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
-from hf_attnswap.training.model import build_model, check_model_args, load_tokenizer, parse_single_attn, wrap_lora
+from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, load_tokenizer,
+                                        parse_single_attn, wrap_lora)
 from hf_attnswap.training.report import git_revision
 
 STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
-
-
-def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Packed blocks -> ``input_ids`` and ``labels``, shape (batch, block_size)."""
-    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
-    return {"input_ids": ids, "labels": ids.clone()}
 
 
 def _resume(resuming: bool, stage_dir: Path) -> str | None:
@@ -177,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
+    if data_args.packing == "documents":
+        check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():
-        dataset = pack_texts(texts.train, tokenizer, data_args.block_size, num_proc=data_args.preprocessing_num_workers)
+        dataset = pack_texts(texts.train, tokenizer, data_args.block_size, num_proc=data_args.preprocessing_num_workers,
+                             isolate_documents=data_args.packing == "documents")
 
     tokens: dict[str, int] = {}  # tokens scored per corpus (the same at every phase)
 
@@ -246,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         if conv.transfer_calibrate and objective.trains_projections and resume_s1 is None:
             first = collate([dataset[i] for i in range(min(len(dataset), train_args.per_device_train_batch_size))])
             with training_backend():
-                factors = objective.calibrate_query_scale(first["input_ids"])
+                factors = objective.calibrate_query_scale(first["input_ids"], position_ids=first.get("position_ids"))
             record("calibration", factors=factors)
             if accelerator.is_main_process:
                 print("calibrated query scales: " + ", ".join(f"{v:.3g}" for v in factors.values()), flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, BloomConfig, OPTConfig
+from transformers import AutoConfig, AutoModelForCausalLM, BloomConfig
 
 import hf_attnswap
 from hf_attnswap import NotSwappedError, OptionError, UnknownMechanismError, UnsupportedModelError
@@ -64,17 +64,22 @@ def test_options_without_a_mechanism(base_checkpoints):
 
 def test_model_without_attention_interface():
     cfg = BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=4)
-    with pytest.raises(UnsupportedModelError, match=r"does not go|own code.*GPT-2.*Llama"):
+    with pytest.raises(UnsupportedModelError, match=r"does not go|own code.*'gpt2'.*'llama'"):
         AutoModelForCausalLM.from_config(cfg, attn_implementation="polynomial")
     with pytest.raises(UnsupportedModelError, match="AttentionInterface"):
         hf_attnswap.swap(AutoModelForCausalLM.from_config(cfg), "softmax")
 
 
-def test_dagpam_needs_an_architecture_adapter():
-    cfg = OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, ffn_dim=64,
-                    word_embed_proj_dim=32, max_position_embeddings=64)
+def test_dagpam_needs_an_architecture_entry():
+    """A model type without an entry (here DeepSeek-V3, whose MLA attention rotates only the query's last dims) is
+    refused for daGPAM, naming it and listing the supported ones; parameter-free mechanisms still run on it."""
+    cfg = AutoConfig.for_model("deepseek_v3", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               num_key_value_heads=4, intermediate_size=64, moe_intermediate_size=16, n_routed_experts=2,
+                               num_experts_per_tok=1, first_k_dense_replace=1, kv_lora_rank=8, q_lora_rank=8,
+                               qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1)
     model = AutoModelForCausalLM.from_config(cfg)
-    with pytest.raises(UnsupportedModelError, match=r"'dagpam'.*needs an architecture adapter.*model_type 'opt'"):
+    with pytest.raises(UnsupportedModelError, match=r"(?s)'dagpam'.*needs an architecture entry.*model_type "
+                                                    r"'deepseek_v3'.*Supported: .*'llama'.*'qwen3'"):
         hf_attnswap.swap(model, "dagpam")
     hf_attnswap.swap(model, "polynomial")  # parameter-free mechanisms run on any AttentionInterface model
     assert torch.isfinite(model(random_ids(1, 5)).logits).all()

@@ -39,10 +39,11 @@ the training text's tokens). ``forward`` returns ``.loss``, ``.lm_loss``, ``.kl`
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 num_items_in_batch: int | None = None, **kwargs: Any) -> Any:
-        """input_ids, labels, attention_mask: (B, T)."""
+        """input_ids, labels, attention_mask: (B, T); ``kwargs`` (e.g. packed documents' ``position_ids`` and
+        ``use_cache=False``) go to the student and the teacher alike."""
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, **kwargs)  # no labels: one log-softmax
         with torch.no_grad():
-            t_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+            t_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
         targets = labels[:, 1:]  # (B, T-1): the next token of each position, -100 where it is not a target
         keep = targets != IGNORE_INDEX
         denom = num_items_in_batch if num_items_in_batch else max(int(keep.sum()), 1)

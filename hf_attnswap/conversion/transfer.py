@@ -291,13 +291,15 @@ class TransferObjective(nn.Module):
         return chosen
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, num_items_in_batch: int | None = None, **kwargs: Any) -> Any:
-        """input_ids, attention_mask: (B, T). Returns ``SimpleNamespace(loss, layers, per_layer, metrics)``:
+                labels: torch.Tensor | None = None, num_items_in_batch: int | None = None,
+                position_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """input_ids, attention_mask: (B, T); position_ids (B, T): packed documents (restarting positions, no
+        ``attention_mask``), which the model masks block-diagonally, teacher and student alike. Returns ``SimpleNamespace(loss, layers, per_layer, metrics)``:
         ``per_layer`` is each layer's loss per token; ``metrics["transfer/relative_error"]`` (mse only) each
         layer's squared error relative to the teacher output's mean square (1.0: no better than an all-zero
         output), which the training loop logs."""
         token_mask = attention_mask.bool() if attention_mask is not None else None
-        step = self._run(input_ids, attention_mask)
+        step = self._run(input_ids, attention_mask, position_ids=position_ids)
         tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
         denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
         loss = step.total / (denom * step.layers)
@@ -317,7 +319,8 @@ class TransferObjective(nn.Module):
 
     @torch.no_grad()
     def calibrate_query_scale(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                              factors: Iterable[float] | None = None) -> dict[str, float]:
+                              factors: Iterable[float] | None = None,
+                              position_ids: torch.Tensor | None = None) -> dict[str, float]:
         """Rescale each layer's query projection by the factor (from ``factors``, default ``2^(k/2)`` for k = -24…4)
         whose student output is closest to the teacher's on this batch (B, T), before any training step.
 
@@ -325,12 +328,12 @@ class TransferObjective(nn.Module):
         denominator) starts from a matched scale instead of spending its first hundreds of steps shrinking the
         projections. With teacher forcing the layers are independent, so one forward per factor measures every
         layer. Needs the query projection among the trained parameters (the teacher keeps the original); returns
-        ``{attention module name: factor}``."""
+        ``{attention module name: factor}``. ``position_ids``: packed documents, as for :meth:`forward`."""
         grid = list(factors) if factors is not None else [2 ** (k / 2) for k in range(-24, 5)]
         targets = self._query_projections()
         losses: list[list[float]] = []
         for f in grid:
-            step = self._run(input_ids, attention_mask, query_factor=float(f))
+            step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids)
             losses.append(step.per_layer)
         chosen = {}
         for layer, (name, weight, bias, rows) in enumerate(targets):
@@ -368,9 +371,11 @@ class TransferObjective(nn.Module):
         return found
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
-             query_factor: float | None = None) -> _Step:
+             query_factor: float | None = None, position_ids: torch.Tensor | None = None) -> _Step:
         token_mask = attention_mask.bool() if attention_mask is not None else None
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        if position_ids is not None:
+            kw["position_ids"] = position_ids
         if "logits_to_keep" in _forward_params(self.model):
             kw["logits_to_keep"] = 1
         step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",

@@ -4,6 +4,11 @@ The packing follows ``run_clm_no_trainer.py``: documents are tokenised, joined (
 between documents, so the model sees where one ends) and cut into ``block_size`` chunks; the remainder that
 does not fill a block is dropped. Validation stays as whole documents, because perplexity is measured on
 documents by :func:`hf_attnswap.evaluation.perplexity.perplexity`.
+
+With ``isolate_documents`` (the recipes' ``--packing documents``) the blocks are the same, but each row also holds
+``position_ids`` that restart at 0 where a document (or the block) starts, as ``DataCollatorWithFlattening`` makes
+them: Transformers then builds a block-diagonal causal mask (given no ``attention_mask`` and no cache), so no token
+attends across a document border, and :func:`collate_blocks` drops the one target that would cross it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..errors import AttnSwapError
 from .assets import resolve_asset
 from .text import TextDataError, load_texts
 
-__all__ = ["LMDataError", "LMTexts", "load_lm_texts", "pack_texts"]
+__all__ = ["IGNORE_INDEX", "LMDataError", "LMTexts", "collate_blocks", "document_positions", "load_lm_texts", "pack_texts"]
+
+IGNORE_INDEX = -100
 
 
 class LMDataError(AttnSwapError):
@@ -95,12 +104,33 @@ def load_lm_texts(
     return LMTexts(train=docs, validation=validation, source=shown)
 
 
-def pack_texts(texts: list[str], tokenizer: Any, block_size: int, *, num_proc: int | None = None) -> Any:
+def document_positions(lengths: list[int], block_size: int, total: int) -> list[list[int]]:
+    """``position_ids`` of the blocks cut from documents of token counts ``lengths`` joined end to end: each block's
+    positions count from 0 where a document or the block starts. ``total``: the tokens kept (whole blocks)."""
+    flat: list[int] = []
+    for n in lengths:
+        flat.extend(range(n))
+    rows = []
+    for start in range(0, total, block_size):
+        row = flat[start:start + block_size]
+        offset = row[0]
+        for i, p in enumerate(row):
+            if p == 0:
+                offset = 0
+            row[i] = p - offset
+        rows.append(row)
+    return rows
+
+
+def pack_texts(texts: list[str], tokenizer: Any, block_size: int, *, num_proc: int | None = None,
+               isolate_documents: bool = False) -> Any:
     """Tokenise ``texts`` and pack them into a ``datasets.Dataset`` of ``input_ids`` rows of length ``block_size``.
 
     Documents are joined with ``tokenizer.eos_token_id`` after each (when the tokenizer has one); the tail that
-    does not fill a block is dropped. Labels are the inputs (the model shifts them). Raises :class:`LMDataError`
-    when the texts hold fewer than ``block_size`` tokens.
+    does not fill a block is dropped. Labels are the inputs (the model shifts them). ``isolate_documents``: each row
+    also holds ``position_ids`` (:func:`document_positions`; the EOS belongs to the document it ends), so that
+    attention stays inside each document. Raises :class:`LMDataError` when the texts hold fewer than ``block_size``
+    tokens.
     """
     import datasets
 
@@ -113,7 +143,10 @@ def pack_texts(texts: list[str], tokenizer: Any, block_size: int, *, num_proc: i
     def group(batch: dict[str, list[list[int]]]) -> dict[str, list[list[int]]]:
         flat = [t for ids in batch["input_ids"] for t in ids]
         n = (len(flat) // block_size) * block_size
-        return {"input_ids": [flat[i:i + block_size] for i in range(0, n, block_size)]}
+        rows = {"input_ids": [flat[i:i + block_size] for i in range(0, n, block_size)]}
+        if isolate_documents:
+            rows["position_ids"] = document_positions([len(ids) for ids in batch["input_ids"]], block_size, n)
+        return rows
 
     ds = datasets.Dataset.from_dict({"text": list(texts)})
     ds = ds.map(tokenize, batched=True, remove_columns=["text"], num_proc=num_proc, desc="tokenising")
@@ -123,3 +156,18 @@ def pack_texts(texts: list[str], tokenizer: Any, block_size: int, *, num_proc: i
                           f"lower block_size or add text.")
     # One group over everything (batch_size=None): no tokens are lost at batch borders.
     return ds.map(group, batched=True, batch_size=None, num_proc=None, desc=f"packing into blocks of {block_size}")
+
+
+def collate_blocks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Packed blocks -> the model's keywords: ``input_ids`` and ``labels`` (the model shifts labels), (batch,
+    block_size). Rows with ``position_ids`` (``pack_texts(isolate_documents=True)``) also pass them, with
+    ``use_cache=False`` (Transformers derives the block-diagonal mask from ``position_ids`` only without a cache), and
+    the label of each document's first token is ``-100``: it would be predicted from the previous document."""
+    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    batch: dict[str, Any] = {"input_ids": ids, "labels": ids.clone()}
+    if rows and "position_ids" in rows[0]:
+        positions = torch.tensor([r["position_ids"] for r in rows], dtype=torch.long)
+        batch["labels"][positions == 0] = IGNORE_INDEX
+        batch["position_ids"] = positions
+        batch["use_cache"] = False
+    return batch

@@ -114,8 +114,9 @@ def _scaled_grad(g: torch.Tensor, factor: torch.Tensor, buf: torch.Tensor | None
 
 
 def _relu_query(q: torch.Tensor, irope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """``ReLU`` of the pre-rotary query; ``irope``: the rotary tables' :func:`~.rope.inverse_tables`."""
-    return torch.relu(q if irope is None else rope_ops.rope(q, *irope, inverse=True))
+    """``ReLU`` of the pre-rotary query; ``irope``: the rotary tables' :func:`~.rope.inverse_tables` (a
+    :class:`~.rope.Rotary`, which carries the layout)."""
+    return torch.relu(q if irope is None else rope_ops.rope(q, *irope, inverse=True, layout=irope.layout))
 
 
 def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -123,7 +124,7 @@ def _neg_query(relu_q: torch.Tensor, w: torch.Tensor, rope: tuple[torch.Tensor, 
     """``Q⁻`` for one chunk; ``w``: (d, d) or the chunk's (h, d, d); ``out``: where a shared ``w``'s product may go
     (a contiguous (B, Q, H, d) tensor)."""
     neg = _matmul(relu_q, w, out) if w.dim() == 2 else torch.einsum("bhqd,hde->bhqe", relu_q, w)
-    return neg if rope is None else rope_ops.rope(neg, *rope)
+    return neg if rope is None else rope_ops.rope(neg, *rope, layout=rope.layout)
 
 
 def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: int,
@@ -147,13 +148,14 @@ def _chunks(batch: int, heads: int, kv_heads: int, q_len: int, k_len: int, dim: 
             for k0 in range(0, kv_heads, step)]
 
 
-def _rope_pair(cos: torch.Tensor | None, sin: torch.Tensor | None, dtype: torch.dtype
-               ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+def _rope_pair(cos: torch.Tensor | None, sin: torch.Tensor | None, dtype: torch.dtype, layout: rope_ops.RotaryLayout
+               ) -> tuple[rope_ops.Rotary | None, rope_ops.Rotary | None]:
     """The rotary tables per head in ``dtype`` and their :func:`~.rope.inverse_tables` (exact for scaled rotary
-    too), or ``(None, None)`` without rotary."""
-    rope = None if cos is None else rope_ops.head_tables(cos, sin, dtype)
-    irope = None if rope is None else rope_ops.inverse_tables(*rope)
-    return rope, irope
+    too), each a :class:`~.rope.Rotary` with ``layout``, or ``(None, None)`` without rotary."""
+    if cos is None:
+        return None, None
+    rope = rope_ops.head_tables(cos, sin, dtype)
+    return rope_ops.Rotary(*rope, layout), rope_ops.Rotary(*rope_ops.inverse_tables(*rope), layout)
 
 
 class _FlashBackward:
@@ -235,7 +237,7 @@ def _add_negative_grads(flash: _FlashBackward, g: torch.Tensor, lam_n: torch.Ten
     dv.add_(dv_c)
     del dk_c, dv_c
     if rope is not None:
-        dqn = rope_ops.rope_adjoint(dqn, *rope)  # gradient of the pre-rotary Q⁻
+        dqn = rope_ops.rope_adjoint(dqn, *rope, layout=rope.layout)  # gradient of the pre-rotary Q⁻
     # recomputed rather than held through the flash backward; without rope and W⁻ grad, q itself will do
     relu_q = _relu_query(q, irope) if dw is not None or rope is not None else q
     if dw is not None:
@@ -249,7 +251,7 @@ def _add_negative_grads(flash: _FlashBackward, g: torch.Tensor, lam_n: torch.Ten
     dr = torch.ops.aten.threshold_backward(dr, relu_q, 0)  # ReLU backward: dr where ReLU's input > 0
     del relu_q
     if rope is not None:
-        dr = rope_ops.rope_adjoint(dr, *irope, inverse=True)
+        dr = rope_ops.rope_adjoint(dr, *irope, inverse=True, layout=irope.layout)
     dq.add_(dr)
 
 
@@ -258,11 +260,11 @@ class DaGPAMCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, weight, lam_pos, lam_neg, cos, sin, bool_mask, is_causal: bool, scale: float,
-                needs_grad: bool, flash: FlashOps):
+                needs_grad: bool, flash: FlashOps, layout: rope_ops.RotaryLayout):
         _flash = flash[0]
         b, h, q_len, d = query.shape
         dtype = query.dtype
-        rope, irope = _rope_pair(cos, sin, dtype)
+        rope, irope = _rope_pair(cos, sin, dtype, layout)
         w = weight.to(dtype)
         lp = lam_pos.detach().to(dtype)
         ln = lam_neg.detach().to(dtype)
@@ -309,7 +311,7 @@ class DaGPAMCPU(torch.autograd.Function):
                 if saved_pos is not None:
                     saved_pos[:, qs] = pos
             del pos, neg, lse_p, lse_n
-        ctx.chunks, ctx.is_causal, ctx.scale, ctx.tied, ctx.flash = chunks, is_causal, scale, tied, flash
+        ctx.chunks, ctx.is_causal, ctx.scale, ctx.tied, ctx.flash, ctx.layout = chunks, is_causal, scale, tied, flash, layout
         if needs_grad:
             ctx.save_for_backward(query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask,
                                   saved_neg, lse_pos, lse_neg, saved_pos)
@@ -323,7 +325,7 @@ class DaGPAMCPU(torch.autograd.Function):
         query, key, value, weight, lam_pos, lam_neg, out, cos, sin, bool_mask, negs, lse_pos, lse_neg, poses = \
             ctx.saved_tensors
         dtype = query.dtype
-        rope, irope = _rope_pair(cos, sin, dtype)
+        rope, irope = _rope_pair(cos, sin, dtype, ctx.layout)
         w, lp, ln = weight.to(dtype), lam_pos.to(dtype), lam_neg.to(dtype)
         tied = ctx.tied  # the same tensor for λ⁺ and λ⁻: its gradient is returned once
         flash = _FlashBackward(ctx.flash[1], ctx.is_causal, _float_mask(bool_mask, dtype), ctx.scale)
@@ -358,7 +360,7 @@ class DaGPAMCPU(torch.autograd.Function):
         return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
                 None if dw is None else dw.to(weight.dtype),
                 None if dlp is None else dlp.to(lam_pos.dtype), None if dln is None else dln.to(lam_neg.dtype),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def dagpam_attention_cpu(
@@ -370,13 +372,14 @@ def dagpam_attention_cpu(
 
     query: (B, H, Q, d) (rotated, as the model passes it); key, value: (B, H_kv, K, d), not repeated;
     weight: W⁻, (d, d) or (H, d, d); lam_pos, lam_neg: (H,), the *same* tensor for tied λ; rope: ``(cos, sin)``
-    (B, Q, d) or None; ``flash``: :data:`FlashOps`, PyTorch's CPU flash-attention kernels
+    (B, Q, d) (a :class:`~.rope.Rotary` for other layouts than full ``rotate_half``) or None; ``flash``: :data:`FlashOps`, PyTorch's CPU flash-attention kernels
     (:func:`hf_attnswap.transformers_hooks.cpu_flash_attention`). Check :func:`unsupported_reason` first. Returns
     (B, H, Q, d), laid out like ``query``.
     """
     attn_mask, is_causal = mask.sdpa_args()
     cos, sin = rope if rope is not None else (None, None)
+    layout = rope_ops.layout_of(rope) if rope is not None else rope_ops.LLAMA
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (query, key, value, weight, lam_pos, lam_neg))
     return DaGPAMCPU.apply(query, key, value, weight, lam_pos, lam_neg, cos, sin, attn_mask, is_causal, float(scale),
-                           needs_grad, flash)
+                           needs_grad, flash, layout)

@@ -22,7 +22,10 @@ class AttentionContext:
     - ``dropout``: attention-dropout probability (0 in eval).
     - ``options``: the mechanism's validated options dataclass.
     - ``params``: the mechanism's parameter module on this layer (or ``None`` if it has none).
-    - ``rope``: ``(cos, sin)`` of shape ``(B, Q, d)`` for rotary models, else ``None``.
+    - ``rope``: ``(cos, sin)`` of shape ``(B, Q, d)`` for rotary models, else ``None``: a
+      :class:`~hf_attnswap.kernels.rope.Rotary` pair, full head width, whose ``.layout`` says how the dims pair up
+      (``rotate_half`` or interleaved, partial rotary); a plain tuple means full ``rotate_half``. Use
+      :func:`~hf_attnswap.kernels.rope.unapply_rope`/``apply_rope`` with that layout.
     - ``module``: the attention module that called us (for user mechanisms that need more).
     - ``extra``: every other keyword the model passed to the attention function (``softcap``, ``s_aux``,
       ``sliding_window`` ...); :func:`score_softcap` and :func:`attention_sinks` read the ones that change the scores.

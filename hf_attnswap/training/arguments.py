@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+PACKING = ("concat", "documents")  # DataArguments.packing; hf_attnswap.data.lm.pack_texts(isolate_documents=...)
 FLOAT32_MAX = 3.4028234663852886e38
 UNSET = ("none", "null", "")  # on the command line, these unset an optional field (case-insensitive)
 UNSET_HELP = ("An optional value (default None) is unset with none, null or an empty string, e.g. --eval_steps none "
@@ -84,6 +85,11 @@ class DataArguments:
     validation_split_percentage: float = field(default=5.0, metadata={
         "help": "Without a validation file/split: this percentage of the documents (the last ones) is held out."})
     block_size: int = field(default=512, metadata={"help": "Tokens per training example, after packing."})
+    packing: str = field(default="concat", metadata={
+        "help": "How documents share a block. concat: joined with EOS, attention crosses document borders "
+                "(run_clm_no_trainer). documents: the same blocks, but each document (and each block) restarts "
+                "position_ids at 0, as DataCollatorWithFlattening makes them, so attention stays inside each document "
+                "(a block-diagonal mask, no padding) and a document's first token is not a target."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N documents for training."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation documents/pairs."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
@@ -355,6 +361,8 @@ def _validate(obj: Any) -> None:
             raise RecipeConfigError("--push_to_hub needs --hub_model_id owner/name.")
     elif isinstance(obj, DataArguments):
         positive("block_size")
+        if obj.packing not in PACKING:
+            raise RecipeConfigError(f"packing must be one of {', '.join(PACKING)}; got {obj.packing!r}.")
         positive("max_train_samples", allow_none=True)
         positive("max_eval_samples", allow_none=True)
         if not 0 <= obj.validation_split_percentage < 100:

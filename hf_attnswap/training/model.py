@@ -18,8 +18,8 @@ from ..registry import PARAMS_ATTR, is_mechanism_parameter
 from ..spec import AttnSpec, parse_attn_specs
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError
 
-__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args", "load_tokenizer",
-           "parse_config_overrides", "parse_single_attn", "wrap_lora"]
+__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args",
+           "check_packing_isolates", "load_tokenizer", "parse_config_overrides", "parse_single_attn", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -241,6 +241,37 @@ def check_block_size(model_or_config: Any, block_size: int) -> None:
     if limit is not None and block_size > limit:
         raise RecipeConfigError(f"block_size={block_size} is larger than the model's {limit} positions; "
                                 f"set block_size <= {limit}.")
+
+
+@torch.no_grad()
+def check_packing_isolates(model: nn.Module) -> None:
+    """Raise :class:`RecipeConfigError` unless ``model`` keeps packed documents apart (``--packing documents``).
+
+    Transformers derives the block-diagonal mask from restarting ``position_ids`` in ``create_causal_mask``, but not
+    every model hands its ``position_ids`` there (OPT, GPT-OSS in Transformers 5.24 do not), so this runs the model
+    once on a probe: two short documents packed in one row must give the second document the logits it has alone.
+    """
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 8:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(0)
+        first, second = (torch.randint(3, vocab, (1, n), generator=g).to(device) for n in (5, 4))
+        packed = torch.cat((first, second), dim=1)
+        positions = torch.cat((torch.arange(5), torch.arange(4)))[None].to(device)
+        got = model(packed, position_ids=positions, use_cache=False).logits[:, 5:].float()
+        alone = model(second, use_cache=False).logits.float()
+    finally:
+        model.train(was_training)
+    if not torch.allclose(got, alone, atol=1e-3 * max(1.0, float(alone.abs().max())), rtol=1e-3):
+        model_type = getattr(model.config, "model_type", None)
+        raise RecipeConfigError(
+            f"--packing documents: model_type {model_type!r} does not keep packed documents apart (its attention mask "
+            "ignores the restarting position_ids, so every token would attend to the documents before it in the block). "
+            "Use --packing concat for this model.")
 
 
 def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:

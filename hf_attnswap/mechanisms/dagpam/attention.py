@@ -2,7 +2,8 @@
 
 ``P = (1+λ⁺) softmax(Q⁺Kᵀ·s) - λ⁻ softmax(Q⁻Kᵀ·s)`` with ``Q⁻ = ReLU(Q⁺) W⁻`` and, tied (default),
 ``λ⁺ = λ⁻ = λ`` so every row sums to 1. On rotary models ``Q⁻`` is computed from the query *before*
-rotation, then rotated with the same position embedding. Keys and values are shared by both branches.
+rotation, then rotated with the same position embedding (in the model's layout: rotate_half or interleaved pairs,
+partial rotary; ``kernels/rope.py``). Keys and values are shared by both branches.
 
 Model arguments (``ctx.extra``): ``softcap`` caps each branch's scaled scores before its softmax; attention sinks
 (``s_aux``/``sinks``) join the denominator of each branch's softmax (the same logit in both) and take no value, so a
@@ -16,7 +17,7 @@ import torch
 
 from ...kernels import dagpam_cpu
 from ...kernels.mask import AttentionMask
-from ...kernels.rope import apply_rope, unapply_rope
+from ...kernels.rope import apply_rope, layout_of, unapply_rope
 from ...kernels.sdpa import sdpa
 from ...transformers_hooks import cpu_flash_attention, has_forward_hooks
 from ..common import AttentionContext, attention_dropout, attention_sinks, score_softcap
@@ -30,9 +31,9 @@ def negative_query(query: torch.Tensor, ctx: AttentionContext) -> tuple[torch.Te
         raise RuntimeError("dagpam attention called without its parameters")  # guarded earlier by the registry
     if ctx.rope is None:
         return ctx.params(query)
-    cos, sin = ctx.rope
-    neg, lam_pos, lam_neg = ctx.params(unapply_rope(query, cos, sin))
-    return apply_rope(neg, cos, sin), lam_pos, lam_neg
+    (cos, sin), layout = ctx.rope, layout_of(ctx.rope)
+    neg, lam_pos, lam_neg = ctx.params(unapply_rope(query, cos, sin, layout))
+    return apply_rope(neg, cos, sin, layout), lam_pos, lam_neg
 
 
 def dagpam_attention(
