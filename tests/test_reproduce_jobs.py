@@ -99,7 +99,7 @@ def test_example_commands_and_shell_words():
     assert all("--seed <seed>" in c and "seed<seed>" in c and "--seed 0" not in c for c in cmds)
     assert "--attn 'polynomial:degree=3:length_scale=\"none\"'" in cmds[3]
     assert cmds[len(config.MECHS)].endswith("--output_dir runs/reproduce_quick/smollm2_polynomial/seed<seed> "
-                                            "--overwrite_output_dir true --max_eval_samples 2")
+                                            "--overwrite_output_dir true --max_eval_samples 1")
     assert cmds[-1].startswith("python recipes/finetune_translation.py")
     assert len(jobs.example_commands(config.QUICK, "runs/x", parts=set())) == len(config.MECHS) + 1
     assert jobs.shell_word("<seed>") == "<seed>" and jobs.shell_word("a b") == "'a b'"

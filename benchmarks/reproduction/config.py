@@ -81,7 +81,9 @@ class Scale:
     claim1_tokens: int           # tokens per article (truncated)
     probe_texts: int             # held-out documents probed
     probe_tokens: int
-    vocab_size: int = 512        # the from-scratch runs' trained byte-level BPE
+    vocab_size: int = 257        # the from-scratch runs' trained byte-level BPE (257: the bytes and EOS, no merges)
+    gpt2_lr: float = 3e-3        # the from-scratch runs' peak learning rate
+    max_train_samples: int | None = None  # training articles of the from-scratch and continued pretraining runs
     excerpt_chars: int = 6000    # each held-out wiki-text article cut to its first N characters (whole paragraphs)
     cpt_block: int = 128         # continued pretraining of SmolLM2 on the wiki-text training articles
     cpt_batch: int = 4
@@ -99,34 +101,37 @@ class Scale:
 
 
 # How FULL was sized (2 jobs at a time, one thread each, on the 2-core AMD EPYC of this project; per job):
-# - from scratch (15 runs: 5 mechanisms x 3 seeds): 400 steps x 16 x 128 tokens (819k tokens, 0.63 epoch of the
-#   1.31M training tokens) at roughly 2,500-3,500 tokens/s on one idle core (softmax fastest, daGPAM's two softmax
-#   branches slowest; scaled from the tokens/s of a softmax run measured on the loaded machine and its CPU share),
-#   so about 4-5.5 min of training, 3 evaluations of the 12k held-out tokens (seconds) and the probe: ~6 min a run,
-#   ~45 min of wall time for the 15 runs 2 at a time.
+# - from scratch (15 runs: 5 mechanisms x 3 seeds): 2,000 steps x 16 x 128 bytes (4.1M tokens, 1.6 epochs of the
+#   2.6M training bytes). Measured: the softmax run (seed 0), niced, on the machine shared with other work, took
+#   473 s of wall time (464 s of training, 8.8k tokens/s); a 60-step daGPAM run ran at ~0.78x softmax's tokens/s
+#   (two softmax branches). So ~8-10 min a run with its 5 evaluations of the 25k held-out bytes (seconds each) and
+#   the probe: ~65 min of wall time for the 15 runs 2 at a time, more than the 45 min aimed at: at 1,500 steps and
+#   lr 2e-3 softmax missed the validity condition (6.25 against a limit of 6.04), at 2,000 steps and lr 3e-3 it
+#   met it (5.30).
 # - claim 1 (3 jobs, ~1.5 min) and claim 4's older runs (the sdpa baseline and 3 x 24 steps of SmolLM2): ~14 min of
 #   wall time 2 at a time (the last full run took 80 min of job time for 19 jobs, ~1/3 of it these).
 # - continued pretraining (6 runs): 50 steps x 4 x 128 tokens (25.6k tokens) of SmolLM2 at ~70 tokens/s training
-#   on one thread (the recipe configs' "8 s per step of 4 x 256 tokens on 2 cores"), one evaluation of the ~6k wiki
-#   held-out tokens and one of the ~4k news tokens at ~200 tokens/s (forward only, windows overlap by half): ~8.5
-#   min a run, ~26 min of wall time, plus one base-model job (~2 min).
+#   on one thread (measured: ~100 tokens/s for a 4 x 128 training step, softmax and daGPAM alike; ~320 tokens/s
+#   forward), one evaluation of the ~6k wiki held-out tokens and one of the ~4k news tokens (windows overlap by
+#   half): ~6-8 min a run, ~22 min of wall time, plus one base-model job (~2 min).
 # - translation (6 runs): 60 steps of 8 pairs at ~6 s a step (the translation configs' figure), 2 x 32 validation
 #   pairs and 200 test pairs translated at ~0.6 s a sentence: ~10 min a run, ~30 min of wall time, plus one
 #   base-model job on the test pairs (~2.5 min).
-# In all ~120 min of wall time: inside 2.5 hours with ~30 min to spare for a slower machine or a busy one.
+# In all ~140 min of wall time: inside 2.5 hours, with little to spare on a busy machine (the cache lets a run that
+# is stopped be completed later: every finished job is kept).
 FULL = Scale("full", gpt2_overrides="n_layer=4,n_head=4,n_embd=128,n_positions=128,resid_pdrop=0.0,embd_pdrop=0.0,"
                                     "attn_pdrop=0.0",
-             gpt2_block=128, gpt2_batch=16, gpt2_steps=400, gpt2_warmup=40, gpt2_eval_steps=200,
+             gpt2_block=128, gpt2_batch=16, gpt2_steps=2000, gpt2_warmup=100, gpt2_eval_steps=500,
              smol_block=128, smol_batch=2, smol_steps=24, smol_warmup=3, smol_eval_steps=12, smol_max_eval_samples=None,
              gpt2_max_eval_samples=None,
              claim1_texts=4, claim1_tokens=128, probe_texts=5, probe_tokens=128)
 QUICK = Scale("quick", gpt2_overrides="n_layer=2,n_head=2,n_embd=32,n_positions=64,resid_pdrop=0.0,embd_pdrop=0.0,"
                                       "attn_pdrop=0.0",
               gpt2_block=32, gpt2_batch=2, gpt2_steps=3, gpt2_warmup=1, gpt2_eval_steps=3,
-              smol_block=32, smol_batch=1, smol_steps=2, smol_warmup=1, smol_eval_steps=2, smol_max_eval_samples=2,
+              smol_block=32, smol_batch=1, smol_steps=2, smol_warmup=1, smol_eval_steps=2, smol_max_eval_samples=1,
               gpt2_max_eval_samples=2,
               claim1_texts=2, claim1_tokens=24, probe_texts=2, probe_tokens=32,
-              vocab_size=300, excerpt_chars=600, cpt_block=32, cpt_batch=1, cpt_steps=2, cpt_warmup=1, cpt_news_docs=2,
+              excerpt_chars=600, max_train_samples=4, cpt_block=32, cpt_batch=1, cpt_steps=2, cpt_warmup=1, cpt_news_docs=2,
               cpt_max_eval_samples=1, mt_steps=2, mt_warmup=1, mt_eval_samples=2, mt_test_samples=4,
               mt_max_new_tokens=8)
 # On one GPU: a bigger from-scratch model and budget (nanoGPT's 6 x 384 character model, 5,000 steps), 10x the

@@ -76,7 +76,9 @@ def analyse_mt(data: dict[str, Any], p_threshold: float = BOOTSTRAP_P) -> dict[s
     """Translation: test BLEU/chrF over seeds per arm, the base model's, the step-0 validation BLEU of every run
     (equal across runs when daGPAM starts at λ = 0), and sacrebleu's paired bootstrap of daGPAM against softmax per
     seed and on the seeds' outputs pooled (each seed's test outputs one after the other, paired sentence by
-    sentence); the verdict is the pooled test's."""
+    sentence); the verdict is the pooled test's. Two arms with the same score are "no difference" whatever the p:
+    sacrebleu (after multeval) counts only resampled differences strictly above the observed one, so a zero
+    difference gets p = 1/(resamples + 1)."""
     runs = data["runs"]
     got = {a: [r for r in runs[a].values() if r] for a in MT_CONFIGS}
     base = data.get("base")
@@ -104,7 +106,9 @@ def analyse_mt(data: dict[str, Any], p_threshold: float = BOOTSTRAP_P) -> dict[s
         parts = []
         for m, title in (("bleu", "BLEU"), ("chrf", "chrF")):
             p = out["pooled"][m]
-            if p["p"] < p_threshold:
+            if p["system"] == p["baseline"]:  # sacrebleu gives p = 1/(n+1) here (a zero difference "is not chance")
+                parts.append(f"{title}: no difference (identical scores)")
+            elif p["p"] < p_threshold:
                 parts.append(f"{title}: daGPAM {'better' if p['system'] > p['baseline'] else 'worse'} (p = {p['p']:.3g})")
             else:
                 parts.append(f"{title}: no significant difference (p = {p['p']:.3g})")

@@ -110,11 +110,12 @@ def scratch_train_argv(scale: Scale, mech: str, seed: int, out: Path, inputs: In
         "--tokenizer_name", str(inputs.tokenizer), "--train_file", str(inputs.train_file),
         "--validation_file", str(inputs.validation_file), "--block_size", str(s.gpt2_block),
         "--per_device_train_batch_size", str(s.gpt2_batch), "--per_device_eval_batch_size", "32",
-        "--max_train_steps", str(s.gpt2_steps), "--num_warmup_steps", str(s.gpt2_warmup),
-        "--eval_steps", str(s.gpt2_eval_steps), "--checkpointing_steps", "none",
+        "--learning_rate", f"{s.gpt2_lr:g}", "--max_train_steps", str(s.gpt2_steps),
+        "--num_warmup_steps", str(s.gpt2_warmup), "--eval_steps", str(s.gpt2_eval_steps), "--checkpointing_steps", "none",
         "--with_tracking", "false", "--disable_progress_bar", "true", "--seed", str(seed),
         "--output_dir", str(out), "--overwrite_output_dir", "true",
-        *(["--max_eval_samples", str(s.gpt2_max_eval_samples)] if s.gpt2_max_eval_samples else [])])
+        *(["--max_eval_samples", str(s.gpt2_max_eval_samples)] if s.gpt2_max_eval_samples else []),
+        *(["--max_train_samples", str(s.max_train_samples)] if s.max_train_samples else [])])
 
 
 def smol_train_argv(scale: Scale, seed: int, out: Path) -> list[str]:
@@ -146,6 +147,8 @@ def cpt_train_argv(scale: Scale, arm: str, seed: int, out: Path, inputs: Inputs)
         extra += ["--attnswap_learning_rate", f"{s.cpt_attnswap_lr:g}"]
     if s.cpt_max_eval_samples:
         extra += ["--max_eval_samples", str(s.cpt_max_eval_samples)]
+    if s.max_train_samples:
+        extra += ["--max_train_samples", str(s.max_train_samples)]
     return recipe_argv(CPT_CONFIG, extra)
 
 

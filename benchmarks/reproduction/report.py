@@ -357,12 +357,14 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
                  f"`recipes/continue_pretrain.py` (`recipes/configs/{SCRATCH_CONFIG}`, the mechanism by `--attn`) on the "
                  f"offline Wikipedia text (wiki-text: the gensim wheel's articles, markup stripped; the last "
                  f"{SCRATCH_VALIDATION_PCT:g} % of the articles held out, each cut to its first "
-                 f"{s.excerpt_chars:,} characters, whole paragraphs). The vocabulary is a byte-level BPE of "
-                 f"{s.vocab_size} tokens trained with the `tokenizers` library on the training articles only "
+                 f"{s.excerpt_chars:,} characters, whole paragraphs). The vocabulary is "
+                 + ("the 256 bytes and EOS (the `tokenizers` library's byte-level BPE with no merges)" if s.vocab_size == 257
+                    else f"a byte-level BPE of {s.vocab_size} tokens") + " trained with the `tokenizers` library on "
+                 f"the training articles only "
                  f"(`{tok.get('folder', 'runs/…/tokenizer')}`" + (f", {tok['train_documents']} articles" if
                                                                   tok.get("train_documents") else "") + "). "
                  f"Same data order, budget and schedule for every mechanism: {s.gpt2_steps} steps of {s.gpt2_batch} × "
-                 f"{s.gpt2_block} tokens ({s.gpt2_steps * s.gpt2_batch * s.gpt2_block:,} tokens; AdamW lr 2e-3, β₂ "
+                 f"{s.gpt2_block} tokens ({s.gpt2_steps * s.gpt2_batch * s.gpt2_block:,} tokens; AdamW lr {s.gpt2_lr:g}, β₂ "
                  f"0.99, {s.gpt2_warmup} warmup steps then cosine, weight decay 0.1, clipping 1.0, no dropout). "
                  f"Validation perplexity is the recipe's (window = {s.gpt2_block}, stride {s.gpt2_block // 2}). "
                  f"daGPAM starts at `lambda_init=0.1` (λ and W⁻ trained, lr 1e-2); the polynomial runs are "
@@ -523,7 +525,7 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
         c = a["claim5"]
         L.append("## Claim 5: sink strength and entropy by mechanism\n")
         L.append(f"The trained softmax, polynomial x³/√N and daGPAM models of claims 2/3, probed with `probe_texts` on "
-                 f"the same {s.probe_texts} held-out articles (≤ {s.probe_tokens} tokens). Sink strength = mean "
+                 f"the same {s.probe_texts} held-out excerpts (≤ {s.probe_tokens} tokens). Sink strength = mean "
                  f"attention weight on the first token over queries i > 0; entropy in nats. Polynomial and daGPAM "
                  f"weights can be negative or unnormalised, so for them both measures use |a| renormalised per row "
                  f"(the diagnostics' `abs_renormalised` convention; conventions seen: "

@@ -53,8 +53,8 @@ def render_validity(v: dict[str, Any], ngram: dict[str, Any] | None, scratch: di
                      f"{sum(1 for r in runs if flags.get(str(r['seed'])) is True)}/{len(runs)}"])
     if rows:
         L.append(table(["mechanism", "final val ppl", "/ bigram ppl", f"learned (≤ {VALIDITY_RATIO:g}× bigram)"], rows))
-    verdict = ("the softmax baseline learned in every seed, so the scale is valid" if v["softmax_learned"] else
-               "**the softmax baseline did not learn in every seed: at this scale the claims 2, 3 and 5 cannot be "
+    verdict = ("The softmax baseline learned in every seed, so the scale is valid" if v["softmax_learned"] else
+               "**The softmax baseline did not learn in every seed: at this scale the claims 2, 3 and 5 cannot be "
                "tested** (the verdicts below are printed but do not count)")
     others = [x for x in v["not_learned"] if not x.startswith("softmax")]
     L.append(f"\n{verdict}." + (f" Runs that did not learn (their verdicts rest on models that learned little): "
@@ -77,7 +77,7 @@ def render_diagnostics(d: dict[str, Any], scale: Scale) -> str:
          "scale), the *|a| row mass* m_i = Σ_j |a_ij| that the renormalisation divides out, the raw row sum and "
          "‖A‖_F/√N (Σ_i exp(−H2raw_i) = ‖A‖_F², so the collision entropy is the per-row, log-scale form of the "
          "Frobenius measure). Softmax has m_i = 1, so for it the raw and renormalised collision entropies are one.\n"]
-    rows = [[title] + [fmt_pm(d[title].get(m, [])) for m in mechs] for title in d]
+    rows = [[title.replace("|", "\\|")] + [fmt_pm(d[title].get(m, [])) for m in mechs] for title in d]
     L.append(table(["measure"] + [MECH_TITLES[m] for m in mechs], rows) + "\n")
     return "\n".join(L)
 
@@ -152,9 +152,11 @@ def render_mt(c: dict[str, Any], scale: Scale) -> str:
          f"then translates the first **{s.mt_test_samples} pairs of the fixed test split** the same way, scored with "
          f"sacrebleu (BLEU 13a, chrF2). *Base* = the unswapped model on the same test pairs. Significance: "
          f"sacrebleu's own paired bootstrap resampling (`sacrebleu.significance.PairedTest`, test `bs`, "
-         f"{BOOTSTRAP_SAMPLES} resamples, sacrebleu's seed), daGPAM against softmax, per seed and on the three "
+         f"{BOOTSTRAP_SAMPLES} resamples, sacrebleu's seed), daGPAM against softmax, per seed and on all the "
          f"seeds' outputs pooled (each seed's test outputs in turn, paired sentence by sentence); significant at "
-         f"p < {BOOTSTRAP_P:g}. The verdict is the pooled test's.\n"]
+         f"p < {BOOTSTRAP_P:g}. The verdict is the pooled test's; equal scores are *no difference* whatever the p "
+         f"(sacrebleu counts only resampled differences strictly above the observed one, so a zero difference gets "
+         f"p = 1/({BOOTSTRAP_SAMPLES} + 1)).\n"]
     t, base = c["test"], c["base"]
     rows = [["base (no fine-tuning)", fmt_num(base["bleu"]), fmt_num(base["chrf"]), "", ""]]
     for a in MT_CONFIGS:
