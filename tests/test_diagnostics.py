@@ -127,6 +127,29 @@ def test_signed_weights_convention():
     torch.testing.assert_close(M.entropy(M.probability_weights(5 * w, vis)), M.entropy(p))
 
 
+def test_scale_aware_entropy_sees_the_scale_that_renormalisation_hides():
+    t = 8
+    w, vis = uniform_causal(t), causal(t)
+    p = M.probability_weights(w, vis)
+    n_i = torch.arange(1, t + 1).float()
+    # probability rows: the Renyi-2 entropy (log N_i when uniform), mass 1, and it sums to ||A||_F^2
+    torch.testing.assert_close(M.raw_collision_entropy(w, vis)[0, 0], n_i.log())
+    torch.testing.assert_close(M.abs_row_mass(w, vis)[0, 0], torch.ones(t))
+    torch.testing.assert_close(M.raw_collision_entropy(w, vis).neg().exp().sum(-1), M.frobenius_norm(w, vis).square())
+    # a row scaled by 5: the renormalised entropy cannot tell, the raw one moves by -2 log 5 = the scale term
+    torch.testing.assert_close(M.entropy(M.probability_weights(5 * w, vis)), M.entropy(p))
+    torch.testing.assert_close(M.raw_collision_entropy(5 * w, vis), M.raw_collision_entropy(w, vis) - 2 * math.log(5))
+    torch.testing.assert_close(M.abs_row_mass(5 * w, vis)[0, 0], torch.full((t,), 5.0))
+    # signed rows: H2raw = H2(p) - 2 log m with p = |a| renormalised and m = sum |a|
+    signed = torch.tensor([0.6, -0.2, 0.6]).view(1, 1, 1, 3)
+    ones = torch.ones(1, 1, 1, 3, dtype=torch.bool)
+    q = M.probability_weights(signed, ones)
+    h2 = -q.square().sum(-1).log()
+    torch.testing.assert_close(M.raw_collision_entropy(signed, ones), h2 - 2 * M.abs_row_mass(signed, ones).log())
+    assert M.abs_row_mass(signed, ones).item() == pytest.approx(1.4)
+    assert M.raw_collision_entropy(torch.zeros(1, 1, 1, 3), ones).item() == math.inf  # no mass: not a sample
+
+
 def test_rank_collapse_and_cosine():
     x = torch.randn(1, 1, 8).expand(2, 5, 8)  # every token the same vector: rank collapse complete
     valid = torch.ones(2, 5, dtype=torch.bool)

@@ -18,7 +18,7 @@ sys.modules[_spec.name] = R
 _spec.loader.exec_module(R)
 
 from reproduction import claims as verdicts  # noqa: E402
-from reproduction import config, conversions, files, markdown, record, report, stats  # noqa: E402
+from reproduction import config, conversions, files, finetune, markdown, record, report, stats  # noqa: E402
 from reproduction.plots import PLOT_FILES  # noqa: E402
 
 
@@ -320,14 +320,17 @@ def test_headline_claim4_uses_the_conversion():
 
 def _fake_run(mech, seed, *, final=None, losses=None):
     """A :func:`scratch_run` dict of the QUICK scale (2 layers, 3 hidden states), with a probe."""
-    final = 100.0 + 10 * seed + {"softmax": 0, "dagpam": 5, "poly_scaled": -5, "poly_unscaled": 20}[mech] \
+    final = 100.0 + 10 * seed + {"softmax": 0, "dagpam": 5, "poly_scaled": -5, "poly_unscaled": 20,
+                                              "poly_p1": 40}[mech] \
         if final is None else final
     losses = [(1, 6.0 + 0.1 * seed), (2, 5.5), (3, 5.0 - 0.1 * seed)] if losses is None else losses
     health = verdicts.loss_health([v for _, v in losses])
-    shift = {"softmax": 0.0, "dagpam": 0.05, "poly_scaled": -0.2, "poly_unscaled": -0.3}[mech] + 0.01 * seed
+    shift = {"softmax": 0.0, "dagpam": 0.05, "poly_scaled": -0.2, "poly_unscaled": -0.3, "poly_p1": -0.1}[mech] \
+        + 0.01 * seed
     per_layer = {"rank_collapse_residual": [0.9, 0.8 + shift, 0.7 + shift], "token_cosine": [0.1, 0.3 - shift, 0.5],
                  "query_grad_norm": [0.01, 0.02 + seed / 100], "entropy": [3.0 + shift, 3.1 + shift],
-                 "sink_strength": [0.04 + shift / 10, 0.05], "max_weight": [0.1, 0.2], "frobenius_ratio": [0.2, 0.3]}
+                 "sink_strength": [0.04 + shift / 10, 0.05], "max_weight": [0.1, 0.2], "frobenius_ratio": [0.2, 0.3],
+                 "raw_collision_entropy": [2.0 + shift, 2.5], "abs_row_mass": [1.0, 1.0 + shift], "row_sum": [1.0, 1.0]}
     return {"lambdas": {"per_layer": [[0.1, -0.2]], "mean": 0.01 * seed, "min": -0.2, "max": 0.1}
             if mech == "dagpam" else None, "mech": mech, "seed": seed, "attn": config.MECH_TITLES[mech][:7],
             "first_ppl": 5000.0 + seed, "final_ppl": final, "seconds": 12.5 + seed, "tokens_seen": 192, "steps": 3,
@@ -352,17 +355,45 @@ def _fake_collected(seeds, conversions):
     runs4 = {s: {"evaluations": [{"step": 0, "eval/nll": math.log(7e9), "eval/ppl": 7e9},
                                  {"step": 2, "eval/nll": math.log(2e7 + s), "eval/ppl": 2e7 + s}],
                  "seconds": 20.0, "tokens_seen": 64, "steps": 2, "losses": [(1, 12.0), (2, 11.0 - s)]} for s in seeds}
+    refs = ["the cat sat on the mat", "a dog runs fast", "hello there my friend", "it is raining today"]
+
+    def cpt(arm, seed):
+        gap = 0.01 if arm == "dagpam" else 0.0
+        return {"arm": arm, "seed": seed, "attn": arm, "steps": 2, "tokens_seen": 64, "seconds": 9.0,
+                "wiki": {"ppl": math.exp(3.0 + gap + 0.01 * seed), "nll": 3.0 + gap + 0.01 * seed, "tokens": 50},
+                "news": {"ppl": math.exp(3.4 + gap - 0.01 * seed), "nll": 3.4 + gap - 0.01 * seed, "tokens": 40},
+                "lambdas": {"mean": 0.01, "min": -0.02, "max": 0.03} if arm == "dagpam" else None,
+                "losses": [(1, 3.1), (2, 3.0)]}
+
+    def mt(arm, seed):
+        hyps = ["the cat sat on a mat", "a dog runs", "hello my friend", "it rains today"] if arm == "softmax" else \
+            ["the cat sat on the mat", "the dog ran fast", "hello there friend", "it is raining"]
+        return {"arm": arm, "seed": seed, "attn": arm, "steps": 2, "seconds": 9.0, "tokens_seen": 64,
+                "val_step0": {"bleu": 12.5, "chrf": 40.0, "step": 0}, "val_final": {"bleu": 14.0 + seed, "chrf": 41.0,
+                                                                                 "step": 2},
+                "validation_pairs": 2, "test": {"bleu": 20.0 + seed, "chrf": 45.0, "n": 4, "bleu_signature": "b",
+                                                "chrf_signature": "c"},
+                "hypotheses": hyps, "references": refs, "lambdas": None, "losses": [(1, 2.0), (2, 1.5)]}
+
+    ngram = {"bigram": {"ppl": 300.0, "nll": math.log(300.0), "smoothing": 0.1, "ppl_per_k": {"0.1": 300.0, "1.0": 320.0}},
+             "unigram": {"ppl": 2000.0, "nll": math.log(2000.0), "smoothing": 1.0}, "tokens": 60, "train_tokens": 600,
+             "vocab_size": 300}
     return {"claim1": {s: claim1(s) for s in seeds}, "scratch": scratch, "claim4": {"sdpa": base, "runs": runs4},
-            "conversions": conversions}
+            "conversions": conversions, "ngram": ngram,
+            "cpt": {"base": {"corpora": {"wiki": {"ppl": 19.0, "nll": math.log(19.0)}, "news": {"ppl": 30.0}}},
+                    "runs": {a: {s: cpt(a, s) for s in seeds} for a in ("softmax", "dagpam")}},
+            "mt": {"base": {"bleu": 10.0, "chrf": 38.0, "n": 4, "hypotheses": refs, "references": refs},
+                   "runs": {a: {s: mt(a, s) for s in seeds} for a in ("softmax", "dagpam")}}}
 
 
 def _fake_meta():
     return {"git_revision": "1234abc", "date": "2026-11-22 08:55", "machine": "2-core test CPU", "wall_seconds": 600.0,
             "jobs": 11, "cached_jobs": 0, "job_seconds_total": 1100.0, "jobs_at_once": 2,
             "command": "python benchmarks/reproduce.py --out X --quick", "example_commands": ["python recipe <seed>"],
-            "runs_dir": "runs/reproduce_quick", "failed_jobs": [], "unigram": {"ppl": 2000.0, "tokens": 60,
-                                                                              "smoothing": 1.0},
-            "computed_run": None}
+            "runs_dir": "runs/reproduce_quick", "failed_jobs": [], "computed_run": None, "parts": ["cpt", "mt"],
+            "tokenizer": {"folder": "wiki-text-bpe300-abc", "train_documents": 101},
+            "ngram": {"bigram": {"ppl": 300.0, "smoothing": 0.1, "ppl_per_k": {"0.1": 300.0, "1.0": 320.0}},
+                      "unigram": {"ppl": 2000.0}, "tokens": 60, "train_tokens": 600}}
 
 
 @pytest.fixture
@@ -376,12 +407,14 @@ def committed_run(tmp_path, monkeypatch):
     claims, seeds, scale = {1, 2, 3, 4, 5}, [0, 1], config.QUICK
     data = _fake_collected(seeds, conversions.load_conversions(conv_root))
     analysis = verdicts.analyse(claims, seeds, data, scale)
+    analysis.update(finetune.analyse_parts({"cpt", "mt"}, data))
     out = tmp_path / "out"
     out.mkdir()
     plots = {k: [name] for k, name in PLOT_FILES.items()}
     meta = _fake_meta()
     text = report.render_md(claims, seeds, scale, analysis, data, plots, meta, tmp_path / "results.md", out)
-    files.write_json(out / "reproduce.json", record.reproduce_json(meta, scale, claims, seeds, analysis, data, {}))
+    files.write_json(out / "reproduce.json", record.reproduce_json(meta, scale, claims, seeds, analysis, data, {},
+                                                                   {"cpt", "mt"}))
     return {"out": out, "md": tmp_path / "results.md", "text": text, "tmp": tmp_path}
 
 

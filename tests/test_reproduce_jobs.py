@@ -13,46 +13,76 @@ import _reproduction  # noqa: F401  (benchmarks/ on the path)
 from reproduction import config, jobs
 
 
-def _names(claims, seeds=(0, 1), scale=config.QUICK, tmp_path=None):
-    return [j.name for j in jobs.plan(set(claims), list(seeds), scale, tmp_path)]
+def _names(claims, seeds=(0, 1), scale=config.QUICK, tmp_path=None, parts=frozenset()):
+    return [j.name for j in jobs.plan(set(claims), list(seeds), scale, tmp_path, parts)]
 
 
 def test_plan_per_claim(tmp_path):
     assert _names({1}, tmp_path=tmp_path) == ["claim1 seed 0", "claim1 seed 1"]
     assert _names({2}, tmp_path=tmp_path) == ["scratch softmax seed 0", "scratch softmax seed 1",
                                               "scratch dagpam seed 0", "scratch dagpam seed 1"]
-    assert _names({3}, seeds=[0], tmp_path=tmp_path) == ["scratch poly_scaled seed 0", "scratch poly_unscaled seed 0"]
+    assert _names({3}, seeds=[0], tmp_path=tmp_path) == ["scratch softmax seed 0", "scratch poly_scaled seed 0",
+                                                         "scratch poly_unscaled seed 0", "scratch poly_p1 seed 0"]
     assert _names({5}, seeds=[0], tmp_path=tmp_path) == ["scratch softmax seed 0", "scratch dagpam seed 0",
                                                          "scratch poly_scaled seed 0"]
     assert _names({4}, seeds=[0, 2], tmp_path=tmp_path) == ["claim4 sdpa baseline", "claim4 smollm2 polynomial seed 0",
                                                             "claim4 smollm2 polynomial seed 2"]
-    every = _names({1, 2, 3, 4, 5}, seeds=[0, 1, 2], tmp_path=tmp_path)
-    assert len(every) == len(set(every)) == 1 + 3 + 4 * 3 + 3  # each run once, shared by the claims that use it
+    assert _names(set(), seeds=[0], tmp_path=tmp_path, parts={"cpt", "mt"}) == [
+        "cpt base", "cpt softmax seed 0", "cpt dagpam seed 0", "mt base", "mt softmax seed 0", "mt dagpam seed 0"]
+    every = _names({1, 2, 3, 4, 5}, seeds=[0, 1, 2], tmp_path=tmp_path, parts={"cpt", "mt"})
+    # each run once, shared by the claims that use it
+    assert len(every) == len(set(every)) == 1 + 3 + 5 * 3 + 3 + 2 * (1 + 2 * 3)
 
 
 def test_plan_steps_probes_and_folders(tmp_path):
-    by_name = {j.name: j for j in jobs.plan({2, 3}, [1], config.FULL, tmp_path)}
+    inputs = jobs.Inputs(tmp_path / "train.jsonl", tmp_path / "val.jsonl", tmp_path / "tok-abc")
+    by_name = {j.name: j for j in jobs.plan({2, 3}, [1], config.FULL, tmp_path, inputs=inputs)}
     soft = by_name["scratch softmax seed 1"]
     train, probe = soft.steps
     assert train.folder == jobs.scratch_run_dir(tmp_path, "softmax", 1) == tmp_path / "scratch" / "softmax_seed1"
     assert train.done == train.folder / "results.json" and train.cleanup == [train.folder / "checkpoints"]
     assert train.fresh and not probe.fresh  # a stale recipe folder is removed; a probe folder is not
-    assert train.argv[1:4] == ["recipes/continue_pretrain.py", "--config", "recipes/configs/gpt2_scratch_softmax.yaml"]
-    i = train.argv.index("--seed")
-    assert train.argv[i + 1] == "1" and train.argv[train.argv.index("--output_dir") + 1] == str(train.folder)
-    assert train.argv[train.argv.index("--max_train_steps") + 1] == str(config.FULL.gpt2_steps)
+    assert train.argv[1:4] == ["recipes/continue_pretrain.py", "--config", "recipes/configs/gpt2_scratch_wiki.yaml"]
+    value = lambda argv, flag: argv[argv.index(flag) + 1]  # noqa: E731
+    assert value(train.argv, "--seed") == "1" and value(train.argv, "--output_dir") == str(train.folder)
+    assert value(train.argv, "--max_train_steps") == str(config.FULL.gpt2_steps)
+    assert value(train.argv, "--tokenizer_name") == str(inputs.tokenizer)  # the trained vocabulary, and its size
+    assert value(train.argv, "--config_overrides").endswith(f",vocab_size={config.FULL.vocab_size}")
+    assert (value(train.argv, "--train_file"), value(train.argv, "--validation_file")) == (
+        str(inputs.train_file), str(inputs.validation_file))
     assert "--max_eval_samples" not in train.argv  # FULL evaluates on every validation document
     assert probe.argv[1:4] == ["benchmarks/reproduce.py", "--job", "probe"]
-    assert json.loads(probe.argv[5]) == {"model": str(train.folder), "out": str(probe.done), "scale": "full"}
+    assert json.loads(probe.argv[5]) == {"model": str(train.folder), "out": str(probe.done), "scale": "full",
+                                         "texts": str(inputs.validation_file)}
     assert probe.done == train.folder / "probe" / "probe.json"
     unscaled = by_name["scratch poly_unscaled seed 1"].steps[0].argv
-    assert unscaled[unscaled.index("--attn") + 1] == 'polynomial:degree=3:length_scale="none"'
-    assert [j.weight for j in by_name.values()] == [6] * 4
+    assert value(unscaled, "--attn") == 'polynomial:degree=3:length_scale="none"'
+    assert value(by_name["scratch poly_p1 seed 1"].steps[0].argv, "--attn") == "polynomial:degree=1"
+    assert [j.weight for j in by_name.values()] == [6] * 5
     quick = jobs.plan({4}, [0], config.QUICK, tmp_path)
     (smol_step,) = quick[1].steps
     assert smol_step.argv[smol_step.argv.index("--max_eval_samples") + 1] == str(config.QUICK.smol_max_eval_samples)
     assert smol_step.cleanup == [smol_step.folder / "checkpoints", smol_step.folder / "model.safetensors"]
-    assert (quick[0].weight, quick[1].weight) == (3, 10)
+    assert (quick[0].weight, quick[1].weight) == (3, 7)
+
+
+def test_plan_of_the_smollm2_parts(tmp_path):
+    inputs = jobs.Inputs(tmp_path / "train.jsonl", tmp_path / "val.jsonl", tmp_path / "tok")
+    by_name = {j.name: j for j in jobs.plan(set(), [2], config.FULL, tmp_path, {"cpt", "mt"}, inputs)}
+    value = lambda argv, flag: argv[argv.index(flag) + 1]  # noqa: E731
+    soft, dag = by_name["cpt softmax seed 2"].steps, by_name["cpt dagpam seed 2"].steps
+    assert value(soft[0].argv, "--attn") == "softmax" and value(dag[0].argv, "--attn") == "dagpam:lambda_init=0.0"
+    same = [a for a in soft[0].argv if a not in ("softmax", "dagpam:lambda_init=0.0")]
+    assert [a for a in dag[0].argv if a not in ("softmax", "dagpam:lambda_init=0.0")][:len(same)] == [
+        a.replace("softmax_seed", "dagpam_seed") for a in same]  # the same data, steps and seed
+    assert value(dag[0].argv, "--train_file") == str(inputs.train_file) and "--attnswap_learning_rate" in dag[0].argv
+    assert soft[1].cleanup == [soft[0].folder / "model.safetensors"]  # the weights go once the news ppl is measured
+    assert json.loads(soft[1].argv[5])["wiki"] is None and json.loads(by_name["cpt base"].steps[0].argv[5])["wiki"]
+    mt = by_name["mt dagpam seed 2"].steps
+    assert mt[0].argv[1:4] == ["recipes/finetune_translation.py", "--config",
+                               "recipes/configs/smollm2_translation_dagpam.yaml"]
+    assert value(mt[0].argv, "--max_train_steps") == str(config.FULL.mt_steps)
+    assert mt[1].argv[3] == "mt_test" and mt[1].cleanup == [mt[0].folder / "model.safetensors", mt[0].folder / "best"]
 
 
 def test_self_argv_is_stable():
@@ -64,12 +94,14 @@ def test_self_argv_is_stable():
 
 def test_example_commands_and_shell_words():
     cmds = jobs.example_commands(config.QUICK, "runs/reproduce_quick")
-    assert len(cmds) == len(config.MECHS) + 1
-    assert all(c.startswith("python recipes/continue_pretrain.py --config recipes/configs/") for c in cmds)
+    assert len(cmds) == len(config.MECHS) + 1 + 2 + 2
+    assert all(c.startswith("python recipes/") for c in cmds)
     assert all("--seed <seed>" in c and "seed<seed>" in c and "--seed 0" not in c for c in cmds)
     assert "--attn 'polynomial:degree=3:length_scale=\"none\"'" in cmds[3]
-    assert cmds[-1].endswith("--output_dir runs/reproduce_quick/smollm2_polynomial/seed<seed> --overwrite_output_dir "
-                             "true --max_eval_samples 2")
+    assert cmds[len(config.MECHS)].endswith("--output_dir runs/reproduce_quick/smollm2_polynomial/seed<seed> "
+                                            "--overwrite_output_dir true --max_eval_samples 1")
+    assert cmds[-1].startswith("python recipes/finetune_translation.py")
+    assert len(jobs.example_commands(config.QUICK, "runs/x", parts=set())) == len(config.MECHS) + 1
     assert jobs.shell_word("<seed>") == "<seed>" and jobs.shell_word("a b") == "'a b'"
     assert jobs.shell_word("runs/x_seed<seed>") == "runs/x_seed<seed>"
 

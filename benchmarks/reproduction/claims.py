@@ -8,8 +8,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from .config import (BLOWUP_NATS, LOGIT_TOL, MOST_OF_GAP, MUCH_WORSE_PPL_RATIO, NEAR_BASE_PPL_RATIO, SIGNIFICANCE_T,
-                     SMOOTH_STEPS, Scale)
+from .config import (BLOWUP_NATS, LOGIT_TOL, MECHS, MOST_OF_GAP, MUCH_WORSE_PPL_RATIO, NEAR_BASE_PPL_RATIO,
+                     SIGNIFICANCE_T, SMOOTH_STEPS, VALIDITY_RATIO, Scale)
 from .conversions import judge_conversions
 from .files import number
 from .stats import finite, mean_std, measurable_difference, moving_average, separated, welch_t
@@ -134,6 +134,23 @@ def deep_hidden_states(layers: int) -> list[int]:
     return list(range(layers // 2 + 1, layers + 1))
 
 
+def validity(scratch: dict[str, dict[int, Any]], ngram: dict[str, Any] | None,
+             ratio: float = VALIDITY_RATIO) -> dict[str, Any]:
+    """SCIENCE.md's condition for a from-scratch run to count: it learned if its final validation perplexity is at
+    most ``ratio`` x the bigram model's of the same text and tokenizer. Per mechanism and seed, and whether the
+    softmax baseline met it in every seed (the condition on the scale)."""
+    bigram = number((ngram or {}).get("bigram", {}).get("ppl"))
+    limit = ratio * bigram
+    per = {m: {s: bool(math.isfinite(r["final_ppl"]) and r["final_ppl"] <= limit) for s, r in runs.items()
+               if r is not None} for m, runs in scratch.items()}
+    soft = list(per.get("softmax", {}).values())
+    failed = [f"{m} seed {s}" for m, runs in per.items() for s, v in runs.items() if v is False]
+    return {"bigram_ppl": bigram, "unigram_ppl": number((ngram or {}).get("unigram", {}).get("ppl")), "limit": limit,
+            "ratio": ratio, "learned": per, "softmax_learned": bool(soft) and all(soft), "not_learned": failed,
+            "verdict": "not run" if not soft or not math.isfinite(bigram) else
+            ("yes" if all(soft) else "no")}
+
+
 def analyse(claims: set[int], seeds: list[int], data: dict[str, Any], scale: Scale) -> dict[str, Any]:
     """Every number and verdict of the report, per claim ("claim1" ... "claim5"), from what
     :func:`.collect.collect` gathered; a claim whose runs are missing is "not run"."""
@@ -166,6 +183,8 @@ def analyse(claims: set[int], seeds: list[int], data: dict[str, Any], scale: Sca
         return [r for r in sc.get(mech, {}).values() if r is not None]
 
     layers = int(scale.gpt2_overrides.split("n_layer=")[1].split(",")[0])
+    if claims & {2, 3, 5}:
+        out["validity"] = validity(sc, data.get("ngram"))
     if 2 in claims:
         soft, dag = got("softmax"), got("dagpam")
         deep = deep_hidden_states(layers)
@@ -189,13 +208,20 @@ def analyse(claims: set[int], seeds: list[int], data: dict[str, Any], scale: Sca
             c2["verdict"] = "not run"
         out["claim2"] = c2
     if 3 in claims:
-        runs3 = {m: got(m) for m in ("poly_scaled", "poly_unscaled", "softmax")}
+        runs3 = {m: got(m) for m in ("poly_scaled", "poly_unscaled", "poly_p1", "softmax")}
         c3 = {m: [{k: r[k] for k in ("seed", "first_ppl", "final_ppl", "nonfinite_steps", "max_spike", "max_raw_spike",
                                      "blew_up", "stable")}
                   for r in rs] for m, rs in runs3.items()}
         c3.update(verdict_claim3(c3["poly_scaled"], c3["poly_unscaled"]))
+        p1 = verdict_claim3(c3["poly_scaled"], c3["poly_p1"])  # the paper's weak p = 1: a negative control
+        c3["p1_control"] = {"unstable_runs": p1["unscaled_diverged_runs"],
+                            "ppl_ratio_over_scaled": p1["ppl_ratio_unscaled_over_scaled"],
+                            "much_worse": p1["unscaled_much_worse"], "worse": p1["unscaled_diverges_or_much_worse"],
+                            **{k: v for k, v in no_worse_or_worse(c3["poly_p1"], c3["poly_scaled"]).items()}}
         c3["probe_means"] = {m: {k: [statistics.fmean(number(x) for x in r["probe"]["per_layer"][k]) for r in rs if r.get("probe")]
-                                 for k in ("frobenius_ratio", "entropy", "sink_strength", "max_weight")}
+                                 for k in ("frobenius_ratio", "entropy", "sink_strength", "max_weight",
+                                           "raw_collision_entropy", "abs_row_mass")
+                                 if all(k in r["probe"]["per_layer"] for r in rs if r.get("probe"))}
                              for m, rs in runs3.items()}
         if not runs3["poly_scaled"] or not runs3["poly_unscaled"]:
             c3["verdict"] = "not run"
@@ -222,18 +248,60 @@ def analyse(claims: set[int], seeds: list[int], data: dict[str, Any], scale: Sca
         if conv is not None:  # the committed recipes/convert.py results (claim 4 as it now reads)
             c4["conversion"] = conv
         out["claim4"] = c4
+    if claims & {2, 3, 5}:
+        out["diagnostics"] = diagnostics_side_by_side({m: got(m) for m in MECHS}, deep_hidden_states(layers))
     if 5 in claims:
         groups = {m: [r for r in got(m) if r.get("probe")] for m in ("softmax", "poly_scaled", "dagpam")}
-        per_seed = {m: {meas: [statistics.fmean(number(x) for x in r["probe"]["per_layer"][meas]) for r in rs]
-                        for meas in ("sink_strength", "entropy")} for m, rs in groups.items()}
+        per_seed = {m: {meas: [statistics.fmean(number(x) for x in r["probe"]["per_layer"][meas]) for r in rs
+                               if meas in r["probe"]["per_layer"]]
+                        for meas in ("sink_strength", "entropy", "raw_collision_entropy")} for m, rs in groups.items()}
         per_layer = {m: {meas: [[number(x) for x in r["probe"]["per_layer"][meas]] for r in rs]
                          for meas in ("sink_strength", "entropy")} for m, rs in groups.items()}
         pairs = {}
         for a, b in (("softmax", "poly_scaled"), ("softmax", "dagpam"), ("poly_scaled", "dagpam")):
             pairs[f"{a} vs {b}"] = {meas: measurable_difference(per_seed[a][meas], per_seed[b][meas])
                                     for meas in ("sink_strength", "entropy")}
+        scale_aware = {f"{a} vs {b}": measurable_difference(per_seed[a]["raw_collision_entropy"],
+                                                            per_seed[b]["raw_collision_entropy"])
+                       for a, b in (("softmax", "poly_scaled"), ("softmax", "dagpam"), ("poly_scaled", "dagpam"))}
         conventions = {m: sorted({r["probe"]["weights_convention"] for r in rs}) for m, rs in groups.items()}
         c5 = {"per_seed_model_mean": per_seed, "per_layer": per_layer, "pairs": pairs, "conventions": conventions,
+              "scale_aware_pairs": scale_aware,
               "verdict": verdict_claim5(pairs) if all(groups.values()) else "not run"}
         out["claim5"] = c5
+    return out
+
+
+def no_worse_or_worse(candidate: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``candidate``'s final perplexities against ``reference``'s (per-seed run dicts): the Welch t and whether the
+    candidate is worse by more than :data:`.config.SIGNIFICANCE_T` standard errors."""
+    c, r = [x["final_ppl"] for x in candidate], [x["final_ppl"] for x in reference]
+    return {"t": welch_t(c, r), "significantly_worse": bool(candidate and reference) and not no_worse(c, r)}
+
+
+#: The probe measures of the side-by-side table: key -> (per_layer key, reduction over layers).
+DIAGNOSTICS = {"deep residual": ("rank_collapse_residual", "deep"), "deep token cosine": ("token_cosine", "deep"),
+               "sink strength": ("sink_strength", "mean"), "entropy (|a| renormalised)": ("entropy", "mean"),
+               "raw collision entropy": ("raw_collision_entropy", "mean"), "|a| row mass": ("abs_row_mass", "mean"),
+               "raw row sum": ("row_sum", "mean"), "‖A‖_F/√N": ("frobenius_ratio", "mean"),
+               "negative mass share": ("negative_mass_share", "mean"), "query grad norm": ("query_grad_norm", "mean"),
+               "massive activation": ("massive_activation", "deep")}
+
+
+def diagnostics_side_by_side(runs: dict[str, list[dict[str, Any]]], deep: Sequence[int]) -> dict[str, Any]:
+    """Every probed measure of :data:`DIAGNOSTICS` per mechanism: one number per seed (the mean over layers, or over
+    the deep half of the hidden states), {measure: {mechanism: [per seed]}}."""
+    out: dict[str, Any] = {}
+    for title, (key, how) in DIAGNOSTICS.items():
+        out[title] = {}
+        for m, rs in runs.items():
+            vals = []
+            for r in rs:
+                per = (r.get("probe") or {}).get("per_layer", {})
+                if key not in per:
+                    continue
+                xs = [number(x) for x in per[key]]
+                xs = [xs[i] for i in deep if i < len(xs)] if how == "deep" else xs
+                vals.append(statistics.fmean(xs) if xs else math.nan)
+            out[title][m] = vals
     return out

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from .claims import loss_health, run_stable
-from .config import MECHS
+from .config import CPT_ARMS, MECHS, MT_CONFIGS
 from .conversions import load_conversions
 from .files import number, read_json, read_log
-from .jobs import scratch_run_dir, smol_run_dir
+from .jobs import cpt_run_dir, mt_run_dir, scratch_run_dir, smol_run_dir
 
 
 def scratch_run(runs: Path, mech: str, seed: int) -> dict[str, Any] | None:
@@ -51,10 +51,55 @@ def learned_lambdas(weights: Path) -> dict[str, Any] | None:
     return {"per_layer": vals, "mean": statistics.fmean(flat), "min": min(flat), "max": max(flat)}
 
 
-def collect(claims: set[int], seeds: list[int], runs: Path, conversions_dir: Path) -> dict[str, Any]:
-    """What the jobs of ``claims`` wrote under ``runs`` (None for a job that left nothing): claim 1's per-seed
-    comparisons, the from-scratch runs (:func:`scratch_run`), claim 4's baseline and SmolLM2 runs, and the committed
-    conversions of ``conversions_dir`` (:func:`.conversions.load_conversions`)."""
+def _json(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def cpt_run(runs: Path, arm: str, seed: int) -> dict[str, Any] | None:
+    """One continued pretraining run (None until both its steps finished): the recipe's final perplexity on the
+    held-out wiki excerpts, the news perplexity of its final model, its training curve and (daGPAM) lambdas."""
+    d = cpt_run_dir(runs, arm, seed)
+    res, news = _json(d / "results.json"), _json(d / "news" / "ppl.json")
+    if res is None or news is None:
+        return None
+    last = res["evaluations"][-1]
+    log = read_log(d / "log.jsonl")
+    return {"arm": arm, "seed": seed, "attn": res.get("attn"), "steps": res.get("steps"),
+            "tokens_seen": res.get("tokens_seen"), "seconds": res.get("seconds"),
+            "wiki": {"ppl": number(last.get("eval/ppl")), "nll": number(last.get("eval/nll")),
+                     "tokens": last.get("eval/tokens")},
+            "news": {k: news["corpora"]["news"].get(k) for k in ("ppl", "nll", "tokens")},
+            "lambdas": news.get("lambdas"), "losses": [(r["step"], number(r["loss"])) for r in log if "loss" in r]}
+
+
+def mt_run(runs: Path, arm: str, seed: int) -> dict[str, Any] | None:
+    """One translation fine-tuning run (None until both its steps finished): validation BLEU/chrF at step 0 and
+    at the end (the recipe's), test BLEU/chrF of the final model with its hypotheses, lambdas and training curve."""
+    d = mt_run_dir(runs, arm, seed)
+    res, test = _json(d / "results.json"), _json(d / "test" / "test.json")
+    if res is None or test is None:
+        return None
+    ev = res["evaluations"]
+    log = read_log(d / "log.jsonl")
+    return {"arm": arm, "seed": seed, "attn": res.get("attn"), "steps": res.get("steps"),
+            "seconds": res.get("seconds"), "tokens_seen": res.get("tokens_seen"),
+            "val_step0": {"bleu": number(ev[0].get("eval/bleu")), "chrf": number(ev[0].get("eval/chrf")),
+                          "step": ev[0]["step"]},
+            "val_final": {"bleu": number(ev[-1].get("eval/bleu")), "chrf": number(ev[-1].get("eval/chrf")),
+                          "step": ev[-1]["step"]},
+            "validation_pairs": res.get("validation_pairs"),
+            "test": {"bleu": test["bleu"], "chrf": test["chrf"], "n": test["n"], "bleu_signature": test["bleu_signature"],
+                     "chrf_signature": test["chrf_signature"]},
+            "hypotheses": test["hypotheses"], "references": test["references"], "lambdas": test.get("lambdas"),
+            "losses": [(r["step"], number(r["loss"])) for r in log if "loss" in r]}
+
+
+def collect(claims: set[int], seeds: list[int], runs: Path, conversions_dir: Path,
+            parts: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """What the jobs of ``claims`` and ``parts`` wrote under ``runs`` (None for a job that left nothing): claim 1's
+    per-seed comparisons, the from-scratch runs (:func:`scratch_run`), claim 4's baseline and SmolLM2 runs, the
+    committed conversions of ``conversions_dir`` (:func:`.conversions.load_conversions`), and the continued
+    pretraining (:func:`cpt_run`) and translation (:func:`mt_run`) runs with their base-model measurements."""
     data: dict[str, Any] = {}
     if 1 in claims:
         rows = {}
@@ -79,4 +124,10 @@ def collect(claims: set[int], seeds: list[int], runs: Path, conversions_dir: Pat
                 c4["runs"][s] = None
         data["claim4"] = c4
         data["conversions"] = load_conversions(conversions_dir)
+    if "cpt" in parts:
+        data["cpt"] = {"base": _json(runs / "cpt" / "base" / "ppl.json"),
+                       "runs": {a: {s: cpt_run(runs, a, s) for s in seeds} for a in CPT_ARMS}}
+    if "mt" in parts:
+        data["mt"] = {"base": _json(runs / "mt" / "base" / "test.json"),
+                      "runs": {a: {s: mt_run(runs, a, s) for s in seeds} for a in MT_CONFIGS}}
     return data

@@ -1,6 +1,6 @@
-"""The jobs of a reproduction: the plan (which subprocesses the requested claims need, with which arguments), the
-cache (a step is skipped when its output exists and its stamp records the same argv) and the runner (at most N
-subprocesses at a time, longest first)."""
+"""The jobs of a reproduction: the plan (which subprocesses the requested claims and parts need, with which
+arguments), the cache (a step is skipped when its output exists and its stamp records the same argv) and the runner
+(at most N subprocesses at a time, longest first)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIGS, MECHS, RECIPE, REPO, Scale
+from .config import (CONFIGS, CPT_ARMS, CPT_CONFIG, MECHS, MT_CONFIGS, RECIPE, REPO, SCRATCH_DATASET,
+                     Scale)
 from .files import read_json, write_json
 
 
@@ -56,9 +57,28 @@ class Job:
     weight: float  # rough cost, for longest-first scheduling
 
 
-def recipe_argv(config: str, extra: Sequence[str]) -> list[str]:
-    """``recipes/continue_pretrain.py`` with one of ``recipes/configs`` and ``extra`` arguments."""
-    return [sys.executable, RECIPE, "--config", f"{CONFIGS}/{config}", *extra]
+def recipe_argv(config: str, extra: Sequence[str], recipe: str = RECIPE) -> list[str]:
+    """``recipe`` (default ``recipes/continue_pretrain.py``) with one of ``recipes/configs`` and ``extra`` arguments."""
+    return [sys.executable, recipe, "--config", f"{CONFIGS}/{config}", *extra]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the main process prepares before any job (``corpus.py``; cached): the from-scratch and continued
+    pretraining text as files (the recipe's split of wiki-text, the held-out articles cut to excerpts) and the
+    from-scratch runs' trained tokenizer folder."""
+
+    train_file: Path
+    validation_file: Path
+    tokenizer: Path
+
+
+def default_inputs(runs: Path, scale: Scale) -> Inputs:
+    """Where :func:`.corpus.prepare_split` writes the text files, and the tokenizer folder's name without the
+    hash of its contents (what a plan shows before the tokenizer is trained, e.g. in tests)."""
+    data = runs / "data" / SCRATCH_DATASET
+    return Inputs(data / "train.jsonl", data / "validation.jsonl",
+                  runs / "tokenizer" / f"{SCRATCH_DATASET}-bpe{scale.vocab_size}")
 
 
 def scratch_run_dir(runs: Path, mech: str, seed: int) -> Path:
@@ -71,18 +91,31 @@ def smol_run_dir(runs: Path, seed: int) -> Path:
     return runs / "smollm2_polynomial" / f"seed{seed}"
 
 
-def scratch_train_argv(scale: Scale, mech: str, seed: int, out: Path) -> list[str]:
+def cpt_run_dir(runs: Path, arm: str, seed: int) -> Path:
+    """The output folder of a continued pretraining run of SmolLM2 (``arm``: a key of :data:`.config.CPT_ARMS`)."""
+    return runs / "cpt" / f"{arm}_seed{seed}"
+
+
+def mt_run_dir(runs: Path, arm: str, seed: int) -> Path:
+    """The output folder of a translation fine-tuning run of SmolLM2 (``arm``: a key of :data:`.config.MT_CONFIGS`)."""
+    return runs / "mt" / f"{arm}_seed{seed}"
+
+
+def scratch_train_argv(scale: Scale, mech: str, seed: int, out: Path, inputs: Inputs) -> list[str]:
     """The recipe command of a from-scratch GPT-2 run of ``mech`` (a key of :data:`.config.MECHS`)."""
     config, extra = MECHS[mech]
     s = scale
     return recipe_argv(config, [
-        *extra, "--config_overrides", s.gpt2_overrides, "--block_size", str(s.gpt2_block),
-        "--per_device_train_batch_size", str(s.gpt2_batch), "--per_device_eval_batch_size", "16",
-        "--max_train_steps", str(s.gpt2_steps), "--num_warmup_steps", str(s.gpt2_warmup),
-        "--eval_steps", str(s.gpt2_eval_steps), "--checkpointing_steps", str(s.gpt2_steps),
+        *extra, "--config_overrides", f"{s.gpt2_overrides},vocab_size={s.vocab_size}",
+        "--tokenizer_name", str(inputs.tokenizer), "--train_file", str(inputs.train_file),
+        "--validation_file", str(inputs.validation_file), "--block_size", str(s.gpt2_block),
+        "--per_device_train_batch_size", str(s.gpt2_batch), "--per_device_eval_batch_size", "32",
+        "--learning_rate", f"{s.gpt2_lr:g}", "--max_train_steps", str(s.gpt2_steps),
+        "--num_warmup_steps", str(s.gpt2_warmup), "--eval_steps", str(s.gpt2_eval_steps), "--checkpointing_steps", "none",
         "--with_tracking", "false", "--disable_progress_bar", "true", "--seed", str(seed),
         "--output_dir", str(out), "--overwrite_output_dir", "true",
-        *(["--max_eval_samples", str(s.gpt2_max_eval_samples)] if s.gpt2_max_eval_samples else [])])
+        *(["--max_eval_samples", str(s.gpt2_max_eval_samples)] if s.gpt2_max_eval_samples else []),
+        *(["--max_train_samples", str(s.max_train_samples)] if s.max_train_samples else [])])
 
 
 def smol_train_argv(scale: Scale, seed: int, out: Path) -> list[str]:
@@ -98,13 +131,60 @@ def smol_train_argv(scale: Scale, seed: int, out: Path) -> list[str]:
     return recipe_argv("smollm2_polynomial.yaml", extra)
 
 
+def cpt_train_argv(scale: Scale, arm: str, seed: int, out: Path, inputs: Inputs) -> list[str]:
+    """The recipe command of SmolLM2 with ``arm``'s attention (daGPAM from lambda = 0, or its own softmax),
+    continued pretraining on the wiki-text training articles; the recipe evaluates once, at the end, on the
+    held-out excerpts (the step-0 model is the base model, measured once by the "cpt base" job)."""
+    s = scale
+    extra = ["--attn", CPT_ARMS[arm], "--dataset_name", "none", "--train_file", str(inputs.train_file),
+             "--validation_file", str(inputs.validation_file), "--block_size", str(s.cpt_block),
+             "--per_device_train_batch_size", str(s.cpt_batch), "--per_device_eval_batch_size", "8",
+             "--max_train_steps", str(s.cpt_steps), "--num_warmup_steps", str(s.cpt_warmup), "--eval_steps", "none",
+             "--eval_before_training", "false", "--checkpointing_steps", "none", "--with_tracking", "false",
+             "--disable_progress_bar", "true", "--seed", str(seed), "--output_dir", str(out),
+             "--overwrite_output_dir", "true"]
+    if arm == "dagpam":
+        extra += ["--attnswap_learning_rate", f"{s.cpt_attnswap_lr:g}"]
+    if s.cpt_max_eval_samples:
+        extra += ["--max_eval_samples", str(s.cpt_max_eval_samples)]
+    if s.max_train_samples:
+        extra += ["--max_train_samples", str(s.max_train_samples)]
+    return recipe_argv(CPT_CONFIG, extra)
+
+
+def mt_train_argv(scale: Scale, arm: str, seed: int, out: Path) -> list[str]:
+    """The translation recipe command of SmolLM2 with ``arm``'s config (daGPAM from lambda = 0, or softmax): the
+    config's data, lr and batch; the scale's steps; validation BLEU at step 0 and at the end only."""
+    s = scale
+    extra = ["--max_train_steps", str(s.mt_steps), "--num_warmup_steps", str(s.mt_warmup), "--eval_steps", "none",
+             "--max_eval_samples", str(s.mt_eval_samples), "--eval_max_new_tokens", str(s.mt_max_new_tokens),
+             "--checkpointing_steps", "none", "--disable_progress_bar", "true", "--seed", str(seed),
+             "--output_dir", str(out), "--overwrite_output_dir", "true"]
+    if arm == "dagpam":
+        extra += ["--attnswap_learning_rate", f"{s.mt_attnswap_lr:g}"]
+    return recipe_argv(MT_CONFIGS[arm], extra, recipe="recipes/finetune_translation.py")
+
+
 def self_argv(job: str, **kwargs: Any) -> list[str]:
     """``benchmarks/reproduce.py --job <job>`` with its keyword arguments as JSON (sorted, so the argv is stable)."""
     return [sys.executable, "benchmarks/reproduce.py", "--job", job, "--job-args", json.dumps(kwargs, sort_keys=True)]
 
 
-def plan(claims: set[int], seeds: list[int], scale: Scale, runs: Path) -> list[Job]:
-    """Every job the requested claims need."""
+def scratch_mechs(claims: set[int]) -> list[str]:
+    """The from-scratch mechanisms the claims need: softmax for any of 2, 3, 5 (the validity reference), daGPAM
+    for 2 and 5, x³/√N for 3 and 5, unscaled x³ and the p = 1 control for 3."""
+    mechs = ["softmax"] if claims & {2, 3, 5} else []
+    mechs += ["dagpam"] if claims & {2, 5} else []
+    mechs += ["poly_scaled"] if claims & {3, 5} else []
+    mechs += ["poly_unscaled", "poly_p1"] if 3 in claims else []
+    return mechs
+
+
+def plan(claims: set[int], seeds: list[int], scale: Scale, runs: Path, parts: frozenset[str] | set[str] = frozenset(),
+         inputs: Inputs | None = None) -> list[Job]:
+    """Every job the requested claims and ``parts`` ("cpt", "mt") need; ``inputs``: what the main process prepared
+    (default: :func:`default_inputs`)."""
+    inputs = inputs or default_inputs(runs, scale)
     jobs: list[Job] = []
     if 4 in claims:
         base = runs / "smollm2_polynomial" / "sdpa_baseline"
@@ -114,25 +194,42 @@ def plan(claims: set[int], seeds: list[int], scale: Scale, runs: Path) -> list[J
             d = smol_run_dir(runs, seed)
             jobs.append(Job(f"claim4 smollm2 polynomial seed {seed}",
                             [Step(smol_train_argv(scale, seed, d), d, d / "results.json",
-                                  cleanup=[d / "checkpoints", d / "model.safetensors"])], 10))
-    mechs: list[str] = []
-    if claims & {2, 5}:
-        mechs += ["softmax", "dagpam"]
-    if claims & {3, 5}:
-        mechs += ["poly_scaled"]
-    if 3 in claims:
-        mechs += ["poly_unscaled"]
-    probed = ({"softmax", "dagpam", "poly_scaled"} if claims & {2, 5} else set()) | \
-        ({"poly_scaled", "poly_unscaled"} if 3 in claims else set())
-    for mech in mechs:
+                                  cleanup=[d / "checkpoints", d / "model.safetensors"])], 7))
+    for mech in scratch_mechs(claims):
         for seed in seeds:
             d = scratch_run_dir(runs, mech, seed)
-            steps = [Step(scratch_train_argv(scale, mech, seed, d), d, d / "results.json", cleanup=[d / "checkpoints"])]
-            if mech in probed:
-                p = d / "probe" / "probe.json"
-                steps.append(Step(self_argv("probe", scale=scale.name, model=str(d), out=str(p)), p.parent, p,
-                                  fresh=False))
+            p = d / "probe" / "probe.json"
+            steps = [Step(scratch_train_argv(scale, mech, seed, d, inputs), d, d / "results.json",
+                          cleanup=[d / "checkpoints"]),
+                     Step(self_argv("probe", scale=scale.name, model=str(d), out=str(p),
+                                    texts=str(inputs.validation_file)), p.parent, p, fresh=False)]
             jobs.append(Job(f"scratch {mech} seed {seed}", steps, 6))
+    if "cpt" in parts:
+        base = runs / "cpt" / "base"
+        out = base / "ppl.json"
+        jobs.append(Job("cpt base", [Step(self_argv("lm_ppl", scale=scale.name, model="smollm2", out=str(out),
+                                                    wiki=str(inputs.validation_file)), base, out, fresh=False)], 3))
+        for arm in CPT_ARMS:
+            for seed in seeds:
+                d = cpt_run_dir(runs, arm, seed)
+                news = d / "news" / "ppl.json"
+                jobs.append(Job(f"cpt {arm} seed {seed}", [
+                    Step(cpt_train_argv(scale, arm, seed, d, inputs), d, d / "results.json", cleanup=[d / "checkpoints"]),
+                    Step(self_argv("lm_ppl", scale=scale.name, model=str(d), out=str(news), wiki=None), news.parent,
+                         news, cleanup=[d / "model.safetensors"], fresh=False)], 9))
+    if "mt" in parts:
+        base = runs / "mt" / "base"
+        out = base / "test.json"
+        jobs.append(Job("mt base", [Step(self_argv("mt_test", scale=scale.name, model="smollm2", out=str(out)),
+                                         base, out, fresh=False)], 3))
+        for arm in MT_CONFIGS:
+            for seed in seeds:
+                d = mt_run_dir(runs, arm, seed)
+                test = d / "test" / "test.json"
+                jobs.append(Job(f"mt {arm} seed {seed}", [
+                    Step(mt_train_argv(scale, arm, seed, d), d, d / "results.json", cleanup=[d / "checkpoints"]),
+                    Step(self_argv("mt_test", scale=scale.name, model=str(d), out=str(test)), test.parent, test,
+                         cleanup=[d / "model.safetensors", d / "best"], fresh=False)], 10))
     if 1 in claims:
         for seed in seeds:
             d = runs / "claim1"
@@ -236,13 +333,23 @@ def job_seconds(jobs: Sequence[Job]) -> float:
     return total
 
 
-def example_commands(scale: Scale, rel_runs: str) -> list[str]:
-    """The recipe commands of the training runs, for the report: one per from-scratch mechanism and the SmolLM2 run,
-    with ``<seed>`` in place of the seed, outputs under ``rel_runs`` (relative to the repository root)."""
-    examples = []
-    for m in MECHS:
-        argv = scratch_train_argv(scale, m, 0, Path(rel_runs) / "scratch" / f"{m}_seed<seed>")
-        examples.append(" ".join(shell_word(a) for a in ["python", *argv[1:]]).replace("--seed 0", "--seed <seed>"))
-    argv = smol_train_argv(scale, 0, Path(rel_runs) / "smollm2_polynomial" / "seed<seed>")
-    examples.append(" ".join(shell_word(a) for a in ["python", *argv[1:]]).replace("--seed 0", "--seed <seed>"))
+def example_commands(scale: Scale, rel_runs: str, inputs: Inputs | None = None,
+                     parts: frozenset[str] | set[str] = frozenset({"cpt", "mt"})) -> list[str]:
+    """The recipe commands of the training runs, for the report: one per from-scratch mechanism, the SmolLM2
+    polynomial run of claim 4 and, for ``parts``, one per continued pretraining and translation arm, with
+    ``<seed>`` in place of the seed, outputs under ``rel_runs`` (relative to the repository root)."""
+    runs = Path(rel_runs)
+    inputs = inputs or default_inputs(runs, scale)
+
+    def show(argv: list[str]) -> str:
+        return " ".join(shell_word(a) for a in ["python", *argv[1:]]).replace("--seed 0", "--seed <seed>")
+
+    examples = [show(scratch_train_argv(scale, m, 0, runs / "scratch" / f"{m}_seed<seed>", inputs)) for m in MECHS]
+    examples.append(show(smol_train_argv(scale, 0, runs / "smollm2_polynomial" / "seed<seed>")))
+    if "cpt" in parts:
+        examples += [show(cpt_train_argv(scale, a, 0, cpt_run_dir(runs, a, 0).with_name(f"{a}_seed<seed>"), inputs))
+                     for a in CPT_ARMS]
+    if "mt" in parts:
+        examples += [show(mt_train_argv(scale, a, 0, mt_run_dir(runs, a, 0).with_name(f"{a}_seed<seed>")))
+                     for a in MT_CONFIGS]
     return examples

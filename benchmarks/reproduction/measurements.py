@@ -1,16 +1,16 @@
 """The measurements a reproduction makes itself. The job bodies run in a subprocess (``reproduce.py --job``), one
 thread each: claim 1's logit comparison on one seed, the probe of a trained model, the unswapped SmolLM2's
-perplexity. :func:`unigram_reference` runs in the main process (cached)."""
+perplexity (claim 4), SmolLM2's perplexity on the two continued-pretraining corpora, and its translations of the
+test pairs. (The n-gram references and the tokenizer are made in the main process: ``corpus.py``.)"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import recipe_config, scale_named
-from .files import read_json, write_json
+from .files import write_json
 
 
 def _tiny_config(arch: str, seed: int) -> Any:
@@ -106,20 +106,19 @@ def job_claim1(scale: str, seed: int, out: str) -> None:
     write_json(Path(out), result)
 
 
-def job_probe(scale: str, model: str, out: str) -> None:
-    """probe_texts on held-out documents of the from-scratch split; keep the per-layer numbers claims 2/5 use."""
+def job_probe(scale: str, model: str, out: str, texts: str) -> None:
+    """probe_texts on the held-out documents of the from-scratch runs (the ``texts`` file, the recipe's validation
+    file); keep the per-layer numbers the claims and the side-by-side diagnostics use."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import hf_attnswap  # noqa: F401
-    from hf_attnswap.data.lm import load_lm_texts
+    from hf_attnswap.data.text import load_texts
     from hf_attnswap.diagnostics import probe_texts
 
     sc = scale_named(scale)
     torch.set_num_threads(1)
-    cfg = recipe_config("gpt2_scratch_softmax.yaml")
-    texts = load_lm_texts(dataset_name=cfg["dataset_name"], validation_split_percentage=cfg["validation_split_percentage"])
-    docs = texts.validation[: sc.probe_texts]
+    docs = [t for t in load_texts(Path(texts)) if t.strip()][: sc.probe_texts]
     m = AutoModelForCausalLM.from_pretrained(model).eval()
     tok = AutoTokenizer.from_pretrained(model)
     if tok.pad_token is None:
@@ -127,7 +126,8 @@ def job_probe(scale: str, model: str, out: str) -> None:
     torch.manual_seed(0)
     r = probe_texts(m, tok, docs, max_length=sc.probe_tokens, batch_size=4, top_n=(1, 4, 16), grad=True)
     d = r.to_dict()
-    keep = ("entropy", "sink_strength", "max_weight", "frobenius_ratio", "negative_mass_share", "query_grad_norm")
+    keep = ("entropy", "sink_strength", "max_weight", "frobenius_ratio", "negative_mass_share", "query_grad_norm",
+            "row_sum", "abs_row_mass", "raw_collision_entropy")
     per_layer = {k: d["layer_mean_over_heads"][k] for k in keep if k in d["layer_mean_over_heads"]}
     per_layer["query_grad_norm"] = d["measures"]["query_grad_norm"]["mean"]
     for k in ("rank_collapse_residual", "token_cosine", "massive_activation"):
@@ -137,6 +137,84 @@ def job_probe(scale: str, model: str, out: str) -> None:
                            "texts": len(docs), "max_length": sc.probe_tokens, "tokens": d["tokens"],
                            "sink_head_share": d["sink_head_share"], "per_layer": per_layer})
     write_json(Path(out).with_name("probe_full.json"), d)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_lm(model: str) -> tuple[Any, Any]:
+    """(model, tokenizer): the unswapped SmolLM2 (``"smollm2"``, Transformers' sdpa) or a recipe's output folder
+    (its config.json keeps the mechanism it was trained with), in eval mode on the job's device."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_attnswap  # noqa: F401  (registers the mechanisms)
+    from hf_attnswap.data.assets import smollm2_path
+
+    torch.set_num_threads(1)
+    path = smollm2_path() if model == "smollm2" else Path(model)
+    kw = {"attn_implementation": "sdpa"} if model == "smollm2" else {}
+    m = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw).eval().to(_device())
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return m, tok
+
+
+def mechanism_lambdas(model: Any) -> dict[str, Any] | None:
+    """daGPAM's lambda per layer and head of a loaded model (mean, min, max over all heads); None without any."""
+    vals = [[float(x) for x in p.detach().flatten()] for n, p in model.named_parameters() if n.endswith("lambda_param")]
+    flat = [x for row in vals for x in row]
+    if not flat:
+        return None
+    return {"per_layer": vals, "mean": sum(flat) / len(flat), "min": min(flat), "max": max(flat)}
+
+
+def job_lm_ppl(scale: str, model: str, out: str, wiki: str | None) -> None:
+    """Perplexity of SmolLM2 (the base, or a continued pretraining run's final model) as the recipe measures it
+    (window = cpt_block, its default stride, batch 8): on the held-out wiki-text excerpts (the ``wiki`` file; skipped
+    when None: the recipe itself scored them) and on the held-out news articles (the last 5 % of news-text, never
+    trained on)."""
+    from hf_attnswap.data.lm import load_lm_texts
+    from hf_attnswap.data.text import load_texts
+    from hf_attnswap.evaluation.perplexity import perplexity
+
+    from .config import CPT_NEWS, CPT_NEWS_VALIDATION_PCT
+
+    sc = scale_named(scale)
+    m, tok = _load_lm(model)
+    corpora: dict[str, list[str]] = {}
+    if wiki is not None:
+        corpora["wiki"] = [t for t in load_texts(Path(wiki)) if t.strip()][: sc.cpt_max_eval_samples]
+    news = load_lm_texts(dataset_name=CPT_NEWS, validation_split_percentage=CPT_NEWS_VALIDATION_PCT).validation
+    corpora["news"] = news[: sc.cpt_news_docs]
+    result: dict[str, Any] = {"model": model, "attn": getattr(m.config, "_attn_implementation", None),
+                              "lambdas": mechanism_lambdas(m), "corpora": {}}
+    for name, docs in corpora.items():
+        r = perplexity(m, tok, docs, max_length=sc.cpt_block, batch_size=8, progress=False)
+        result["corpora"][name] = {**r.to_dict(), "documents": len(docs)}
+    write_json(Path(out), result)
+
+
+def job_mt_test(scale: str, model: str, out: str) -> None:
+    """Translate the first ``mt_test_samples`` pairs of the fixed de-en-ding test split (greedy, the recipe's prompt)
+    with SmolLM2 (the base, or a fine-tuning run's final model); BLEU and chrF with sacrebleu, and every hypothesis
+    and reference (for the paired bootstrap of the report)."""
+    from hf_attnswap.data.parallel import load_parallel
+    from hf_attnswap.evaluation.translation import evaluate_translation
+
+    from .config import MT_DATASET
+
+    sc = scale_named(scale)
+    m, tok = _load_lm(model)
+    pairs = load_parallel(MT_DATASET, "test", src_lang="de", tgt_lang="en", limit=sc.mt_test_samples)
+    r = evaluate_translation(m, tok, pairs, src_lang="de", tgt_lang="en", batch_size=16, num_beams=1,
+                             max_new_tokens=sc.mt_max_new_tokens, progress=False, metric_backend="sacrebleu")
+    write_json(Path(out), {"model": model, "lambdas": mechanism_lambdas(m), **r.to_dict(with_hypotheses=True),
+                           "references": [p[1] for p in pairs], "sources": [p[0] for p in pairs]})
 
 
 def job_sdpa_ppl(scale: str, out: str) -> None:
@@ -162,39 +240,5 @@ def job_sdpa_ppl(scale: str, out: str) -> None:
     write_json(Path(out), {"attn": "sdpa", **r.to_dict(), "documents_validation": len(texts.validation)})
 
 
-JOBS: dict[str, Callable[..., None]] = {"claim1": job_claim1, "probe": job_probe, "sdpa_ppl": job_sdpa_ppl}
-
-
-def unigram_reference(runs: Path, smoothing: float = 1.0) -> dict[str, Any] | None:
-    """Perplexity of a unigram model of the from-scratch training text (add-``smoothing``) on the validation
-    documents, scoring every token but each document's first (as the recipe's perplexity does): what a model that
-    learned only token frequencies would reach. Cached in ``runs/unigram.json``."""
-    path = runs / "unigram.json"
-    if path.is_file():
-        return read_json(path)
-    try:
-        from collections import Counter
-
-        from transformers import AutoTokenizer
-
-        from hf_attnswap.data.assets import gpt2_tokenizer_path
-        from hf_attnswap.data.lm import load_lm_texts
-
-        cfg = recipe_config("gpt2_scratch_softmax.yaml")
-        texts = load_lm_texts(dataset_name=cfg["dataset_name"],
-                              validation_split_percentage=cfg["validation_split_percentage"])
-        tok = AutoTokenizer.from_pretrained(gpt2_tokenizer_path())
-    except Exception as exc:  # a reference only: never fail the report for it
-        return {"error": str(exc)}
-    counts: Counter = Counter()
-    for doc in texts.train:
-        counts.update(tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
-    total, vocab = sum(counts.values()), len(tok)
-    nll, n = 0.0, 0
-    for doc in texts.validation:
-        for t in tok(doc, add_special_tokens=False)["input_ids"][1:]:
-            nll -= math.log((counts[t] + smoothing) / (total + smoothing * vocab))
-            n += 1
-    result = {"ppl": math.exp(nll / n), "tokens": n, "train_tokens": total, "smoothing": smoothing}
-    write_json(path, result)
-    return result
+JOBS: dict[str, Callable[..., None]] = {"claim1": job_claim1, "probe": job_probe, "sdpa_ppl": job_sdpa_ppl,
+                                        "lm_ppl": job_lm_ppl, "mt_test": job_mt_test}

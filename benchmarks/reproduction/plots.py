@@ -11,7 +11,8 @@ from .files import number
 
 
 PLOT_FILES = {1: "claim1_logit_diff.png", 2: "claim2_ppl_rank_collapse.png", 3: "claim3_loss_curves.png",
-              4: "claim4_smollm2_polynomial.png", 5: "claim5_sink_entropy.png"}
+              4: "claim4_smollm2_polynomial.png", 5: "claim5_sink_entropy.png", "cpt": "cpt_smollm2.png",
+              "mt": "mt_smollm2_de_en.png"}
 
 
 def _fig(rows: int, cols: int, w: float = 5.0, h: float = 3.6) -> Any:
@@ -20,7 +21,8 @@ def _fig(rows: int, cols: int, w: float = 5.0, h: float = 3.6) -> Any:
     return Figure(figsize=(w * cols, h * rows), layout="constrained")
 
 
-COLORS = {"softmax": "tab:blue", "dagpam": "tab:green", "poly_scaled": "tab:orange", "poly_unscaled": "tab:red"}
+COLORS = {"softmax": "tab:blue", "dagpam": "tab:green", "poly_scaled": "tab:orange", "poly_unscaled": "tab:red",
+          "poly_p1": "tab:purple"}
 
 
 def _band(ax: Any, xs: list[float], curves: list[list[float]], label: str, color: str) -> None:
@@ -97,7 +99,7 @@ def plot_all(claims: set[int], analysis: dict[str, Any], data: dict[str, Any], o
     if "claim3" in analysis and analysis["claim3"]["verdict"] != "not run":
         fig = _fig(1, 2, 5.5, 3.8)
         ax = fig.add_subplot(1, 2, 1)
-        for m in ("poly_scaled", "poly_unscaled", "softmax"):
+        for m in ("poly_scaled", "poly_unscaled", "poly_p1", "softmax"):
             rs = [r for r in sc.get(m, {}).values() if r]
             for i, r in enumerate(rs):
                 xs = [s for s, _ in r["losses"]]
@@ -112,7 +114,7 @@ def plot_all(claims: set[int], analysis: dict[str, Any], data: dict[str, Any], o
         ax.set_title("Claim 3: training loss")
         ax.legend(fontsize=7)
         ax = fig.add_subplot(1, 2, 2)
-        for m in ("poly_scaled", "poly_unscaled", "softmax"):
+        for m in ("poly_scaled", "poly_unscaled", "poly_p1", "softmax"):
             rs = [r for r in sc.get(m, {}).values() if r]
             if rs:
                 _band(ax, [s for s, _ in rs[0]["evals"]], [[v for _, v in r["evals"]] for r in rs], MECH_TITLES[m], COLORS[m])
@@ -159,4 +161,38 @@ def plot_all(claims: set[int], analysis: dict[str, Any], data: dict[str, Any], o
             ax.legend(fontsize=7)
         fig.savefig(out / "claim5_sink_entropy.png", dpi=110)
         files[5] = ["claim5_sink_entropy.png"]
+    arms = (("softmax", "tab:blue"), ("dagpam", "tab:green"))
+    if "cpt" in analysis and analysis["cpt"]["verdict"] != "not run":
+        c = analysis["cpt"]
+        fig = _fig(1, len(c["corpora"]), 4.2, 3.4)
+        for j, (corpus, v) in enumerate(c["corpora"].items()):
+            ax = fig.add_subplot(1, len(c["corpora"]), j + 1)
+            for i, (arm, color) in enumerate(arms):
+                ys = v["ppl"][arm]
+                ax.scatter([i] * len(ys), ys, color=color, zorder=3)
+            if math.isfinite(number(c["base"].get(corpus))):
+                ax.axhline(c["base"][corpus], color="black", ls="--", label="base (no training)")
+            ax.set_xticks([0, 1], ["softmax", "daGPAM λ₀=0"])
+            ax.set_xlim(-0.5, 1.5)
+            ax.set_ylabel("held-out perplexity (one dot per seed)")
+            ax.set_title(f"continued pretraining: {corpus}", fontsize=9)
+            ax.legend(fontsize=7)
+        fig.savefig(out / PLOT_FILES["cpt"], dpi=110)
+        files["cpt"] = [PLOT_FILES["cpt"]]
+    if "mt" in analysis and analysis["mt"]["verdict"] != "not run":
+        c = analysis["mt"]
+        fig = _fig(1, 2, 4.2, 3.4)
+        for j, (metric, title) in enumerate((("bleu", "BLEU"), ("chrf", "chrF"))):
+            ax = fig.add_subplot(1, 2, j + 1)
+            for i, (arm, color) in enumerate(arms):
+                ys = c["test"][arm][metric]
+                ax.scatter([i] * len(ys), ys, color=color, zorder=3)
+            ax.axhline(c["base"][metric], color="black", ls="--", label="base (no fine-tuning)")
+            ax.set_xticks([0, 1], ["softmax", "daGPAM λ₀=0"])
+            ax.set_xlim(-0.5, 1.5)
+            ax.set_ylabel(f"test {title} (one dot per seed)")
+            ax.set_title(f"de→en fine-tuning: {title} (not a standard benchmark)", fontsize=8)
+            ax.legend(fontsize=7)
+        fig.savefig(out / PLOT_FILES["mt"], dpi=110)
+        files["mt"] = [PLOT_FILES["mt"]]
     return files

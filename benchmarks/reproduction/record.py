@@ -33,7 +33,7 @@ RENDER_ONLY_ANALYSIS = {  # what render_md() and headline() read from each claim
 PLOT_NEEDS = {2: "the validation curves and per-layer probes of the from-scratch runs",
               3: "the training-loss and validation curves of the from-scratch runs",
               4: "the training-loss curves of the SmolLM2 runs"}  # what an older reproduce.json lacks for each plot
-_KEEP_NONE = frozenset({"dagpam_lambdas", "base", "steps", "tokens_seen", "seconds"})  # None there is not a NaN
+_KEEP_NONE = frozenset({"dagpam_lambdas", "base", "steps", "tokens_seen", "seconds", "lambdas", "pooled"})  # None there is not a NaN
 
 
 class RenderOnlyError(ValueError):
@@ -41,16 +41,24 @@ class RenderOnlyError(ValueError):
 
 
 def reproduce_json(meta: dict[str, Any], scale: Scale, claims: set[int], seeds: list[int], analysis: dict[str, Any],
-                   data: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+                   data: dict[str, Any], report: dict[str, Any], parts: set[str] | frozenset[str] = frozenset()
+                   ) -> dict[str, Any]:
     """The contents of ``<out>/reproduce.json`` (before :func:`write_json` makes it strict JSON)."""
-    return {"meta": meta, "scale": scale.__dict__, "claims": sorted(claims), "seeds": seeds,
+    return {"meta": meta, "scale": scale.__dict__, "claims": sorted(claims), "parts": sorted(parts), "seeds": seeds,
             "thresholds": thresholds(), "analysis": analysis, "render_data": render_data(data), "jobs": report}
 
 
 def render_data(data: dict[str, Any]) -> dict[str, Any]:
     """What :func:`collect` gathered, for reproduce.json's "render_data" (the conversions are read afresh from
-    their committed files instead); NaN kept as the string "nan" so that None stays None (a missing run)."""
-    return _tag_nan({k: v for k, v in data.items() if k != "conversions"})
+    their committed files instead, and the translations' hypotheses stay in the runs: the analysis holds their
+    scores and tests); NaN kept as the string "nan" so that None stays None (a missing run)."""
+    kept = {k: v for k, v in data.items() if k != "conversions"}
+    if kept.get("mt"):
+        kept["mt"] = {"base": {k: v for k, v in (kept["mt"]["base"] or {}).items()
+                               if k not in ("hypotheses", "references", "sources")} or None,
+                      "runs": {a: {s: ({k: v for k, v in r.items() if k not in ("hypotheses", "references")} if r else r)
+                                   for s, r in runs.items()} for a, runs in kept["mt"]["runs"].items()}}
+    return _tag_nan(kept)
 
 
 def _tag_nan(x: Any) -> Any:
@@ -97,6 +105,9 @@ def restore_render_data(raw: dict[str, Any]) -> dict[str, Any]:
         d["scratch"] = {m: {int(k): v for k, v in runs.items()} for m, runs in d["scratch"].items()}
     if "claim4" in d:
         d["claim4"]["runs"] = {int(k): v for k, v in d["claim4"].get("runs", {}).items()}
+    for part in ("cpt", "mt"):
+        if d.get(part):
+            d[part]["runs"] = {a: {int(k): v for k, v in runs.items()} for a, runs in d[part]["runs"].items()}
     return d
 
 
@@ -140,8 +151,12 @@ def load_render_input(path: Path) -> dict[str, Any]:
         if lacking:
             raise RenderOnlyError("it lacks " + ", ".join(f"analysis.claim{claim}.{k}" for k in lacking)
                                   + " (an older format)")
+    parts = raw.get("parts", [])
+    lacking = [f"analysis.{p}" for p in parts if not isinstance(raw["analysis"].get(p), dict)]
+    if lacking:
+        raise RenderOnlyError(f"it lacks {', '.join(lacking)}")
     data = raw.get("render_data")
-    return {"meta": raw["meta"], "scale": scale, "claims": set(claims), "seeds": seeds,
+    return {"meta": raw["meta"], "scale": scale, "claims": set(claims), "parts": set(parts), "seeds": seeds,
             "analysis": restore_analysis(raw["analysis"]), "data": restore_render_data(data) if data else {}}
 
 

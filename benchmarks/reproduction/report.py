@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import (BLOWUP_NATS, GAP_IN_STDS, LOGIT_TOL, MECH_TITLES, MECHS, MIN_RELATIVE_GAP, MOST_OF_GAP,
-                     MUCH_WORSE_PPL_RATIO, NEAR_BASE_PPL_RATIO, REPO, SIGNIFICANCE_T, SMOOTH_STEPS, Scale)
+                     MUCH_WORSE_PPL_RATIO, NEAR_BASE_PPL_RATIO, REPO, SCRATCH_CONFIG,
+                     SCRATCH_VALIDATION_PCT, SIGNIFICANCE_T, SMOOTH_STEPS, Scale)
 from .conversions import CONVERSION_GLOB, CONVERSION_PHASES, PLAIN_ABLATION, final_ppl
 from .files import number
 from .markdown import fmt_num, fmt_pm, table
+from .sections import (cpt_headline, mt_headline, render_cpt, render_diagnostics, render_mt, render_validity,
+                       validity_headline)
 from .stats import finite, mean_std
 
 #: A cell the rendered file cannot fill (an older reproduce.json lacks what it needs).
@@ -186,6 +189,8 @@ def headline(claims: set[int], a: dict[str, Any]) -> list[list[str]]:
                      "worst max |Δlogit| over seeds and both backends: " + ", ".join(
                          f"{m} {fmt_num(v)}" for m, v in worst.items())
                      + (" (bit-identical)" if all(v == 0 for v in worst.values()) else "")])
+    if "validity" in a:
+        rows.append(validity_headline(a["validity"]))
     if 2 in claims:
         c = a["claim2"]
         rows.append(["2. from scratch: daGPAM ppl no worse than softmax, less rank collapse in deep layers", c["verdict"],
@@ -201,7 +206,11 @@ def headline(claims: set[int], a: dict[str, Any]) -> list[list[str]]:
                      f"{sum(r['stable'] for r in c['poly_scaled'])}/{len(c['poly_scaled'])} seeds), unscaled "
                      f"{fmt_pm([r['final_ppl'] for r in c['poly_unscaled']])} (unstable in "
                      f"{c['unscaled_diverged_runs']}/{len(c['poly_unscaled'])}); ratio "
-                     f"{fmt_num(c['ppl_ratio_unscaled_over_scaled'])}×"])
+                     f"{fmt_num(c['ppl_ratio_unscaled_over_scaled'])}×"
+                     + (f"; p = 1 control {fmt_pm([r['final_ppl'] for r in c['poly_p1']])} "
+                        f"({fmt_num(c['p1_control']['ppl_ratio_over_scaled'])}× the scaled cubic; worse by > "
+                        f"{SIGNIFICANCE_T:g} s.e.: {_yn(c['p1_control']['significantly_worse'])})"
+                        if c.get("poly_p1") else "")])
     if 4 in claims and a["claim4"].get("conversion"):
         c, v = a["claim4"], a["claim4"]["conversion"]
         rows.append(["4. swap to polynomial raises ppl; conversion recovers most of the gap, more than plain "
@@ -227,6 +236,10 @@ def headline(claims: set[int], a: dict[str, Any]) -> list[list[str]]:
                      f"{n_ok}/{n_all} (pair, measure) differences measurable; sink "
                      + ", ".join(f"{m} {fmt_pm(ps[m]['sink_strength'])}" for m in ps)
                      + "; entropy " + ", ".join(f"{m} {fmt_pm(ps[m]['entropy'])}" for m in ps)])
+    if "cpt" in a:
+        rows.append(cpt_headline(a["cpt"]))
+    if "mt" in a:
+        rows.append(mt_headline(a["mt"]))
     return rows
 
 
@@ -343,15 +356,24 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
 
     if 2 in claims or 3 in claims or 5 in claims:
         L.append("## The from-scratch runs (claims 2, 3, 5)\n")
-        L.append(f"A GPT-2 (`{s.gpt2_overrides}`, GPT-2 tokenizer) trained from scratch by `recipes/continue_pretrain.py` "
-                 f"on the offline news text (Lee corpus, 270 training / 30 validation articles), same data order, budget "
-                 f"and schedule for every mechanism: {s.gpt2_steps} steps of {s.gpt2_batch} × {s.gpt2_block} tokens "
-                 f"({s.gpt2_steps * s.gpt2_batch * s.gpt2_block:,} tokens, AdamW lr 1e-3 with {s.gpt2_warmup} warmup "
-                 f"steps then cosine, weight decay 0.1, clipping 1.0). The recipe configs are the "
-                 f"`gpt2_scratch_*.yaml` files, shrunk by command-line overrides to fit the CPU budget (the configs "
-                 f"themselves say 4 × 256 wide, 300 steps of 16 × 128: about 10 minutes a run, 2 hours for 12 runs). "
-                 f"Validation perplexity is the recipe's (held-out articles, window = {s.gpt2_block}, stride "
-                 f"{s.gpt2_block // 2}). daGPAM uses the config's `lambda_init=0.1` (λ and W⁻ trained, lr 1e-2).\n")
+        tok = meta.get("tokenizer") or {}
+        L.append(f"A GPT-2 (`{s.gpt2_overrides}`, vocabulary {s.vocab_size}) trained from scratch by "
+                 f"`recipes/continue_pretrain.py` (`recipes/configs/{SCRATCH_CONFIG}`, the mechanism by `--attn`) on the "
+                 f"offline Wikipedia text (wiki-text: the gensim wheel's articles, markup stripped; the last "
+                 f"{SCRATCH_VALIDATION_PCT:g} % of the articles held out, each cut to its first "
+                 f"{s.excerpt_chars:,} characters, whole paragraphs). The vocabulary is "
+                 + ("the 256 bytes and EOS (the `tokenizers` library's byte-level BPE with no merges)" if s.vocab_size == 257
+                    else f"a byte-level BPE of {s.vocab_size} tokens") + " trained with the `tokenizers` library on "
+                 f"the training articles only "
+                 f"(`{tok.get('folder', 'runs/…/tokenizer')}`" + (f", {tok['train_documents']} articles" if
+                                                                  tok.get("train_documents") else "") + "). "
+                 f"Same data order, budget and schedule for every mechanism: {s.gpt2_steps} steps of {s.gpt2_batch} × "
+                 f"{s.gpt2_block} tokens ({s.gpt2_steps * s.gpt2_batch * s.gpt2_block:,} tokens; AdamW lr {s.gpt2_lr:g}, β₂ "
+                 f"0.99, {s.gpt2_warmup} warmup steps then cosine, weight decay 0.1, clipping 1.0, no dropout). "
+                 f"Validation perplexity is the recipe's (window = {s.gpt2_block}, stride {s.gpt2_block // 2}). "
+                 f"daGPAM starts at `lambda_init=0.1` (λ and W⁻ trained, lr 1e-2); the polynomial runs are "
+                 f"`polynomial:degree=3` (x³/√N_i), `polynomial:degree=3:length_scale=\"none\"` (unscaled x³) and "
+                 f"`polynomial:degree=1` (x/√N_i, the paper's weak p = 1, a negative control).\n")
         rows = []
         if has_runs:
             sc = data["scratch"]
@@ -372,13 +394,8 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
                 L.append(f"{MISSING}: not in this reproduce.json (the table is rebuilt from the claims' analyses).\n")
         elif not has_runs:
             L.append("The per-run table: not in this reproduce.json.\n")
-        uni = meta.get("unigram")
-        if uni and "ppl" in uni:
-            L.append(f"For scale: a unigram model of the same training text (token frequencies only, add-"
-                     f"{uni['smoothing']:g} smoothing) reaches perplexity **{fmt_num(uni['ppl'])}** on the same "
-                     f"{uni['tokens']:,} validation tokens. The trained models are only modestly better than that: "
-                     f"at this budget they have learned little beyond token frequencies and local statistics, "
-                     f"which limits what claims 2, 3 and 5 can show.\n")
+        if "validity" in a:
+            L.append(render_validity(a["validity"], meta.get("ngram"), data.get("scratch")))
         lam = ([r["lambdas"] for r in data["scratch"]["dagpam"].values() if r and r.get("lambdas")] if has_runs else
                [x for x in a.get("claim2", {}).get("dagpam_lambdas", []) if x])
         if lam:
@@ -391,7 +408,7 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
         L.append(f"Tests. *No worse*: daGPAM's final validation perplexity is not above softmax's by more than "
                  f"{SIGNIFICANCE_T:g} standard errors of the difference (Welch t = {fmt_num(c['t_ppl'])}). *Less rank "
                  f"collapse*: after training, `hf_attnswap.diagnostics.probe_texts` on {s.probe_texts} held-out "
-                 f"articles (≤ {s.probe_tokens} tokens each); per seed the rank-collapse residual "
+                 f"excerpts (≤ {s.probe_tokens} tokens each); per seed the rank-collapse residual "
                  f"‖X − 1x̄ᵀ‖_F/‖X‖_F and the mean pairwise token cosine are averaged over the deep half of the "
                  f"blocks (hidden states {c['deep_hidden_states']}; the last one has the final layer norm applied). "
                  f"Less collapse = higher residual and lower cosine, counted only when the seed ranges do not "
@@ -441,8 +458,8 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
                  f"perplexity below its step-0 one. *Much worse*: unscaled final perplexity ≥ {MUCH_WORSE_PPL_RATIO:g}× "
                  f"the scaled one with every unscaled seed above every scaled seed.\n")
         rows = []
-        for m in ("poly_scaled", "poly_unscaled", "softmax"):
-            for r in c[m]:
+        for m in ("poly_scaled", "poly_unscaled", "poly_p1", "softmax"):
+            for r in c.get(m, []):
                 rows.append([MECH_TITLES[m], r["seed"], fmt_num(r["first_ppl"]), fmt_num(r["final_ppl"]),
                              r["nonfinite_steps"], fmt_num(r["max_spike"]), fmt_num(r["max_raw_spike"]),
                              _yn(r["blew_up"]), _yn(r["stable"])])
@@ -450,16 +467,26 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
                         f"largest spike, {SMOOTH_STEPS}-step mean (nats)", "largest single-step spike (nats)",
                         "blew up", "stable"], rows))
         pm = c["probe_means"]
-        prow = [[MECH_TITLES[m]] + [fmt_pm(pm[m][k]) for k in ("frobenius_ratio", "max_weight", "entropy")]
-                for m in ("poly_scaled", "poly_unscaled", "softmax") if pm[m]["frobenius_ratio"]]
+        prow = [[MECH_TITLES[m]] + [fmt_pm(pm[m].get(k, [])) for k in ("frobenius_ratio", "max_weight", "entropy",
+                                                                          "raw_collision_entropy")]
+                for m in ("poly_scaled", "poly_unscaled", "poly_p1", "softmax") if pm.get(m, {}).get("frobenius_ratio")]
         if prow:
             L.append("\nWhat the trained attention looks like (probe on the held-out articles, mean over layers and "
                      "heads per seed): ‖A‖_F/√N on the raw weights (softmax keeps it ≤ 1; the polynomial's 1/√N_i scale "
                      "is meant to keep it O(1)), and the largest weight and entropy of each row of |a| renormalised.\n")
-            L.append(table(["mechanism", "‖A‖_F/√N", "max weight", "entropy (nats)"], prow))
+            L.append(table(["mechanism", "‖A‖_F/√N", "max weight", "entropy (nats)", "raw collision entropy (nats)"],
+                           prow))
         L.append(f"\nScaled stable in every seed: {_yn(c['scaled_stable'])}. Unscaled: {c['unscaled_diverged_runs']} of "
                  f"{len(c['poly_unscaled'])} seeds unstable; final-ppl ratio unscaled/scaled "
                  f"{fmt_num(c['ppl_ratio_unscaled_over_scaled'])} (much worse: {_yn(c['unscaled_much_worse'])}).\n")
+        p1 = c.get("p1_control")
+        if p1 and c.get("poly_p1"):
+            L.append(f"Negative control, the paper's weak p = 1 (x/√N_i): final perplexity "
+                     f"{fmt_pm([r['final_ppl'] for r in c['poly_p1']])}, {fmt_num(p1['ppl_ratio_over_scaled'])}× the "
+                     f"scaled cubic's (Welch t {fmt_num(p1['t'])}; worse by more than {SIGNIFICANCE_T:g} standard errors: "
+                     f"{_yn(p1['significantly_worse'])}; much worse by the unscaled test: {_yn(p1['much_worse'])}). It is "
+                     f"not part of the claim's verdict: it shows whether this scale can tell a weak mechanism from the "
+                     f"cubic at all.\n")
         L.append(f"**Verdict: {c['verdict']}.**\n")
         plot_line(3)
 
@@ -502,7 +529,7 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
         c = a["claim5"]
         L.append("## Claim 5: sink strength and entropy by mechanism\n")
         L.append(f"The trained softmax, polynomial x³/√N and daGPAM models of claims 2/3, probed with `probe_texts` on "
-                 f"the same {s.probe_texts} held-out articles (≤ {s.probe_tokens} tokens). Sink strength = mean "
+                 f"the same {s.probe_texts} held-out excerpts (≤ {s.probe_tokens} tokens). Sink strength = mean "
                  f"attention weight on the first token over queries i > 0; entropy in nats. Polynomial and daGPAM "
                  f"weights can be negative or unnormalised, so for them both measures use |a| renormalised per row "
                  f"(the diagnostics' `abs_renormalised` convention; conventions seen: "
@@ -532,8 +559,22 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
             L.append("\nPer layer (mean over heads; mean ± std over seeds):\n")
             L.append(table(["layer", "sink softmax", "sink poly", "sink daGPAM", "entropy softmax", "entropy poly",
                             "entropy daGPAM"], per_layer_rows))
+        sa = c.get("scale_aware_pairs")
+        if sa:
+            L.append("\nThe scale-aware companion (not part of the verdict, which keeps the claim's two measures): the raw "
+                     "collision entropy −log Σ_j a_ij² per seed, " + ", ".join(
+                         f"{m} {fmt_pm(ps[m].get('raw_collision_entropy', []))}" for m in ps) + "; measurable by the "
+                     "same test: " + ", ".join(f"{pair} {_yn(v['measurable'])}" for pair, v in sa.items()) + ".\n")
         L.append(f"\n**Verdict: {c['verdict']}.**\n")
         plot_line(5)
+    if "diagnostics" in a:
+        L.append(render_diagnostics(a["diagnostics"], s))
+    if "cpt" in a:
+        L.append(render_cpt(a["cpt"], s, (data.get("cpt") or {}).get("runs")))
+        plot_line("cpt")
+    if "mt" in a:
+        L.append(render_mt(a["mt"], s))
+        plot_line("mt")
 
     notes = out / "notes.md"
     if notes.is_file():

@@ -128,7 +128,9 @@ class _LayerReducer:
         below, above = M.sparsity_shares(p, visible)
         for name, v in (("entropy", ent), ("effective_support", ent.exp()), ("max_weight", M.max_weight(p)),
                         ("share_below_0.001", below), ("share_above_0.1", above),
-                        ("negative_mass_share", M.negative_mass_share(w, visible)), ("row_sum", raw_sum)):
+                        ("negative_mass_share", M.negative_mass_share(w, visible)), ("row_sum", raw_sum),
+                        ("abs_row_mass", M.abs_row_mass(w, visible)),
+                        ("raw_collision_entropy", M.raw_collision_entropy(w, visible))):
             res.stats[name].add(layer, *per_row(v))
         seq_ok = tv.any(-1)[:, None]
         res.stats["frobenius_norm"].add(layer, M.frobenius_norm(w, visible), seq_ok)

@@ -52,6 +52,24 @@ def row_sum(weights: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     return (weights.float() * visible).sum(-1)
 
 
+def abs_row_mass(weights: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``m_i = Σ_j |a_ij|`` over visible keys: the factor that :func:`probability_weights` divides out (1 for softmax
+    rows; the scale of a polynomial row). (B, H, Q, K) -> (B, H, Q)."""
+    return (weights.float().abs() * visible).sum(-1)
+
+
+def raw_collision_entropy(weights: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Scale-aware entropy: ``H2raw_i = -log Σ_j a_ij²`` on the raw weights over visible keys, in nats.
+
+    For a probability row it is the Rényi-2 (collision) entropy (``log N_i`` when uniform, 0 when one-hot, never above
+    the Shannon entropy). For any row ``H2raw_i = H2(p_i) - 2 log m_i``, with ``p_i`` the ``|a|``-renormalised row and
+    ``m_i`` :func:`abs_row_mass`: the shape term the renormalised measures see, plus the row's scale, which they
+    divide out. ``Σ_i exp(-H2raw_i) = ‖A‖_F²`` (:func:`frobenius_norm`). A row whose visible weights are all 0 gives
+    ``+inf`` (not a sample of the mean). (B, H, Q, K) -> (B, H, Q).
+    """
+    return -(weights.to(torch.promote_types(weights.dtype, torch.float32)).square() * visible).sum(-1).log()
+
+
 def negative_mass_share(weights: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     """Share of the absolute weight mass that is negative: ``Σ_j max(-a_ij, 0) / Σ_j |a_ij|``.
 

@@ -17,7 +17,7 @@ CONVENTIONS = {
     ABS_RENORMALISED: "a has negative weights or rows that do not sum to 1: the probability-type measures (entropy, "
                       "effective support, max weight, sparsity, sink strength, top-N mass, separation) use "
                       "p_ij = |a_ij| / sum_j |a_ij| over visible keys; frobenius_*, row_sum and negative_mass_share "
-                      "use the raw a_ij",
+                      "use the raw a_ij, and so do the scale-aware abs_row_mass and raw_collision_entropy",
 }
 
 
@@ -90,6 +90,11 @@ MEASURES: dict[str, Measure] = {
     "negative_mass_share": Measure(("layer", "head"), "share of |a| mass", ROWS,
                                    "sum_j max(-a_ij, 0) / sum_j |a_ij| on the raw weights"),
     "row_sum": Measure(("layer", "head"), "weight", ROWS, "raw sum_j a_ij (1 for softmax and tied daGPAM)"),
+    "abs_row_mass": Measure(("layer", "head"), "weight", ROWS,
+                            "m_i = sum_j |a_ij| on the raw weights (what the |a| renormalisation divides out)"),
+    "raw_collision_entropy": Measure(("layer", "head"), "nats", ROWS,
+                                     "scale-aware entropy -log sum_j a_ij^2 on the raw weights = H2(p_i) - 2 log m_i "
+                                     "(Renyi-2 entropy for probability rows)"),
     "frobenius_norm": Measure(("layer", "head"), "norm", SEQS, "||A||_F of the raw weights over real tokens"),
     "frobenius_ratio": Measure(("layer", "head"), "norm / sqrt(tokens)", SEQS, "||A||_F / sqrt(N)"),
     "sink_strength": Measure(("layer", "head"), "weight", SEQS,
