@@ -118,6 +118,19 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=g)
 
 
+@torch.no_grad()
+def decoded_logits(model, ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Logits (B, T, V) of ``ids`` (B, T) computed as generation does: a forward over the first ``prefix`` tokens
+    with a cache, then one token per forward on that cache (compare with the full forward's)."""
+    out = model(ids[:, :prefix], use_cache=True)
+    steps, cache = [out.logits], out.past_key_values
+    for t in range(prefix, ids.shape[1]):
+        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+        steps.append(out.logits)
+        cache = out.past_key_values
+    return torch.cat(steps, dim=1)
+
+
 #: The vocabulary of :func:`word_tokenizer`: 4 special tokens, then w0 ... w59 (ids below VOCAB).
 WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
 

@@ -35,6 +35,8 @@ from hf_attnswap.registry import PARAMS_ATTR
 from hf_attnswap.training.arguments import RecipeConfigError
 from hf_attnswap.training.model import check_packing_isolates
 
+from conftest import decoded_logits
+
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             intermediate_size=64, vocab_size=128, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
             eos_token_id=2, num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -339,14 +341,7 @@ def test_conformance(model_type, check):
     if check == "cached_decode_equals_full":
         ids = IDS[:1]
         full = _logits(model, ids)
-        with torch.no_grad():
-            out = model(ids[:, :6], use_cache=True)
-            steps, cache = [out.logits], out.past_key_values
-            for t in range(6, ids.shape[1]):
-                out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
-                steps.append(out.logits)
-                cache = out.past_key_values
-        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(decoded_logits(model, ids, 6), full, atol=1e-5, rtol=1e-5)
         return
     if model_type in PACKING_NOT_ISOLATED:  # Transformers' own mask ignores the position_ids: --packing refuses it
         with pytest.raises(RecipeConfigError, match=rf"model_type '{model_type}' does not keep packed documents apart"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ARCHS, PAD, cell_options, cells, fast_path_refusal, random_ids
+from conftest import ARCHS, PAD, cell_options, cells, decoded_logits, fast_path_refusal, random_ids
 
 matrix = pytest.mark.parametrize("arch", ARCHS)
 # Every cell runs on every backend of every registered built-in mechanism (conftest.CELLS), reference included, with
@@ -43,13 +43,7 @@ def test_kv_cache_matches_full_forward(load, arch, mech, backend):
     model = load(arch, mech, **cell_options(mech, backend))
     ids = random_ids(2, 10, seed=1)
     full = model(ids).logits
-    out = model(ids[:, :4], use_cache=True)
-    steps, past = [out.logits], out.past_key_values
-    for t in range(4, ids.shape[1]):
-        out = model(ids[:, t : t + 1], past_key_values=past, use_cache=True)
-        steps.append(out.logits)
-        past = out.past_key_values
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(decoded_logits(model, ids, 4), full, atol=1e-5, rtol=1e-4)
 
 
 @matrix
