@@ -118,6 +118,13 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=g)
 
 
+def word_documents(count: int, lengths: tuple[int, int], generator: torch.Generator) -> list[str]:
+    """``count`` documents of random words of :func:`word_tokenizer` (w0 ... w59), each of a length drawn from
+    ``[lengths[0], lengths[1])``; the lengths are drawn first, then each document's words, from ``generator``."""
+    return [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (int(n),), generator=generator))
+            for n in torch.randint(lengths[0], lengths[1], (count,), generator=generator)]
+
+
 @torch.no_grad()
 def decoded_logits(model, ids: torch.Tensor, prefix: int) -> torch.Tensor:
     """Logits (B, T, V) of ``ids`` (B, T) computed as generation does: a forward over the first ``prefix`` tokens

@@ -24,7 +24,7 @@ from hf_attnswap.data.lm import IGNORE_INDEX, collate_blocks, document_positions
 from hf_attnswap.errors import OptionError
 from hf_attnswap.training.loop import run_recipe
 
-from conftest import ARCHS, cell_options, cells, random_ids, tiny_config, word_tokenizer
+from conftest import ARCHS, cell_options, cells, random_ids, tiny_config, word_documents, word_tokenizer
 
 LENGTHS = (5, 7, 4)  # three documents in one row of 16 tokens
 
@@ -144,8 +144,7 @@ def recipe_assets(tmp_path_factory):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="sdpa").save_pretrained(root / "model")
     g = torch.Generator().manual_seed(0)
-    docs = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (int(n),), generator=g))
-            for n in torch.randint(3, 12, (30,), generator=g)]
+    docs = word_documents(30, (3, 12), g)
     (root / "train.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return root
 

@@ -23,7 +23,7 @@ from hf_attnswap.errors import AttnSwapError
 from hf_attnswap.training.optim import parameter_groups
 from hf_attnswap.training.report import compare_runs
 
-from conftest import WORDS, tiny_config, word_tokenizer
+from conftest import WORDS, tiny_config, word_documents, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "continue_pretrain.py"
@@ -49,8 +49,7 @@ def assets(tmp_path_factory):
     cfg = tiny_config("gpt2", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
     AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").save_pretrained(root / "model")
     g = torch.Generator().manual_seed(0)
-    docs = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (int(n),), generator=g))
-            for n in torch.randint(10, 40, (40,), generator=g)]
+    docs = word_documents(40, (10, 40), g)
     (root / "train.jsonl").write_text("".join(json.dumps({"text": d, "other": 1}) + "\n" for d in docs))
     return root
 

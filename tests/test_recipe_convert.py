@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 import hf_attnswap
 from hf_attnswap.training.loop import run_recipe
 
-from conftest import tiny_config, word_tokenizer
+from conftest import tiny_config, word_documents, word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,7 @@ def assets(tmp_path_factory):
         AutoModelForCausalLM.from_config(tiny_config(arch), attn_implementation="sdpa").save_pretrained(root / arch)
     g = torch.Generator().manual_seed(0)
     for name, n in (("train", 40), ("other", 6)):
-        docs = [" ".join(f"w{int(i)}" for i in torch.randint(0, 60, (int(k),), generator=g))
-                for k in torch.randint(10, 40, (n,), generator=g)]
+        docs = word_documents(n, (10, 40), g)
         (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     return root
 
