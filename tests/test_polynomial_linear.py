@@ -14,6 +14,7 @@ from hf_attnswap.kernels import polynomial_linear
 from hf_attnswap.kernels.mask import AttentionMask
 from hf_attnswap.kernels.polynomial_linear import (
     PolynomialLinearState,
+    _features_t,
     _quadratic_grad,
     _symmetric_matrix,
     feature_dim,
@@ -110,6 +111,17 @@ def test_feature_gradient_matches_autograd():
     with torch.no_grad():  # the fast, feature-major path (used without autograd) gives the same features
         fast = polynomial_features(x)
     torch.testing.assert_close(fast, polynomial_features(x).detach())
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 64])
+def test_feature_builds_agree(d):
+    """The CPU build (one diagonal at a time from row slices) and the GPU build (two gathers) are the same
+    features in the same order, equal to the autograd definition."""
+    x = torch.randn(2, 3, 9, d, dtype=torch.float64)
+    slices, gathers = _features_t(x, slices=True), _features_t(x, slices=False)
+    assert slices.shape == (2, 3, feature_dim(d), 9)
+    assert torch.equal(slices, gathers)
+    torch.testing.assert_close(slices.transpose(-1, -2), polynomial_features(x.requires_grad_()).detach())
 
 
 # --- kernel --------------------------------------------------------------------------------------------
