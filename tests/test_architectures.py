@@ -269,6 +269,29 @@ def test_gradients_through_the_cpu_kernel_equal_the_reference():
         torch.testing.assert_close(grads["fused"][name], g, atol=1e-9, rtol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("model_type", ["glm4", "phi", "gptj"])
+def test_multi_chunk_cpu_kernel_equals_the_reference(model_type, monkeypatch):
+    """The CPU kernel split into one KV head per chunk (as for large calls) with partial / interleaved rotary:
+    outputs and gradients equal the reference's."""
+    monkeypatch.setattr(dagpam_cpu, "CHUNK_ABOVE_BYTES", 0)
+    monkeypatch.setattr(dagpam_cpu, "CHUNK_BYTES", 1)
+    chunks = []
+    original = dagpam_cpu._chunks
+    monkeypatch.setattr(dagpam_cpu, "_chunks", lambda *a: chunks.append(original(*a)) or chunks[-1])
+    logits, grads = {}, {}
+    for backend in ("reference", "fused"):
+        model = _dagpam(tiny_model(model_type), backend=backend)
+        out = model(IDS, labels=IDS)
+        out.loss.backward()
+        logits[backend] = out.logits.detach()
+        grads[backend] = {n: p.grad for n, p in model.named_parameters() if "attn" in n and p.grad is not None}
+    assert chunks and all(len(c) > 1 for c in chunks), "every kernel call ran in several chunks"
+    torch.testing.assert_close(logits["fused"], logits["reference"], atol=1e-9, rtol=1e-7)
+    assert any(PARAMS_ATTR in n for n in grads["fused"])
+    for name, g in grads["reference"].items():
+        torch.testing.assert_close(grads["fused"][name], g, atol=1e-9, rtol=1e-7, msg=name)
+
+
 # --- every rope type Transformers ships, on Llama -----------------------------------------------------------------------
 
 ROPE_PARAMETERS = {
