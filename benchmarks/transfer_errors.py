@@ -9,6 +9,11 @@ the converted weights into the student and measures, per layer with teacher forc
 student's per-head outputs relative to the teacher output's mean square (1.0 = no better than an all-zero
 output), on held-out blocks of the training corpus. Three rows: right after the swap, after the query-scale
 calibration, and the converted model. Prints a table and writes JSON.
+
+For the converted model it also says how much of each layer's error output *scale* could remove
+(``hf_attnswap.conversion.transfer.gain_bound_errors``): the error left after the best least-squares gain per head,
+per head and query position (the best any per-head function of the position can do, e.g. a learned length
+exponent) and per head and query (the best any normaliser can do), each fitted on every batch.
 """
 
 from __future__ import annotations
@@ -30,13 +35,22 @@ from hf_attnswap.training.arguments import ModelArguments
 from hf_attnswap.training.model import build_model, load_tokenizer, parse_single_attn
 
 
-def relative_errors(objective: TransferObjective, blocks: list[torch.Tensor]) -> list[float]:
-    """Mean over ``blocks`` (each (B, T) token ids) of each layer's relative transfer error."""
+def relative_errors(objective: TransferObjective, blocks: list[torch.Tensor],
+                    bounds: list[list[float]] | None = None) -> list[float]:
+    """Mean over ``blocks`` (each (B, T) token ids) of each layer's relative transfer error; with ``bounds`` (a list
+    to fill) also each layer's mean ``[per head, per head and position, per head and query]`` gain-bound errors."""
     total: list[float] | None = None
+    sums: list[list[float]] | None = None
     with torch.no_grad():
         for ids in blocks:
-            rel = objective(input_ids=ids).metrics["transfer/relative_error"]
+            metrics = objective(input_ids=ids, gain_bounds=bounds is not None).metrics
+            rel = metrics["transfer/relative_error"]
             total = rel if total is None else [a + b for a, b in zip(total, rel)]
+            if bounds is not None:
+                got = [list(b) for b in metrics["transfer/gain_bounds"]]
+                sums = got if sums is None else [[a + b for a, b in zip(x, y)] for x, y in zip(sums, got)]
+    if bounds is not None:
+        bounds.extend([[v / len(blocks) for v in layer] for layer in sums or []])
     return [v / len(blocks) for v in total or []]
 
 
@@ -78,15 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for name in objective.trainable_names:
             live[name].copy_(converted[name])
-    rows["converted"] = relative_errors(objective, blocks)
+    bounds: list[list[float]] = []
+    rows["converted"] = relative_errors(objective, blocks, bounds)
+    scale_names = ["converted, best gain per head", "per head and position", "per head and query"]
 
     layers = len(rows["converted"])
-    print_table(f"relative transfer error per layer ({target.label}; 1.0 = no better than a zero output)",
-                ["layer", *rows], [[i, *(f"{v[i]:.3f}" for v in rows.values())] for i in range(layers)])
+    print_table(f"relative transfer error per layer ({target.label}; 1.0 = no better than a zero output; the last "
+                "three: what the converted model's error would be with the best output gain of each kind)",
+                ["layer", *rows, *scale_names],
+                [[i, *(f"{v[i]:.3f}" for v in rows.values()), *(f"{b:.3f}" for b in bounds[i])] for i in range(layers)])
+    means = [sum(b[j] for b in bounds) / layers for j in range(3)]
+    print(f"mean over layers: converted {sum(rows['converted']) / layers:.3f}; with the best gain per head "
+          f"{means[0]:.3f}, per head and position {means[1]:.3f}, per head and query {means[2]:.3f}")
     worst = sorted(range(layers), key=lambda i: -rows["converted"][i])[:5]
     print("worst layers after conversion: " + ", ".join(f"{i} ({rows['converted'][i]:.3f})" for i in worst))
     write_json(args.json or str(Path(args.converted) / "transfer_errors.json"),
-               {"args": vars(args), "machine": machine(), "tokens": int(ids.numel()), "relative_error": rows})
+               {"args": vars(args), "machine": machine(), "tokens": int(ids.numel()), "relative_error": rows,
+                "converted_with_best_gain": {name: [b[j] for b in bounds] for j, name in enumerate(
+                    ["per_head", "per_head_and_position", "per_head_and_query"])}})
     return 0
 
 

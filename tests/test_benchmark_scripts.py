@@ -80,6 +80,11 @@ def test_transfer_errors(tmp_path):
     assert all(len(v) == tiny_config("llama").num_hidden_layers for v in rows.values())
     assert rows["converted"] == pytest.approx(rows["right after the swap"], rel=1e-5)
     assert all(c <= s * (1 + 1e-6) for c, s in zip(rows["after calibration"], rows["right after the swap"]))
+    bounds = result["converted_with_best_gain"]
+    assert list(bounds) == ["per_head", "per_head_and_position", "per_head_and_query"]
+    for layer, err in enumerate(rows["converted"]):  # each finer gain can only lower the error
+        assert bounds["per_head_and_query"][layer] <= bounds["per_head_and_position"][layer] * (1 + 1e-6)
+        assert bounds["per_head_and_position"][layer] <= bounds["per_head"][layer] * (1 + 1e-6) <= err * (1 + 1e-5)
 
 
 def test_attention_benchmark_in_bfloat16(tmp_path):

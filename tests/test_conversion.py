@@ -232,6 +232,34 @@ def test_transfer_reports_each_layers_relative_error():
     objective.finish()
 
 
+def test_gain_bounds_measure_what_output_scale_can_remove():
+    """gain_bound_errors: a student that is the teacher times a per-head-and-position gain has per-head error > 0 but
+    no error left with the position-wise gain; each finer gain can only lower the error; masked rows do not count."""
+    from hf_attnswap.conversion.transfer import gain_bound_errors
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+    gain = torch.rand(1, 5, 3, 1, generator=g, dtype=torch.float64) + 0.5
+    per_head, per_position, per_query = gain_bound_errors(teacher / gain, teacher)
+    assert per_head > 1e-3 and per_position < 1e-12 and per_query < 1e-12
+    noisy = teacher + torch.randn(teacher.shape, generator=g, dtype=torch.float64)
+    errs = gain_bound_errors(noisy, teacher)
+    plain = float((noisy - teacher).pow(2).sum() / teacher.pow(2).sum())
+    assert errs[2] <= errs[1] <= errs[0] <= plain
+    rows = torch.ones(2, 5, dtype=torch.bool)
+    rows[1, 3:] = False
+    hidden = teacher.clone()
+    hidden[1, 3:] += 100.0  # the student's masked rows are far off: they must not count
+    assert gain_bound_errors(teacher * 2.0, hidden, rows)[0] < 1e-12
+    model = _model("llama")
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    metrics = objective(_data(1)[0], gain_bounds=True).metrics
+    assert len(metrics["transfer/gain_bounds"]) == len(metrics["transfer/relative_error"])
+    assert all(b[0] <= r * (1 + 1e-6) for b, r in zip(metrics["transfer/gain_bounds"], metrics["transfer/relative_error"]))
+    assert "transfer/gain_bounds" not in objective(_data(1)[0]).metrics
+    objective.finish()
+
+
 def test_distillation_adds_the_kl_to_the_original_model():
     from hf_attnswap.conversion.distill import DistillObjective
 

@@ -84,6 +84,7 @@ class _Step:
     layers: int = 0
     per_layer: list[float] = field(default_factory=list)
     per_layer_teacher: list[float] = field(default_factory=list)  # mse only: the teacher's own mean square
+    gain_bounds: list[tuple[float, float, float]] | None = None  # mse only, on request: see gain_bound_errors
 
 
 _STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("hf_attnswap_transfer_step", default=None)
@@ -153,7 +154,31 @@ def _transfer_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     if step.loss == "mse":  # what an all-zero output would score: the relative error's denominator
         energy = teacher.float().pow(2).mean(dim=(-2, -1))
         step.per_layer_teacher.append(float((energy * rows if rows is not None else energy).sum()))
+        if step.gain_bounds is not None:
+            step.gain_bounds.append(gain_bound_errors(student.detach(), teacher, rows))
     return (teacher if step.teacher_forcing else student), None
+
+
+def gain_bound_errors(student: torch.Tensor, teacher: torch.Tensor,
+                      rows: torch.Tensor | None = None) -> tuple[float, float, float]:
+    """How much of a layer's transfer error output *scale* could remove: the relative error (squared error over the
+    teacher's sum of squares) left after the best least-squares gain on the student's output, fitted (1) per head,
+    (2) per head and query position (the best any per-head function of the position, e.g. a length exponent, can
+    do) and (3) per head and query (the best any normaliser can do). Each is at most the one before, and (1) at
+    most the error with no gain. student, teacher: (B, Q, H, d); rows: optional (B, Q) bool, the positions that
+    count."""
+    s, t = student.float(), teacher.float()
+    if rows is not None:
+        keep = rows[:, :, None, None].to(s.dtype)
+        s, t = s * keep, t * keep
+    energy = t.pow(2).sum().clamp_min(1e-30)
+
+    def left(dims: tuple[int, ...]) -> float:
+        st, ss = (s * t).sum(dims, keepdim=True), s.pow(2).sum(dims, keepdim=True)
+        gain = torch.where(ss > 0, st / ss.clamp_min(1e-30), torch.zeros_like(st))
+        return float((gain * s - t).pow(2).sum() / energy)
+
+    return left((0, 1, 3)), left((0, 3)), left((3,))
 
 
 def _weight_cross_entropy(mech: Any, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -292,14 +317,15 @@ class TransferObjective(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, num_items_in_batch: int | None = None,
-                position_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+                position_ids: torch.Tensor | None = None, gain_bounds: bool = False, **kwargs: Any) -> Any:
         """input_ids, attention_mask: (B, T); position_ids (B, T): packed documents (restarting positions, no
         ``attention_mask``), which the model masks block-diagonally, teacher and student alike. Returns ``SimpleNamespace(loss, layers, per_layer, metrics)``:
         ``per_layer`` is each layer's loss per token; ``metrics["transfer/relative_error"]`` (mse only) each
         layer's squared error relative to the teacher output's mean square (1.0: no better than an all-zero
-        output), which the training loop logs."""
+        output), which the training loop logs. ``gain_bounds`` (mse only): also
+        ``metrics["transfer/gain_bounds"]``, per layer the three errors of :func:`gain_bound_errors` on this batch."""
         token_mask = attention_mask.bool() if attention_mask is not None else None
-        step = self._run(input_ids, attention_mask, position_ids=position_ids)
+        step = self._run(input_ids, attention_mask, position_ids=position_ids, gain_bounds=gain_bounds)
         tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
         denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
         loss = step.total / (denom * step.layers)
@@ -308,6 +334,8 @@ class TransferObjective(nn.Module):
             share = tokens / denom  # like the loss, the metric adds up over a step's micro-batches
             metrics["transfer/relative_error"] = [share * e / max(t, 1e-30)
                                                   for e, t in zip(step.per_layer, step.per_layer_teacher)]
+        if step.gain_bounds is not None:
+            metrics["transfer/gain_bounds"] = step.gain_bounds
         return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer],
                                metrics=metrics)
 
@@ -371,7 +399,8 @@ class TransferObjective(nn.Module):
         return found
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
-             query_factor: float | None = None, position_ids: torch.Tensor | None = None) -> _Step:
+             query_factor: float | None = None, position_ids: torch.Tensor | None = None,
+             gain_bounds: bool = False) -> _Step:
         token_mask = attention_mask.bool() if attention_mask is not None else None
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if position_ids is not None:
@@ -379,7 +408,7 @@ class TransferObjective(nn.Module):
         if "logits_to_keep" in _forward_params(self.model):
             kw["logits_to_keep"] = 1
         step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",
-                     query_factor=query_factor)
+                     query_factor=query_factor, gain_bounds=[] if gain_bounds and self.loss_name == "mse" else None)
         token = _STEP.set(step)
         try:
             if self._originals:
