@@ -243,6 +243,9 @@ def test_load_conversions_and_claim4_choice(tmp_path):
     poly = _conversion()
     (tmp_path / "convert_smollm2_polynomial" / "results.json").write_text(json.dumps(poly))
     (tmp_path / "convert_smollm2_polynomial" / "conversion.png").write_bytes(b"png")
+    errors = {"relative_error": {"converted": [0.3, 0.5]}, "converted_with_best_gain": {
+        "per_head": [0.3, 0.4], "per_head_and_position": [0.2, 0.4], "per_head_and_query": [0.1, 0.3]}}
+    (tmp_path / "convert_smollm2_polynomial" / "transfer_errors.json").write_text(json.dumps(errors))
     (tmp_path / "convert_smollm2_polynomial" / "ablation_plain" / "results.json").write_text(
         json.dumps(_plain((900.0, 1500.0))))
     dag = {**_conversion(), "target": "dagpam:lambda_init=0.1"}
@@ -251,6 +254,11 @@ def test_load_conversions_and_claim4_choice(tmp_path):
     assert [c["name"] for c in convs] == ["convert_smollm2_dagpam", "convert_smollm2_polynomial"]
     assert convs[1]["results"] == poly and list(convs[1]["ablations"]) == ["plain"]
     assert convs[1]["plot"] and not convs[0]["plot"] and convs[0]["ablations"] == {}
+    assert convs[1]["transfer_errors"] == errors and convs[0]["transfer_errors"] is None
+    md = report.render_conversion(convs[1]["name"], convs[1]["results"], transfer_errors=convs[1]["transfer_errors"])
+    assert ("mean over layers 0.400 as converted; with the best output gain per head 0.350, per head and position "
+            "0.300, per head and query 0.200") in md
+    assert "best output gain" not in report.render_conversion(convs[0]["name"], convs[0]["results"])
     assert conversions.conversion_for_claim4(convs)["name"] == "convert_smollm2_polynomial"  # claim 4 is about polynomial
     assert conversions.conversion_for_claim4(convs[:1]) is None
     assert conversions.load_conversions(tmp_path / "missing") == []

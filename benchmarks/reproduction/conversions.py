@@ -23,13 +23,16 @@ CONVERSION_PHASES = {"base": "base (own attention)", "swapped": "right after the
 def load_conversions(root: Path, pattern: str = CONVERSION_GLOB) -> list[dict[str, Any]]:
     """Every ``root/<pattern>/results.json``, sorted by folder: {"name": the folder's name, "dir": its path,
     "results": the dict, "ablations": {name: the dict of ``ablation_<name>/results.json``}, "plot": True when
-    the folder has ``conversion.png``}."""
+    the folder has ``conversion.png``, "transfer_errors": its ``transfer_errors.json`` (``benchmarks/transfer_errors.py``)
+    or None}."""
     out = []
     for d in sorted(p for p in root.glob(pattern) if (p / "results.json").is_file()):
         ablations = {a.name[len("ablation_"):]: read_json(a / "results.json")
                      for a in sorted(d.glob("ablation_*")) if (a / "results.json").is_file()}
         out.append({"name": d.name, "dir": d, "results": read_json(d / "results.json"), "ablations": ablations,
-                    "plot": (d / "conversion.png").is_file()})
+                    "plot": (d / "conversion.png").is_file(),
+                    "transfer_errors": read_json(d / "transfer_errors.json") if (d / "transfer_errors.json").is_file()
+                    else None})
     return out
 
 

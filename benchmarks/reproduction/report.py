@@ -55,9 +55,11 @@ def conversion_key_numbers(claim: dict[str, Any]) -> str:
     return f"`{claim['name']}`, ppl base → swapped → converted: {per}; {claim['reason']}"
 
 
-def render_conversion(name: str, results: dict[str, Any], plot: str | None = None) -> str:
+def render_conversion(name: str, results: dict[str, Any], plot: str | None = None,
+                      transfer_errors: dict[str, Any] | None = None) -> str:
     """One conversion: its phases' perplexities (with tokens and minutes), the ratios to the base and the gap
-    closed, the mechanism's parameters, stage 1's transfer error, the command and (``plot``: a path) its figure."""
+    closed, the mechanism's parameters, stage 1's transfer error (and, from ``transfer_errors``, what output scale
+    could remove of it), the command and (``plot``: a path) its figure."""
     phases = results["phases"]
     corpora = list(phases["base"]["ppl"])
     L = [f"### `{name}`: {results.get('model', 'the model')} → `{results.get('target', '?')}`\n"]
@@ -118,6 +120,16 @@ def render_conversion(name: str, results: dict[str, Any], plot: str | None = Non
                  "layers (worst layer): " + ", ".join(
                      f"{label.replace('_', ' ')} {fmt_num(statistics.fmean(finite(v)) if finite(v) else None)} "
                      f"({fmt_num(max(finite(v)) if finite(v) else None)})" for label, v in errors.items()) + ".\n")
+    bounds = (transfer_errors or {}).get("converted_with_best_gain")
+    converted = (transfer_errors or {}).get("relative_error", {}).get("converted")
+    if bounds and converted:
+        L.append("What output scale could remove of that error (`benchmarks/transfer_errors.py`, "
+                 "`transfer_errors.json`, held-out blocks): mean over layers "
+                 f"{fmt_num(statistics.fmean(converted))} as converted; with the best output gain per head "
+                 f"{fmt_num(statistics.fmean(bounds['per_head']))}, per head and position "
+                 f"{fmt_num(statistics.fmean(bounds['per_head_and_position']))}, per head and query "
+                 f"{fmt_num(statistics.fmean(bounds['per_head_and_query']))} (the most a learned length scale or a "
+                 "normaliser could do with these projections).\n")
     cmd = _command_line(results)
     L.append("```bash\n" + cmd + "\n```\n" if cmd else "Command: command not recorded (results.json predates it).\n")
     if plot:
@@ -165,7 +177,7 @@ def render_conversions(conversions: Sequence[dict[str, Any]], claim: dict[str, A
          "unlike the other claims, no spread over seeds is measured yet, so the verdict rests on one run per arm "
          "(the gaps here are large, but a 3-seed rerun is still owed).\n"]
     for c in conversions:
-        L.append(render_conversion(c["name"], c["results"], plots.get(c["name"])))
+        L.append(render_conversion(c["name"], c["results"], plots.get(c["name"]), c.get("transfer_errors")))
         abl = render_ablations(c["results"], c["ablations"])
         if abl:
             L.append(abl)
