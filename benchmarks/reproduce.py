@@ -84,6 +84,7 @@ from reproduction.corpus import ngram_cached, prepare_split, scratch_tokenizer, 
 from reproduction.finetune import analyse_parts  # noqa: E402
 from reproduction.conversions import CONVERSIONS_DIR, judge_conversions, load_conversions  # noqa: E402
 from reproduction.files import write_json  # noqa: E402
+from reproduction.measurements import attention_scale_at_init  # noqa: E402
 from reproduction.jobs import Inputs, Runner, default_inputs, example_commands, job_seconds, plan  # noqa: E402
 from reproduction.measurements import JOBS  # noqa: E402
 from reproduction.plots import PLOT_FILES, plot_all  # noqa: E402
@@ -132,10 +133,12 @@ def command_line(args: argparse.Namespace, claims: set[int], seeds: list[int], p
         + ([f"--runs-dir {args.runs_dir}"] if args.runs_dir else []) + ([f"--md {args.md}"] if args.md else []))
 
 
-def prepare_inputs(claims: set[int], parts: set[str], scale: Any, runs: Path) -> tuple[Inputs, dict[str, Any]]:
+def prepare_inputs(claims: set[int], parts: set[str], scale: Any, runs: Path,
+                   seeds: list[int]) -> tuple[Inputs, dict[str, Any]]:
     """What the jobs read and the main process makes first (cached under ``runs``): the wiki-text split as files
     (for the from-scratch and continued pretraining runs), the trained tokenizer and the n-gram references (for the
-    from-scratch runs). Returns the inputs and {"ngram", "tokenizer"} facts (empty for what was not needed)."""
+    from-scratch runs); and, not cached (seconds), the from-scratch mechanisms' attention scale at initialisation.
+    Returns the inputs and {"ngram", "tokenizer", "init_scale"} facts (empty for what was not needed)."""
     inputs, facts = default_inputs(runs, scale), {}
     if not (claims & {2, 3, 5} or "cpt" in parts):
         return inputs, facts
@@ -144,7 +147,8 @@ def prepare_inputs(claims: set[int], parts: set[str], scale: Any, runs: Path) ->
     if claims & {2, 3, 5}:
         tok = scratch_tokenizer(runs, paths, SCRATCH_DATASET, scale.vocab_size)
         inputs = Inputs(paths["train"], paths["validation"], tok)
-        facts = {"ngram": ngram_cached(runs, paths, tok), "tokenizer": tokenizer_facts(tok)}
+        facts = {"ngram": ngram_cached(runs, paths, tok), "tokenizer": tokenizer_facts(tok),
+                 "init_scale": attention_scale_at_init(scale, seeds)}
     return inputs, facts
 
 
@@ -186,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs.mkdir(parents=True, exist_ok=True)
 
     # what the jobs read (made once, cached), then the jobs: planned, run (a cached one is skipped) --jobs at a time
-    inputs, facts = prepare_inputs(claims, parts, scale, runs)
+    inputs, facts = prepare_inputs(claims, parts, scale, runs, seeds)
     jobs = plan(claims, seeds, scale, runs, parts, inputs)
     print(f"reproduce: claims {sorted(claims)}, parts {sorted(parts)}, seeds {seeds}, scale {scale.name}, "
           f"{len(jobs)} jobs, {args.jobs} at a time; runs in {runs}", flush=True)
@@ -196,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # what they wrote, judged and drawn
     data = collect(claims, seeds, runs, CONVERSIONS_DIR, parts)
     data["ngram"] = facts.get("ngram")
+    data["init_scale"] = facts.get("init_scale")
     analysis = analyse(claims, seeds, data, scale)
     analysis.update(analyse_parts(parts, data))
     plots = plot_all(claims, analysis, data, out)

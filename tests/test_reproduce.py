@@ -529,3 +529,31 @@ def test_restore_analysis_and_render_data():
     assert set(back) == {"scratch", "claim4"} and back["scratch"]["softmax"][1] is None
     assert math.isnan(back["scratch"]["softmax"][0]["final_ppl"]) and back["scratch"]["softmax"][0]["probe"] is None
     assert back["claim4"]["runs"][2]["losses"] == [[1, math.inf]] and back["claim4"]["sdpa"] is None
+
+
+def test_why_a_run_did_not_learn_is_rendered():
+    """A mechanism with a run that did not learn gets its validation curve against the bigram and the attention
+    scale at initialisation of every mechanism; without failures there is no such paragraph."""
+    from reproduction.sections import render_validity
+
+    run = {"seed": 0, "final_ppl": 11.0, "evals": [[0, 250.0], [500, 12.4], [1000, 11.0]]}
+    scratch = {"softmax": {"0": {**run, "final_ppl": 5.0, "evals": [[1000, 5.0]]}}, "poly_scaled": {"0": run}}
+    v = {"bigram_ppl": 12.0, "limit": 6.0, "learned": {"softmax": {"0": True}, "poly_scaled": {"0": False}},
+         "softmax_learned": True, "not_learned": ["poly_scaled seed 0"]}
+    init = {"seeds": [0], "batch": 8, "mechs": {"softmax": {"attn_rms_ratio": 1.0, "qk_grad_ratio": 1.0},
+                                                 "poly_scaled": {"attn_rms_ratio": 0.0024, "qk_grad_ratio": 0.09}}}
+    md = render_validity(v, None, scratch, init)
+    assert "**Why.**" in md and "500: 12.40 (1.03×); 1000: 11.00 (0.917×)" in md
+    assert "| polynomial x³/√N | 0.0024 | 0.09 |" in md and "| softmax | 1.00 | 1.00 |" in md
+    fine = {**v, "learned": {"softmax": {"0": True}}, "not_learned": []}
+    assert "**Why.**" not in render_validity(fine, None, {"softmax": scratch["softmax"]}, init)
+
+
+def test_attention_scale_at_init_measures_every_mechanism():
+    from reproduction.measurements import attention_scale_at_init
+
+    got = attention_scale_at_init(config.scale_named("quick"), [0], batch=2)
+    assert set(got["mechs"]) == set(config.MECHS) and got["seeds"] == [0]
+    assert got["mechs"]["softmax"]["attn_rms_ratio"] == 1.0
+    # daGPAM at its lambda_init is near softmax; x^3/sqrt(N) starts far below it (SCIENCE.md claim 3's runs)
+    assert got["mechs"]["poly_scaled"]["attn_rms_ratio"] < 0.1 < got["mechs"]["dagpam"]["attn_rms_ratio"]

@@ -242,3 +242,51 @@ def job_sdpa_ppl(scale: str, out: str) -> None:
 
 JOBS: dict[str, Callable[..., None]] = {"claim1": job_claim1, "probe": job_probe, "sdpa_ppl": job_sdpa_ppl,
                                         "lm_ppl": job_lm_ppl, "mt_test": job_mt_test}
+
+
+def attention_scale_at_init(scale: Any, seeds: list[int], batch: int = 8) -> dict[str, Any]:
+    """Each from-scratch mechanism's attention at initialisation, beside softmax's: the from-scratch GPT-2 (the
+    scale's ``gpt2_overrides``) built with the same seed for every mechanism, one batch of (batch, gpt2_block)
+    random tokens; per seed the root mean square of each attention block's output (after its output projection,
+    mean over layers) and the norm of the loss gradient on the query/key columns of ``c_attn``. Returns {"seeds",
+    "batch", "mechs": {label: {"attn_rms", "qk_grad", "attn_rms_ratio", "qk_grad_ratio"}}} with means over seeds
+    and the ratios to softmax's (why a mechanism's run can sit at the bigram's perplexity: an attention that
+    starts near zero adds little at first). Runs in the main process in about a second per mechanism."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from hf_attnswap.training.model import parse_single_attn
+
+    from .config import MECHS
+
+    config = GPT2Config()
+    config.update_from_string(scale.gpt2_overrides)
+    raw: dict[str, dict[str, list[float]]] = {}
+    for label, (_, extra) in MECHS.items():
+        spec = parse_single_attn(extra[extra.index("--attn") + 1])
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=spec.name,
+                                                     attnswap=dict(spec.options) or None)
+            ids = torch.randint(0, config.vocab_size, (batch, scale.gpt2_block),
+                                generator=torch.Generator().manual_seed(seed))
+            rms: list[float] = []
+            hooks = [block.attn.register_forward_hook(
+                lambda _m, _i, out: rms.append(float(out[0].detach().pow(2).mean().sqrt())))
+                for block in model.transformer.h]
+            model(ids, labels=ids).loss.backward()
+            for h in hooks:
+                h.remove()
+            qk = float(sum(b.attn.c_attn.weight.grad[:, : 2 * config.n_embd].pow(2).sum()
+                           for b in model.transformer.h) ** 0.5)
+            raw.setdefault(label, {"attn_rms": [], "qk_grad": []})
+            raw[label]["attn_rms"].append(statistics.fmean(rms))
+            raw[label]["qk_grad"].append(qk)
+    mechs = {label: {k: statistics.fmean(v) for k, v in r.items()} for label, r in raw.items()}
+    ref = mechs.get("softmax")
+    for m in mechs.values():
+        m["attn_rms_ratio"] = m["attn_rms"] / ref["attn_rms"] if ref and ref["attn_rms"] > 0 else None
+        m["qk_grad_ratio"] = m["qk_grad"] / ref["qk_grad"] if ref and ref["qk_grad"] > 0 else None
+    return {"seeds": list(seeds), "batch": batch, "mechs": mechs}

@@ -407,7 +407,7 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
         elif not has_runs:
             L.append("The per-run table: not in this reproduce.json.\n")
         if "validity" in a:
-            L.append(render_validity(a["validity"], meta.get("ngram"), data.get("scratch")))
+            L.append(render_validity(a["validity"], meta.get("ngram"), data.get("scratch"), data.get("init_scale")))
         lam = ([r["lambdas"] for r in data["scratch"]["dagpam"].values() if r and r.get("lambdas")] if has_runs else
                [x for x in a.get("claim2", {}).get("dagpam_lambdas", []) if x])
         if lam:

@@ -4,6 +4,7 @@ translation fine-tuning, daGPAM from λ = 0 against softmax). Pure text; writes 
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from .config import (BOOTSTRAP_P, BOOTSTRAP_SAMPLES, CPT_ARMS, MECH_TITLES, MECHS, MT_CONFIGS,
@@ -27,9 +28,11 @@ def validity_headline(v: dict[str, Any]) -> list[str]:
             + (", ".join(v["not_learned"]) if v["not_learned"] else "none")]
 
 
-def render_validity(v: dict[str, Any], ngram: dict[str, Any] | None, scratch: dict[str, Any] | None) -> str:
+def render_validity(v: dict[str, Any], ngram: dict[str, Any] | None, scratch: dict[str, Any] | None,
+                    init_scale: dict[str, Any] | None = None) -> str:
     """Whether the from-scratch runs learned: the n-gram references and each run's final perplexity against the
-    limit."""
+    limit; for the mechanisms with a run that did not, why: their validation curve against the bigram and (from
+    ``init_scale``, :func:`.measurements.attention_scale_at_init`) every mechanism's attention at initialisation."""
     L = ["### Did the from-scratch runs learn? (SCIENCE.md's validity condition)\n"]
     if ngram:
         bi = ngram["bigram"]
@@ -59,7 +62,46 @@ def render_validity(v: dict[str, Any], ngram: dict[str, Any] | None, scratch: di
     others = [x for x in v["not_learned"] if not x.startswith("softmax")]
     L.append(f"\n{verdict}." + (f" Runs that did not learn (their verdicts rest on models that learned little): "
                                 f"{', '.join(others)}." if others else " Every other run learned too.") + "\n")
+    failing = [m for m in MECHS if any(x.startswith(f"{m} seed ") for x in v["not_learned"])]
+    if failing:
+        L.append(_why_not_learned(failing, v, scratch, init_scale))
     return "\n".join(L)
+
+
+def _sig(x: float | None) -> str:
+    """A ratio with 3 significant digits (0.00237, 1.00, 57.9); — when missing."""
+    return "—" if x is None else f"{x:.3g}" if abs(x) < 1 else f"{x:.3g}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def _why_not_learned(failing: list[str], v: dict[str, Any], scratch: dict[str, Any] | None,
+                     init_scale: dict[str, Any] | None) -> str:
+    """Why: each failing mechanism's validation perplexity through training (mean over its seeds) against the
+    bigram's, and every mechanism's attention output and query/key gradient at initialisation beside softmax's."""
+    L = ["**Why.** Validation perplexity during training (mean over seeds), against the bigram's "
+         f"{fmt_num(v['bigram_ppl'])}:\n"]
+    rows = []
+    for m in failing:
+        runs = [r for r in ((scratch or {}).get(m) or {}).values() if r and r.get("evals")]
+        steps = sorted({s for r in runs for s, _ in r["evals"]})
+        curve = []
+        for step in steps:
+            vals = [p for r in runs for s, p in r["evals"] if s == step and p is not None]
+            if vals:
+                curve.append(f"{step}: {fmt_num(statistics.fmean(vals))} ({fmt_num(statistics.fmean(vals) / v['bigram_ppl'])}×)")
+        rows.append([MECH_TITLES[m], "; ".join(curve) or "no evaluations"])
+    L.append(table(["mechanism", "step: val ppl (/ bigram)"], rows))
+    mechs = (init_scale or {}).get("mechs") or {}
+    if mechs:
+        L.append(f"\nAt initialisation (the same model and seed for every mechanism, seeds "
+                 f"{', '.join(map(str, init_scale['seeds']))}, one batch of {init_scale['batch']} random sequences; "
+                 "mean over seeds): the root mean square of the attention blocks' output and the norm of the loss "
+                 "gradient on the query/key projections, as ratios to softmax's. An attention whose output starts "
+                 "far below softmax's adds little to the residual stream at first, and the model first learns what "
+                 "needs no context (the bigram's level).\n")
+        L.append(table(["mechanism", "attention output / softmax's", "query/key gradient / softmax's"],
+                       [[MECH_TITLES.get(m, m), _sig(r.get("attn_rms_ratio")), _sig(r.get("qk_grad_ratio"))]
+                        for m, r in mechs.items()]))
+    return "\n".join(L) + "\n"
 
 
 def render_diagnostics(d: dict[str, Any], scale: Scale) -> str:

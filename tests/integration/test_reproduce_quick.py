@@ -53,6 +53,8 @@ def test_quick_runs_every_part_then_comes_from_the_cache(tmp_path):
     assert a["mt"]["step0_agree"] is True  # daGPAM at lambda = 0 is the base model: the same step-0 translations
     assert 0 <= a["mt"]["pooled"]["bleu"]["p"] <= 1 and a["cpt"]["base"]["news"] > 1
     assert a["validity"]["bigram_ppl"] > 1 and set(a["diagnostics"]["raw collision entropy"]) >= {"softmax", "dagpam"}
+    init = raw["render_data"]["init_scale"]["mechs"]  # every from-scratch mechanism's attention at initialisation
+    assert init["softmax"]["attn_rms_ratio"] == 1.0 and set(init) == set(raw["render_data"]["scratch"])
     # the tokenizer and the text split are made once, in the runs folder, and named in the recipe commands
     (tokenizer,) = (tmp_path / "runs" / "tokenizer").glob("wiki-text-bpe*-*")
     assert (tokenizer / "tokenizer.json").is_file() and str(tokenizer) in json.dumps(raw["meta"])
