@@ -81,8 +81,12 @@ def polynomial_features(x: torch.Tensor) -> torch.Tensor:
     return _features_t(x).transpose(-1, -2)
 
 
-def _features_t(x: torch.Tensor, slices: bool | None = None) -> torch.Tensor:
+def _features_t(x: torch.Tensor, slices: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Features stored feature-major, (..., N, d) -> (..., D, N). No autograd.
+
+    ``out``: a buffer to build them in when it has that shape (the previous chunk's features: the chunk loops reuse
+    one buffer instead of allocating some 13 MB per chunk, which on CPU made the timings vary by a third with the
+    allocator's state); otherwise a new tensor.
 
     ``slices`` (default: on CPU for at least :data:`SLICE_MIN_ROWS` rows) builds them one diagonal at a time,
     ``x_a x_{a+k}`` for all ``a`` in one product of two contiguous row slices (2.4× faster than the gathers for a
@@ -97,7 +101,9 @@ def _features_t(x: torch.Tensor, slices: bool | None = None) -> torch.Tensor:
     if not slices:
         a, b_src = _gather_index(d, x.device)
         return xt.index_select(-2, a).mul_(torch.cat([xt, scaled], dim=-2).index_select(-2, b_src))
-    out = xt.new_empty(*xt.shape[:-2], feature_dim(d), xt.shape[-1])
+    shape = (*xt.shape[:-2], feature_dim(d), xt.shape[-1])
+    if out is None or out.shape != shape or out.dtype != xt.dtype or not out.is_contiguous():
+        out = xt.new_empty(shape)
     torch.mul(xt, xt, out=out[..., :d, :])
     row = d
     for k in range(1, d):
@@ -144,16 +150,19 @@ def _diagonal_mask(q0: int, q1: int, p: int, e: int, offset: int, groups: int, d
     return (kj <= qi + offset).to(dtype).repeat(groups, 1)
 
 
-def _absorb(state: torch.Tensor, key: torch.Tensor, value: torch.Tensor, start: int, end: int, chunk: int) -> None:
+def _absorb(state: torch.Tensor, key: torch.Tensor, value: torch.Tensor, start: int, end: int, chunk: int,
+            feats: torch.Tensor | None = None) -> torch.Tensor | None:
     """``state += Σ_{start <= j < end} φ(k_j) v_jᵀ`` in place, ``chunk`` keys at a time.
 
-    state: (B, H_kv, D, d_v); key: (B, H_kv, K, d); value: (B, H_kv, K, d_v).
+    state: (B, H_kv, D, d_v); key: (B, H_kv, K, d); value: (B, H_kv, K, d_v). ``feats``: a feature buffer from an
+    earlier call, reused when its shape fits; returns the buffer for the next call.
     """
     flat = state.view(-1, *state.shape[-2:])  # (B·H_kv, D, d_v): accumulate in place, no D×d_v temporary
     for k0 in range(start, end, chunk):
         k1 = min(k0 + chunk, end)
-        feats = _features_t(key[:, :, k0:k1])
+        feats = _features_t(key[:, :, k0:k1], out=feats)
         flat.baddbmm_(feats.view(-1, *feats.shape[-2:]), value[:, :, k0:k1].reshape(-1, k1 - k0, value.shape[-1]))
+    return feats
 
 
 def _new_state(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -173,12 +182,14 @@ def _causal_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """
     b, hkv, r, q_len, _ = query.shape
     out = query.new_zeros(b, hkv, r, q_len, value.shape[-1])
-    absorbed = 0
+    absorbed, feats, key_feats = 0, None, None
     for q0, q1, p, e in _chunks(q_len, key.shape[-2], offset, chunk):
-        _absorb(state, key, value, absorbed, p, chunk)
+        key_feats = _absorb(state, key, value, absorbed, p, chunk, key_feats)
         has_prefix, absorbed = has_prefix or p > 0, p
         rows = group_rows(query, q0, q1).mul(scale)  # (B, H_kv, R·Cq, d), never a view of query
-        acc = torch.matmul(_features_t(rows).transpose(-1, -2), state) if has_prefix else None
+        if has_prefix:
+            feats = _features_t(rows, out=feats)
+        acc = torch.matmul(feats.transpose(-1, -2), state) if has_prefix else None
         if e > p:
             m = _diagonal_mask(q0, q1, p, e, offset, r, rows.dtype, rows.device)
             part = block_forward(rows, key[:, :, p:e], value[:, :, p:e], m, 2)
@@ -223,9 +234,9 @@ class _PolynomialLinear(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
         chunks = list(_chunks(query.shape[3], key.shape[2], offset, chunk))
         # Forward sweep: recompute the prefix states; query gradients, and everything of the diagonal blocks.
-        state, absorbed = _new_state(key, value), 0
+        state, absorbed, key_feats = _new_state(key, value), 0, None
         for q0, q1, p, e in chunks:
-            _absorb(state, key, value, absorbed, p, chunk)
+            key_feats = _absorb(state, key, value, absorbed, p, chunk, key_feats)
             absorbed = p
             rows, go = group_rows(query, q0, q1).mul(scale), group_rows(g, q0, q1)
             dq_rows = _quadratic_grad(rows, go, _symmetric_matrix(state, rows.shape[-1])) if p > 0 else None

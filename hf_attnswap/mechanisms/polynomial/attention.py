@@ -173,22 +173,23 @@ def polynomial_linear_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
 
 
 #: ``backend="auto"`` picks the linear form from this many keys on, without gradients (a prefill or an evaluation):
-#: the smallest length where every run of ``python benchmarks/linear_attention.py`` on the 2-core CPU measured its
-#: forward faster than ``fused``: at T = 8192 the two tie (1.24x against 1.21x SDPA on an idle machine, 3.20x against
-#: 3.34x on a loaded one), at T = 10240 linear took 1.47x against 3.37x, at T = 16384 0.82x against 1.08x (README,
-#: "Linear-time polynomial attention"; benchmarks/results/linear_attention_crossover_cpu.log). Under a
+#: where ``python benchmarks/linear_attention.py --lengths 4096,5120,6144,7168,8192,10240,12288,16384 --repeats 5``
+#: on the quiet 2-core CPU measured its forward faster than SDPA and ``fused`` at every length from here on: 0.87x
+#: SDPA at T = 7168 (fused 0.98x), 0.78x at 8192, after a tie at 6144 (1.00x, fused 1.00x) and 1.17x at 5120
+#: (README, "Linear-time polynomial attention"; benchmarks/results/linear_attention_crossover_cpu.json). Under a
 #: PolynomialLinearCache, auto runs the linear form at every length (the registration's ``state_backend``).
-LINEAR_AUTO_MIN_KEYS = 10240
+LINEAR_AUTO_MIN_KEYS = 7168
 
 
 def polynomial_linear_pays_off(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
     """Why ``backend="auto"`` should not pick the linear form for a call it can take (None: pick it): with
-    gradients (its forward+backward is slower than ``fused`` at every measured length), below
+    gradients (its forward+backward is slower than ``fused`` below 8192 tokens, a tie at 8192), below
     :data:`LINEAR_AUTO_MIN_KEYS` keys, or for at most one chunk of queries (a decode step, which runs the blocked
     kernel anyway). Not consulted under a :class:`~hf_attnswap.mechanisms.polynomial.cache.PolynomialLinearCache`,
     whose calls only the linear form can run. query: (B, H, Q, d)."""
     if torch.is_grad_enabled() and query.requires_grad:
-        return "training: the linear form's forward+backward is slower than 'fused' at every measured length"
+        return ("training: the linear form's forward+backward is slower than 'fused' below 8192 tokens and only ties "
+                "it at 8192, the longest measured")
     if mask.k_len < LINEAR_AUTO_MIN_KEYS:
         return f"{mask.k_len} keys: below {LINEAR_AUTO_MIN_KEYS} the blocked kernel is faster (benchmarks/linear_attention.py)"
     if query.shape[-2] <= polynomial_linear.DEFAULT_CHUNK:

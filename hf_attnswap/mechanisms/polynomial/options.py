@@ -37,7 +37,7 @@ class PolynomialOptions(MechanismOptions):
     ``"triton"`` (CUDA kernel; on CPU only with ``TRITON_INTERPRET=1``, for testing) or ``"linear"``
     (``degree=2`` only: linear attention with the d(d+1)/2 features of ``(q·k)²``, linear time in the
     length; plain causal, KV-cache offset, key padding or no mask; no attention dropout. ``"auto"`` picks it
-    only where it is faster: from 10,240 keys, without gradients, for more than one chunk of queries, and
+    only where it is faster: from 7,168 keys, without gradients, for more than one chunk of queries, and
     under a ``PolynomialLinearCache``, which only it can read).
     """
 
