@@ -85,7 +85,8 @@ from reproduction.finetune import analyse_parts  # noqa: E402
 from reproduction.conversions import CONVERSIONS_DIR, judge_conversions, load_conversions  # noqa: E402
 from reproduction.files import write_json  # noqa: E402
 from reproduction.measurements import attention_scale_at_init  # noqa: E402
-from reproduction.jobs import Inputs, Runner, default_inputs, example_commands, job_seconds, plan  # noqa: E402
+from reproduction.jobs import (Inputs, Runner, default_inputs, example_commands, job_seconds, job_span,  # noqa: E402
+                               plan)
 from reproduction.measurements import JOBS  # noqa: E402
 from reproduction.plots import PLOT_FILES, plot_all  # noqa: E402
 from reproduction.record import (RenderOnlyError, computed_run, load_render_input, older_file_gaps,  # noqa: E402
@@ -216,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "failed_jobs": failed, "parts": sorted(parts), "tokenizer": facts.get("tokenizer")}
     if facts.get("ngram"):
         meta["ngram"] = {k: v for k, v in facts["ngram"].items() if k != "key"}
-    meta["computed_run"] = computed_run(meta, out / "reproduce.json", scale, seeds, claims)
+    meta["computed_run"] = computed_run(meta)
+    meta["job_span"] = job_span(jobs)
     text = mark_failed_jobs(render_md(claims, seeds, scale, analysis, data, plots, meta, md, out), failed)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)

@@ -333,6 +333,34 @@ def job_seconds(jobs: Sequence[Job]) -> float:
     return total
 
 
+def job_span(jobs: Sequence[Job]) -> dict[str, Any] | None:
+    """When the jobs' steps ran, from their stamps (cached or not): {"first_started", "last_finished" (local time,
+    "%Y-%m-%d %H:%M"), "span_seconds", "job_seconds_total", "git_revisions" (sorted: those the training runs'
+    results.json record)}; None when no stamp has a time."""
+    starts, ends, revisions = [], [], set()
+    for job in jobs:
+        for step in job.steps:
+            if not step.stamp.is_file():
+                continue
+            stamp = read_json(step.stamp)
+            if not stamp.get("started") or stamp.get("seconds") is None:
+                continue
+            t0 = time.mktime(time.strptime(stamp["started"], "%Y-%m-%d %H:%M:%S"))
+            starts.append(t0)
+            ends.append(t0 + float(stamp["seconds"]))
+            results = step.stamp.parent / "results.json"
+            if results.is_file():
+                rev = read_json(results).get("git_revision")
+                if rev:
+                    revisions.add(str(rev))
+    if not starts:
+        return None
+    fmt = "%Y-%m-%d %H:%M"
+    return {"first_started": time.strftime(fmt, time.localtime(min(starts))),
+            "last_finished": time.strftime(fmt, time.localtime(max(ends))), "span_seconds": max(ends) - min(starts),
+            "job_seconds_total": job_seconds(jobs), "git_revisions": sorted(revisions)}
+
+
 def example_commands(scale: Scale, rel_runs: str, inputs: Inputs | None = None,
                      parts: frozenset[str] | set[str] = frozenset({"cpt", "mt"})) -> list[str]:
     """The recipe commands of the training runs, for the report: one per from-scratch mechanism, the SmolLM2

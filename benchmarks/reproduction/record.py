@@ -160,22 +160,13 @@ def load_render_input(path: Path) -> dict[str, Any]:
             "analysis": restore_analysis(raw["analysis"]), "data": restore_render_data(data) if data else {}}
 
 
-def computed_run(meta: dict[str, Any], previous: Path, scale: Scale, seeds: list[int], claims: set[int]) -> dict[str, Any] | None:
-    """The invocation that computed the jobs (none from the cache): this one, or the one remembered in the previous
-    ``reproduce.json`` of the same scale, seeds and claims (so a re-render from the cache still reports it)."""
+def computed_run(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The invocation that computed the jobs when this one computed all of them (none from the cache), else None: a
+    run with cached jobs reports when its jobs ran from their stamps (``meta["job_span"]``,
+    :func:`.jobs.job_span`), since they may come from several invocations, and an earlier reproduce.json of the
+    same scale name may describe other jobs (a scale whose sizes changed since)."""
     keys = ("date", "wall_seconds", "jobs", "cached_jobs", "job_seconds_total", "jobs_at_once", "git_revision")
-    if meta["cached_jobs"] == 0:
-        return {k: meta[k] for k in keys}
-    try:
-        old = read_json(previous)
-    except (OSError, ValueError):
-        return None
-    if old.get("scale", {}).get("name") != scale.name or old.get("seeds") != seeds or set(old.get("claims", [])) != claims:
-        return None
-    om = old.get("meta", {})
-    if om.get("computed_run"):
-        return om["computed_run"]
-    return {k: om.get(k) for k in keys} if om.get("cached_jobs") == 0 else None
+    return {k: meta[k] for k in keys} if meta["cached_jobs"] == 0 else None
 
 
 def older_file_gaps(claims: set[int], analysis: dict[str, Any], out: Path) -> tuple[list[str], dict[int, str],

@@ -300,7 +300,18 @@ def render_md(claims: set[int], seeds: list[int], scale: Scale, a: dict[str, Any
     L: list[str] = []
     L.append("# Reproducing SCIENCE.md's claims (small scale)\n")
     cr = meta.get("computed_run")
-    if rerender is not None and meta["cached_jobs"] != 0:
+    span = meta.get("job_span")
+    if meta["cached_jobs"] != 0 and span:  # some jobs came from the cache: when and where they were computed
+        computed = (f"the jobs ran from {span['first_started']} to {span['last_finished']} "
+                    f"({span['span_seconds'] / 60:.0f} min of wall time in all, over more than one invocation, pauses "
+                    f"included; {span['job_seconds_total'] / 60:.1f} min of single-thread subprocess time, "
+                    f"{meta['jobs_at_once']} at a time)"
+                    + (f"; the training runs recorded revision{'s' if len(span['git_revisions']) > 1 else ''} "
+                       + ", ".join(f"`{r}`" for r in span["git_revisions"]) if span.get("git_revisions") else ""))
+        timing = (f"{'reproduce.json itself was written by a re-render' if rerender is not None else 'this file was re-rendered'}"
+                  f" in {meta['wall_seconds'] / 60:.1f} min with {meta['cached_jobs']} of {meta['jobs']} jobs from the "
+                  f"cache; {computed}")
+    elif rerender is not None and meta["cached_jobs"] != 0:
         timing = (f"reproduce.json itself was written by a re-render in {meta['wall_seconds'] / 60:.1f} min with "
                   f"{meta['cached_jobs']} of {meta['jobs']} jobs from the cache; "
                   + (f"the run that computed them took **{cr['wall_seconds'] / 60:.1f} min** of wall time (finished "
