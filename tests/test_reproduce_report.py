@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 import _reproduction  # noqa: F401  (benchmarks/ on the path)
 from reproduction import claims as verdicts
 from reproduction import config, conversions, files, record, report
@@ -108,17 +110,32 @@ def test_reproduce_json_round_trip_keeps_what_the_report_reads(tmp_path):
     assert loaded["analysis"] == analysis
 
 
-def test_computed_run_remembers_the_run_that_computed_the_jobs(tmp_path):
+def test_computed_run_is_this_run_only_when_it_computed_every_job():
     keys = ("date", "wall_seconds", "jobs", "cached_jobs", "job_seconds_total", "jobs_at_once", "git_revision")
     fresh = _meta()
-    assert record.computed_run(fresh, tmp_path / "none.json", config.FULL, [0], {1}) == {k: fresh[k] for k in keys}
-    previous = tmp_path / "reproduce.json"
-    files.write_json(previous, {"scale": {"name": "full"}, "seeds": [0], "claims": [1], "meta": fresh})
-    cached = _meta(cached_jobs=3, date="later")
-    assert record.computed_run(cached, previous, config.FULL, [0], {1}) == {k: fresh[k] for k in keys}
-    assert record.computed_run(cached, previous, config.FULL, [0, 1], {1}) is None  # other seeds: not the same run
-    assert record.computed_run(cached, previous, config.QUICK, [0], {1}) is None
-    assert record.computed_run(cached, tmp_path / "none.json", config.FULL, [0], {1}) is None
+    assert record.computed_run(fresh) == {k: fresh[k] for k in keys}
+    assert record.computed_run(_meta(cached_jobs=3, date="later")) is None  # its jobs' stamps say when they ran
+
+
+def test_job_span_reads_when_the_jobs_ran_from_their_stamps(tmp_path):
+    """First start, last end, the single-thread seconds and the revisions the runs recorded, cached or not."""
+    from reproduction.jobs import Job, Step, job_span
+
+    steps = []
+    for i, (started, seconds, rev) in enumerate([("2026-12-01 22:41:25", 420.0, "aaa1111"),
+                                                 ("2026-12-02 01:00:00", 60.0, "bbb2222")]):
+        d = tmp_path / f"job{i}"
+        d.mkdir()
+        step = Step(["python", "x.py"], d, d / "done")
+        files.write_json(step.stamp, {"argv": step.argv, "started": started, "seconds": seconds, "ok": True})
+        files.write_json(d / "results.json", {"git_revision": rev})
+        steps.append(step)
+    never = Step(["python", "y.py"], tmp_path / "never", tmp_path / "never" / "done")  # no stamp: not counted
+    span = job_span([Job("a", steps[:1], 1), Job("b", [steps[1], never], 1)])
+    assert span["first_started"] == "2026-12-01 22:41" and span["last_finished"] == "2026-12-02 01:01"
+    assert span["job_seconds_total"] == 480.0 and span["git_revisions"] == ["aaa1111", "bbb2222"]
+    assert span["span_seconds"] == pytest.approx(2 * 3600 + 19 * 60 + 35)
+    assert job_span([Job("c", [never], 1)]) is None
 
 
 def test_older_file_gaps(tmp_path):

@@ -94,8 +94,8 @@ def _features_t(x: torch.Tensor, slices: bool | None = None, out: torch.Tensor |
     (one kernel each: decode steps, GPUs). Both give the same features in the same order.
     """
     d = x.shape[-1]
-    if slices is None:
-        slices = x.device.type == "cpu" and x.shape[-2] >= SLICE_MIN_ROWS
+    if slices is None:  # torch.compile cannot trace products into strided ``out=`` views: it gets the gathers
+        slices = x.device.type == "cpu" and x.shape[-2] >= SLICE_MIN_ROWS and not torch.compiler.is_compiling()
     xt = x.transpose(-1, -2).contiguous()
     scaled = xt * math.sqrt(2.0)
     if not slices:

@@ -36,4 +36,6 @@ def test_smollm2_linear_state_generates_as_fused_with_kv_cache():
     assert isinstance(out["fused"].past_key_values, DynamicCache)
     assert torch.equal(out["linear"].sequences, out["fused"].sequences)
     got, want = torch.stack(out["linear"].logits), torch.stack(out["fused"].logits)
-    torch.testing.assert_close(got, want, atol=1e-5 * float(want.abs().max()), rtol=1e-5)  # measured: 3e-6 of the largest
+    # measured: 1.6e-5 of the largest at the first decode step (fp32 rounding: the state sums the D = 2080 feature
+    # products in another order than the blocked kernel's (q·k)²; 3.3e-6 with the features' earlier row-major order)
+    torch.testing.assert_close(got, want, atol=5e-5 * float(want.abs().max()), rtol=1e-5)
