@@ -36,22 +36,22 @@ from hf_attnswap.training.model import build_model, load_tokenizer, parse_single
 
 
 def relative_errors(objective: TransferObjective, blocks: list[torch.Tensor],
-                    bounds: list[list[float]] | None = None) -> list[float]:
-    """Mean over ``blocks`` (each (B, T) token ids) of each layer's relative transfer error; with ``bounds`` (a list
-    to fill) also each layer's mean ``[per head, per head and position, per head and query]`` gain-bound errors."""
+                    gain_bounds: bool = False) -> tuple[list[float], list[list[float]] | None]:
+    """Mean over ``blocks`` (each (B, T) token ids) of each layer's relative transfer error, and with
+    ``gain_bounds`` each layer's mean ``[per head, per head and position, per head and query]`` gain-bound errors
+    (else None)."""
     total: list[float] | None = None
     sums: list[list[float]] | None = None
     with torch.no_grad():
         for ids in blocks:
-            metrics = objective(input_ids=ids, gain_bounds=bounds is not None).metrics
+            metrics = objective(input_ids=ids, gain_bounds=gain_bounds).metrics
             rel = metrics["transfer/relative_error"]
             total = rel if total is None else [a + b for a, b in zip(total, rel)]
-            if bounds is not None:
+            if gain_bounds:
                 got = [list(b) for b in metrics["transfer/gain_bounds"]]
                 sums = got if sums is None else [[a + b for a, b in zip(x, y)] for x, y in zip(sums, got)]
-    if bounds is not None:
-        bounds.extend([[v / len(blocks) for v in layer] for layer in sums or []])
-    return [v / len(blocks) for v in total or []]
+    bounds = [[v / len(blocks) for v in layer] for layer in sums or []] if gain_bounds else None
+    return [v / len(blocks) for v in total or []], bounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model, _ = build_model(model_args, tokenizer, block_size=args.block_size)
     objective = TransferObjective(model, target.name, target.options)
-    rows = {"right after the swap": relative_errors(objective, blocks)}
+    rows = {"right after the swap": relative_errors(objective, blocks)[0]}
     objective.calibrate_query_scale(blocks[0])
-    rows["after calibration"] = relative_errors(objective, blocks)
+    rows["after calibration"] = relative_errors(objective, blocks)[0]
     from safetensors.torch import load_file
 
     converted = load_file(str(Path(resolve_asset(args.converted) or args.converted) / "model.safetensors"))
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for name in objective.trainable_names:
             live[name].copy_(converted[name])
-    bounds: list[list[float]] = []
-    rows["converted"] = relative_errors(objective, blocks, bounds)
+    rows["converted"], bounds = relative_errors(objective, blocks, gain_bounds=True)
     scale_names = ["converted, best gain per head", "per head and position", "per head and query"]
 
     layers = len(rows["converted"])

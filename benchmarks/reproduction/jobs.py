@@ -337,12 +337,13 @@ def job_span(jobs: Sequence[Job]) -> dict[str, Any] | None:
     """When the jobs' steps ran, from their stamps (cached or not): {"first_started", "last_finished" (local time,
     "%Y-%m-%d %H:%M"), "span_seconds", "job_seconds_total", "git_revisions" (sorted: those the training runs'
     results.json record)}; None when no stamp has a time."""
-    starts, ends, revisions = [], [], set()
+    starts, ends, revisions, total = [], [], set(), 0.0
     for job in jobs:
         for step in job.steps:
             if not step.stamp.is_file():
                 continue
             stamp = read_json(step.stamp)
+            total += float(stamp.get("seconds") or 0.0)
             if not stamp.get("started") or stamp.get("seconds") is None:
                 continue
             t0 = time.mktime(time.strptime(stamp["started"], "%Y-%m-%d %H:%M:%S"))
@@ -358,7 +359,7 @@ def job_span(jobs: Sequence[Job]) -> dict[str, Any] | None:
     fmt = "%Y-%m-%d %H:%M"
     return {"first_started": time.strftime(fmt, time.localtime(min(starts))),
             "last_finished": time.strftime(fmt, time.localtime(max(ends))), "span_seconds": max(ends) - min(starts),
-            "job_seconds_total": job_seconds(jobs), "git_revisions": sorted(revisions)}
+            "job_seconds_total": total, "git_revisions": sorted(revisions)}
 
 
 def example_commands(scale: Scale, rel_runs: str, inputs: Inputs | None = None,

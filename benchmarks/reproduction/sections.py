@@ -70,7 +70,7 @@ def render_validity(v: dict[str, Any], ngram: dict[str, Any] | None, scratch: di
 
 def _sig(x: float | None) -> str:
     """A ratio with 3 significant digits (0.00237, 1.00, 57.9); — when missing."""
-    return "—" if x is None else f"{x:.3g}" if abs(x) < 1 else f"{x:.3g}" if abs(x) >= 10 else f"{x:.2f}"
+    return "—" if x is None else f"{x:.2f}" if 1 <= abs(x) < 10 else f"{x:.3g}"
 
 
 def _why_not_learned(failing: list[str], v: dict[str, Any], scratch: dict[str, Any] | None,

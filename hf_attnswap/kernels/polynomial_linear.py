@@ -84,7 +84,7 @@ def polynomial_features(x: torch.Tensor) -> torch.Tensor:
 def _features_t(x: torch.Tensor, slices: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Features stored feature-major, (..., N, d) -> (..., D, N). No autograd.
 
-    ``out``: a buffer to build them in when it has that shape (the previous chunk's features: the chunk loops reuse
+    ``out`` (slice build only): a buffer to build them in when it has that shape (the previous chunk's features: the chunk loops reuse
     one buffer instead of allocating some 13 MB per chunk, which on CPU made the timings vary by a third with the
     allocator's state); otherwise a new tensor.
 
