@@ -42,7 +42,7 @@ from hf_attnswap.training.loop import (finished_run_files, make_accelerator, pre
                                        run_recipe, save_final, train)
 from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, load_tokenizer,
                                         parse_single_attn, wrap_lora)
-from hf_attnswap.training.report import git_revision
+from hf_attnswap.training.report import git_revision, machine
 
 STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
 
@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     # --- report ---------------------------------------------------------------------------------------------------
     if accelerator.is_main_process:
         results = report(out, state, command=command, target=target.label, options=target.options,
-                         model=model_args.model_name_or_path,
-                         data=texts.source, block_size=data_args.block_size, tokens_per_step=per_step,
+                         model=model_args.model_name_or_path, machine=machine(),
+                         mixed_precision=accelerator.mixed_precision, data=texts.source, block_size=data_args.block_size, tokens_per_step=per_step,
                          eval_tokens=tokens, eval_stride=conv.eval_stride or data_args.block_size)
         for name, row in results["ratio_to_base"].items():
             print(f"{name}: perplexity {row['final']:.4g} = {row['ratio']:.3g}x the base ({row['base']:.4g}); gap "

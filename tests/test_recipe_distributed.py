@@ -31,6 +31,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from hf_attnswap.data.assets import is_prepared
+from hf_attnswap.training import loop
 from hf_attnswap.training.loop import LaunchError, check_launch, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,7 +358,29 @@ def test_fp16_on_cpu_is_refused_before_compute(monkeypatch):
     with pytest.raises(LaunchError, match="fp16 needs a CUDA GPU"):
         check_launch(None)
     _accelerate_env(monkeypatch, "--cpu", "--num_processes", "1", "--mixed_precision", "bf16")
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
     check_launch(None)
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_and_auto_picks_fp32(monkeypatch, capsys):
+    """On a CPU without bf16 matrix kernels (AVX2 only) bf16 autocast is ~100x slower than fp32: an explicit bf16
+    (argument or `accelerate launch --mixed_precision bf16`) is refused with the fix; ``auto`` picks ``no`` there and
+    ``bf16`` where the CPU has the kernels, and says which and why."""
+    _accelerate_env(monkeypatch, "--cpu", "--num_processes", "1", "--mixed_precision", "bf16")
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(LaunchError, match=r"mixed_precision=bf16 on this CPU .* about 100x slower .* --mixed_precision auto"):
+        check_launch(None)
+    with pytest.raises(LaunchError, match="no bfloat16 matrix kernels"):
+        check_launch("bf16")
+    assert loop.resolve_mixed_precision("auto") == "no"
+    assert "mixed_precision auto -> no: this CPU" in capsys.readouterr().out
+    check_launch(loop.resolve_mixed_precision("auto"))
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
+    assert loop.resolve_mixed_precision("auto") == "bf16"
+    assert "auto -> bf16: this CPU" in capsys.readouterr().out
+    check_launch("bf16")
+    for value in ("no", "bf16", "fp16", None):
+        assert loop.resolve_mixed_precision(value) == value
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors on a machine without CUDA")

@@ -25,6 +25,7 @@ from hf_attnswap.transformers_hooks import (
     child_module,
     class_init_weights,
     cpu_flash_attention,
+    cpu_has_native_bf16,
     drop_config_attribute,
     has_forward_hooks,
     hooks_installed,
@@ -111,6 +112,7 @@ PRIVATE_NAMES = {
     "_forward_hooks", "_forward_pre_hooks", "_global_forward_hooks", "_global_forward_pre_hooks",  # has_forward_hooks
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",  # cpu_flash_attention
     "_last_lr",  # set_last_lr
+    "_is_mkldnn_bf16_supported",  # cpu_has_native_bf16
     "_original_forward",  # full_precision (Accelerate)
     "_custom_objects",  # forget_prepared (Accelerate)
     "_prepare_cache_for_generation",  # wrapped: generate() builds a mechanism's state cache (_wrap_prepare_cache)
@@ -393,6 +395,19 @@ def test_internal_cpu_flash_attention_ops():
     for got, want in zip((dq, dk, dv), torch.autograd.grad(ref, leaves, grad), strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want)
+
+
+def test_internal_cpu_bf16_support():
+    """``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` answers a bool, and it agrees with the public CPU capability
+    for the CPUs it is sure of: an AVX2-only CPU has no bf16 kernels, a CPU with AVX512-BF16 or AMX has them."""
+    native = cpu_has_native_bf16()
+    assert isinstance(native, bool)
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("DEFAULT", "AVX2"):
+        assert not native, capability
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and any(flag in cpuinfo.read_text().split() for flag in ("avx512_bf16", "amx_bf16")):
+        assert native
 
 
 def test_internal_scheduler_last_lr():

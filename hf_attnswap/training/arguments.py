@@ -39,7 +39,7 @@ __all__ = [
 T = TypeVar("T")
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 PACKING = ("concat", "documents")  # DataArguments.packing; hf_attnswap.data.lm.pack_texts(isolate_documents=...)
 FLOAT32_MAX = 3.4028234663852886e38
 UNSET = ("none", "null", "")  # on the command line, these unset an optional field (case-insensitive)
@@ -195,7 +195,9 @@ class TrainArguments:
     num_train_epochs: int = field(default=1, metadata={"help": "Epochs (ignored when max_train_steps is set)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimiser steps (overrides epochs)."})
     mixed_precision: str | None = field(default=None, metadata={
-        "help": "no, bf16 or fp16 (default: what `accelerate launch` / its config says, else no)."})
+        "help": "no, bf16, fp16 or auto: bf16 where the device computes it natively (a GPU with bf16, a CPU with "
+                "AVX512/AMX), else no; bf16 on a CPU without it is refused, as it would be about 100x slower "
+                "(default: what `accelerate launch` / its config says, else no)."})
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (and at the end)."})
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate once at step 0."})
     checkpointing_steps: int | None = field(default=None, metadata={"help": "Save a resumable checkpoint every N steps."})

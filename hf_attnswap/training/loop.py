@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import AttnSwapError
-from ..transformers_hooks import forget_prepared, set_last_lr
+from ..transformers_hooks import cpu_has_native_bf16, forget_prepared, set_last_lr
 from .arguments import TrainArguments
 from .checkpoint import (CHECKPOINTS_DIR, CheckpointError, ResumePoint, latest_intact, list_checkpoints,
                          load_checkpoint, resolve_resume, save_checkpoint)
@@ -94,7 +94,13 @@ def check_launch(mixed_precision: str | None) -> None:
                           f"Set num_processes <= {gpus} in the Accelerate config.")
     precision = mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if precision == "fp16" and (use_cpu or gpus == 0):
-        raise LaunchError("mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 or no.")
+        raise LaunchError("mixed_precision=fp16 needs a CUDA GPU; on CPU use bf16 (where the CPU has it), auto or no.")
+    if precision == "bf16" and (use_cpu or gpus == 0) and not cpu_has_native_bf16():
+        raise LaunchError(
+            f"mixed_precision=bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX512 or AMX) would be "
+            "far slower, not faster: it has no bfloat16 matrix kernels, and bf16 autocast runs every matrix product "
+            "on a fallback about 100x slower than float32. Use --mixed_precision auto (bf16 only where the CPU or GPU "
+            "computes it natively, else no) or --mixed_precision no.")
     if _env_flag("ACCELERATE_USE_DEEPSPEED"):
         try:
             import deepspeed  # noqa: F401
@@ -103,16 +109,35 @@ def check_launch(mixed_precision: str | None) -> None:
                               "(on a CUDA machine), or use the ddp/fsdp config.") from None
 
 
+def resolve_mixed_precision(requested: str | None) -> str | None:
+    """``requested`` (``no``, ``bf16``, ``fp16``, ``auto`` or None: Accelerate's launch setting) with ``auto`` made
+    concrete, and said on stdout: ``bf16`` where the training device computes it natively (a CUDA GPU with bf16, or a
+    CPU with oneDNN's bf16 kernels: AVX512 or AMX), else ``no``. The other values are returned as they are."""
+    if requested != "auto":
+        return requested
+    on_cpu = _env_flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    if on_cpu:
+        native = cpu_has_native_bf16()
+        where = f"this CPU ({torch.backends.cpu.get_cpu_capability()}) {'has' if native else 'has no'} bf16 matrix kernels"
+    else:
+        native = torch.cuda.is_bf16_supported()
+        where = f"this GPU ({torch.cuda.get_device_name()}) {'computes' if native else 'does not compute'} bf16"
+    precision = "bf16" if native else "no"
+    print(f"mixed_precision auto -> {precision}: {where}", flush=True)
+    return precision
+
+
 def make_accelerator(args: TrainArguments, project_name: str) -> Any:
     """An ``Accelerator`` for ``args`` after :func:`check_launch`; trackers (``with_tracking``) log under
     ``<output_dir>/tracking``. Gradient accumulation is done by :func:`train` itself (token-correct)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
-    check_launch(args.mixed_precision)
+    precision = resolve_mixed_precision(args.mixed_precision)
+    check_launch(precision)
     kwargs: dict[str, Any] = {}
-    if args.mixed_precision is not None:
-        kwargs["mixed_precision"] = args.mixed_precision
+    if precision is not None:
+        kwargs["mixed_precision"] = precision
     if args.with_tracking:
         kwargs["log_with"] = args.report_to
     accelerator = Accelerator(

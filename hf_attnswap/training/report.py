@@ -31,12 +31,20 @@ def git_revision(where: str | os.PathLike[str] | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
+def machine() -> dict[str, Any]:
+    """What ran a recipe: platform, torch version, CPU count and vector capability (``AVX2``, ``AVX512``...: whether
+    bf16 is fast there), the CUDA device if any. Timings are comparable only between equal machines."""
+    import torch
+
+    return {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def write_results(output_dir: Path, outcome: TrainingOutcome, *, spec: AttnSpec, model_args: ModelArguments,
                   data_source: str, metric: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``<output_dir>/results.json``: the run's attention, evaluations, first and final ``metric``, best,
     steps, tokens, time, machine and git revision. Returns the dict."""
-    import torch
-
     evals = [e for e in outcome.evaluations if f"eval/{metric}" in e]
     results = {
         "attn": spec.label,
@@ -57,8 +65,7 @@ def write_results(output_dir: Path, outcome: TrainingOutcome, *, spec: AttnSpec,
         "seconds": outcome.seconds,
         "skipped_steps": outcome.skipped_steps,  # non-finite steps whose update was skipped (max_bad_steps)
         "inexact_resume": outcome.inexact_resume,  # why a resume was not exact (allow_inexact_resume); [] if none
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": machine(),
         "git_revision": git_revision(),
         **(extra or {}),
     }
