@@ -16,6 +16,7 @@ from hf_attnswap.mechanisms.softmax import softmax_attention
 from hf_attnswap.mechanisms.dagpam import DaGPAMOptions
 from hf_attnswap.mechanisms.polynomial import PolynomialOptions
 from hf_attnswap.mechanisms.softmax import SoftmaxOptions
+from hf_attnswap.errors import OptionError
 
 B, H, Q, D = 2, 2, 5, 4
 
@@ -64,6 +65,52 @@ def test_polynomial_formula(scale_mode, expected):
     torch.testing.assert_close(w, ref.to(w.dtype))
     assert (w[~mask.expand_as(w)] == 0).all(), "masked weights are exactly 0 (multiplicative mask)"
     torch.testing.assert_close(out, (ref @ v).to(out.dtype))
+
+
+@pytest.mark.parametrize("degree", [2, 3])
+def test_polynomial_offset_formula(degree):
+    """``offset`` adds a constant to every scaled score before the power: ``c_i (s_ij + offset)^p``, masked weights
+    exactly 0; ``offset=0`` is the paper's ``s^p``; a bad value is an error that names the option."""
+    q, k, v = qkv()
+    mask = causal_padded_mask()
+    opts = PolynomialOptions(degree=degree, offset=0.75)
+    out, w = polynomial_attention(q, k, v, mask, AttentionContext(scaling=0.5, options=opts))
+    s = (q @ k.transpose(-1, -2)) * 0.5
+    ref = mask.sum(-1, keepdim=True).clamp_min(1).rsqrt() * (s + 0.75) ** degree * mask
+    torch.testing.assert_close(w, ref.to(w.dtype))
+    assert (w[~mask.expand_as(w)] == 0).all()
+    torch.testing.assert_close(out, (ref @ v).to(out.dtype))
+    plain, _ = polynomial_attention(q, k, v, mask, AttentionContext(scaling=0.5, options=PolynomialOptions(degree=degree)))
+    zero, _ = polynomial_attention(q, k, v, mask, AttentionContext(scaling=0.5, options=PolynomialOptions(degree=degree,
+                                                                                                          offset=0.0)))
+    assert torch.equal(plain, zero)
+    for bad in (float("nan"), float("inf"), "1", True):
+        with pytest.raises(OptionError, match="option 'offset'"):
+            PolynomialOptions(degree=2, offset=bad)
+
+
+def test_polynomial_offset_with_softcap_is_added_after_the_cap_by_the_reference_only():
+    """The reference computes ``(cap(s) + offset)^p``; the blocked kernel, which adds the offset as a query/key column
+    (inside the cap), refuses the pair by name, so ``auto`` runs the reference; the standalone decode state refuses
+    an offset (it takes raw queries and keys)."""
+    from hf_attnswap.kernels.mask import AttentionMask
+    from hf_attnswap.mechanisms.polynomial import (linear_decode_state, polynomial_attention_fused,
+                                                   polynomial_fused_supports)
+
+    q, k, v = qkv()
+    mask = causal_padded_mask()
+    opts = PolynomialOptions(degree=2, offset=0.3, backend="fused")
+    ctx = AttentionContext(scaling=0.5, options=opts, extra={"softcap": 2.0})
+    _, w = polynomial_attention(q, k, v, mask, ctx)
+    s = 2.0 * torch.tanh((q @ k.transpose(-1, -2)) * 0.5 / 2.0)
+    torch.testing.assert_close(w, (mask.sum(-1, keepdim=True).clamp_min(1).rsqrt() * (s + 0.3) ** 2 * mask).to(w.dtype))
+    amask = AttentionMask(mask, Q, Q)
+    assert "softcap" in polynomial_fused_supports(q, amask, ctx)
+    with pytest.raises(OptionError, match="backend='fused' cannot run this call: an offset together with"):
+        polynomial_attention_fused(q, k, v, amask, ctx)
+    assert polynomial_fused_supports(q, amask, AttentionContext(scaling=0.5, options=opts)) is None
+    with pytest.raises(OptionError, match="without an offset"):
+        linear_decode_state(PolynomialOptions(degree=2, offset=0.3), 1, H, D, scaling=0.5)
 
 
 def test_rope_inverse_is_exact():

@@ -19,10 +19,11 @@ TOL = {torch.float32: {"atol": 2e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-1
 GENERATE_TOL = {torch.float32: TOL[torch.float32], torch.float64: {"atol": 1e-6, "rtol": 1e-6}}
 
 
-def polynomial(arch: str, backend: str, dtype: torch.dtype = torch.float32, **overrides) -> torch.nn.Module:
+def polynomial(arch: str, backend: str, dtype: torch.dtype = torch.float32, offset: float = 0.0,
+               **overrides) -> torch.nn.Module:
     torch.manual_seed(0)  # the same weights for every backend
     return AutoModelForCausalLM.from_config(tiny_config(arch, **overrides), attn_implementation="polynomial",
-                                            attnswap={"degree": 2, "backend": backend}).to(dtype).eval()
+                                            attnswap={"degree": 2, "backend": backend, "offset": offset}).to(dtype).eval()
 
 
 def cache_tensor_bytes(cache) -> int:
@@ -67,6 +68,26 @@ def test_generate_equals_fused_with_kv_cache(arch, mode, padded, dtype):
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), **GENERATE_TOL[dtype])  # every step
     if mode == "beam":
         torch.testing.assert_close(got.sequences_scores, want.sequences_scores, **GENERATE_TOL[dtype])
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["plain", "left_padded"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_generate_with_an_offset_equals_fused_with_kv_cache(arch, padded):
+    """``offset`` widens the state's keys by one column ((d+1)(d+2)/2 features): generate() from the state equals the
+    blocked kernel with a KV cache, every step, and the offset changes the result."""
+    linear = polynomial(arch, "linear", torch.float64, offset=0.5)
+    fused = polynomial(arch, "fused", torch.float64, offset=0.5)
+    ids, mask = padded_prompt() if padded else (random_ids(2, 7, seed=1), None)
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": PAD,
+              "output_logits": True, "return_dict_in_generate": True, "attention_mask": mask}
+    got, want = linear.generate(ids, **kwargs), fused.generate(ids, **kwargs)
+    assert isinstance(got.past_key_values, PolynomialLinearCache)
+    head_dim = linear.config.hidden_size // linear.config.num_attention_heads
+    assert got.past_key_values.layers[0].state.shape[-2] == (head_dim + 1) * (head_dim + 2) // 2
+    assert torch.equal(got.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), **GENERATE_TOL[torch.float64])
+    plain = polynomial(arch, "fused", torch.float64).generate(ids, **kwargs)
+    assert not torch.allclose(torch.stack(plain.logits), torch.stack(want.logits))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

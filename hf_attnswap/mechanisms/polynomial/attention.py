@@ -24,7 +24,7 @@ from ..common import AttentionContext, apply_softcap, attention_dropout, compute
 
 def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scale: float, options: PolynomialOptions,
                        softcap: float | None = None) -> torch.Tensor:
-    """Unnormalised weights ``c_i * cap(scale * q_i·k_j)**p`` with a multiplicative mask, in float32.
+    """Unnormalised weights ``c_i * (cap(scale * q_i·k_j) + offset)**p`` with a multiplicative mask, in float32.
 
     query: (B, H, Q, d); key: (B, H, K, d); mask: (B|1, 1, Q, K) bool; ``cap(s) = softcap·tanh(s/softcap)`` (None:
     ``cap(s) = s``). Returns (B, H, Q, K). Computed in float32 for half-precision inputs, so that they cannot overflow
@@ -32,6 +32,8 @@ def polynomial_weights(query: torch.Tensor, key: torch.Tensor, mask: torch.Tenso
     """
     dtype = compute_dtype(query.dtype)
     scores = apply_softcap(torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * scale, softcap)
+    if options.offset:
+        scores = scores + options.offset
     c = length_scale_vector(AttentionMask(mask, mask.shape[-2], mask.shape[-1]), options, mask.device)
     return scores.pow(options.degree) * mask * c.to(scores.dtype)
 
@@ -64,6 +66,16 @@ def _checked_cast(out: torch.Tensor, dtype: torch.dtype, options: PolynomialOpti
     return out.to(dtype)
 
 
+def with_offset(query: torch.Tensor, key: torch.Tensor, scale: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q̃, k̃)`` with ``scale·q̃_i·k̃_j = scale·q_i·k_j + offset``: ``q̃ = [q, offset/scale]``, ``k̃ = [k, 1]``, so that a
+    kernel of ``s^p`` computes ``(s + offset)^p`` (head size d + 1; gradients reach ``q`` and ``k`` through the
+    concatenation). query: (B, H, Q, d); key: (B, H_kv, K, d). ``offset == 0``: the inputs, unchanged."""
+    if not offset:
+        return query, key
+    return (torch.cat([query, query.new_full((*query.shape[:-1], 1), offset / scale)], -1),
+            torch.cat([key, key.new_ones((*key.shape[:-1], 1))], -1))
+
+
 def length_scale_constant(options: PolynomialOptions) -> float | None:
     """The length scale ``c_i`` when it is the same for every query, else None: ``"fixed"``:
     ``1/sqrt(fixed_length)``; ``"none"``: 1; ``"visible"``: None (``1/sqrt(N_i)``, per query). The one home of the
@@ -94,6 +106,9 @@ def linear_decode_state(options: PolynomialOptions, batch: int, kv_heads: int, h
     problem = linear_degree_problem(options.degree)
     if problem is not None:
         raise OptionError(f"PolynomialLinearState {problem}.")
+    if options.offset:
+        raise OptionError(f"PolynomialLinearState computes (q·k)² without an offset; for offset={options.offset:g}, "
+                          "build it with head_dim + 1 and pass with_offset(query, key, scaling, offset) to it.")
     return PolynomialLinearState(batch, kv_heads, head_dim, constant_scale=length_scale_constant(options), **kwargs)
 
 
@@ -105,13 +120,26 @@ def polynomial_attention_fused(
     query: (B, H, Q, d); key, value: (B, H_kv, K, d). Returns (B, H, Q, d). Half-precision inputs are
     computed in float32. Attention dropout drops entries of the weights, as the reference does.
     """
+    problem = polynomial_fused_supports(query, mask, ctx)
+    if problem is not None:
+        raise OptionError(f"polynomial: backend='fused' cannot run this call: {problem}.")
     dtype = compute_dtype(query.dtype)
     c = length_scale_vector(mask, ctx.options, query.device)
+    q, k = with_offset(query.to(dtype), key.to(dtype), ctx.scaling, ctx.options.offset)
     out = polynomial_attention_blocked(
-        query.to(dtype), key.to(dtype), value.to(dtype), mask, c, ctx.scaling, ctx.options.degree, dropout=ctx.dropout,
+        q, k, value.to(dtype), mask, c, ctx.scaling, ctx.options.degree, dropout=ctx.dropout,
         softcap=score_softcap(ctx),
     )
     return _checked_cast(out, query.dtype, ctx.options)
+
+
+def polynomial_fused_supports(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
+    """Why the blocked kernel cannot run this call, or None: it computes an ``offset`` as an extra query/key column,
+    which would put the offset inside the model's softcap instead of after it. query: (B, H, Q, d)."""
+    if ctx.options.offset and score_softcap(ctx) is not None:
+        return ("an offset together with the model's softcap is computed by backend='reference' only (the offset is "
+                "added after the cap)")
+    return None
 
 
 def polynomial_triton_supports(query: torch.Tensor, mask: AttentionMask, ctx: AttentionContext) -> str | None:
@@ -127,6 +155,8 @@ def polynomial_triton_supports(query: torch.Tensor, mask: AttentionMask, ctx: At
         return "attention dropout is not implemented in the Triton kernel"
     if score_softcap(ctx) is not None:
         return "the model's softcap (tanh on the scores) is not implemented in the Triton kernel; backend='fused' has it"
+    if ctx.options.offset:
+        return "the score offset is not implemented in the Triton kernel; backend='fused' has it"
     return available_for(query)
 
 
@@ -264,7 +294,8 @@ def polynomial_attention_linear(
     offset, key_visible = linear_mask_layout(mask)
     dtype = compute_dtype(query.dtype)
     c = length_scale_vector(mask, ctx.options, query.device)
-    q, k, v = query.to(dtype), key.to(dtype), value.to(dtype)
+    q, k = with_offset(query.to(dtype), key.to(dtype), ctx.scaling, ctx.options.offset)
+    v = value.to(dtype)
     if query.shape[-2] <= polynomial_linear.DEFAULT_CHUNK:
         out = polynomial_attention_blocked(q, k, v, mask, c, ctx.scaling, ctx.options.degree)
     else:
@@ -282,6 +313,8 @@ def _linear_from_state(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     """
     layer = ctx.state
     layer.take(key)
+    query, key = with_offset(query, key, ctx.scaling, ctx.options.offset)
+    layer.take_head_size(key.shape[-1])
     n, seen = query.shape[-2], layer.seen
     if mask.k_len != seen + n:
         raise OptionError(f"polynomial: the attention mask covers {mask.k_len} keys, but the PolynomialLinearCache holds "

@@ -104,6 +104,18 @@ class PolynomialLinearLayer(CacheLayerMixin):
                               "returned last; each layer's update must be followed by its own attention call.")
         self._pending = None
 
+    def take_head_size(self, head_dim: int) -> None:
+        """Size the state for the keys the mechanism absorbs, which may be wider than the model's (an ``offset`` adds
+        a column): a layer that has seen nothing yet is re-made for ``head_dim``; one that has must already fit."""
+        features = feature_dim(head_dim)
+        if self.state.shape[-2] == features:
+            return
+        if self.seen:
+            raise OptionError(f"PolynomialLinearCache: this layer's state holds {self.state.shape[-2]} features, but its "
+                              f"keys now have {features} (head size {head_dim}); the mechanism's options changed mid-way. "
+                              "Start a new cache.")
+        self.state = self.state.new_zeros(*self.state.shape[:-2], features, self.state.shape[-1])
+
     def advance(self, key_visible: torch.Tensor | None, n: int) -> None:
         """Count ``n`` new positions, of which those where ``key_visible`` (B|1, n) is True (all: None) are keys."""
         self.seen += n

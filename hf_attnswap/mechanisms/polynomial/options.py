@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...errors import OptionError
-from ...options import MechanismOptions, check_backend, check_choice, check_int
+from ...options import MechanismOptions, check_backend, check_choice, check_float, check_int
 
 #: polynomial ``degree`` <= 16: ``s**p`` of a score of 100 is 1e32 at p=16, near float32's 3e38.
 MAX_DEGREE = 16
@@ -29,7 +29,14 @@ def linear_degree_problem(degree: int) -> str | None:
 
 @dataclass
 class PolynomialOptions(MechanismOptions):
-    """``a_ij = c_i * s_ij**degree`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613).
+    """``a_ij = c_i * (s_ij + offset)**degree`` on visible keys, exactly 0 elsewhere (arXiv 2410.18613).
+
+    ``offset``: a constant added to every scaled score before the power; 0 (default) is the paper's ``x^p``. An even
+    degree weighs a key by ``|s|`` alone, so a key far *against* the query counts as much as one aligned with it;
+    with an offset ``β > 0``, ``(s + β)²`` grows with ``s`` wherever ``s > -β``, as softmax's ``exp(s)`` does
+    (``(s + β)² = β² + 2βs + s²``: a uniform part, a linear part and the square). It is a fixed option, not a
+    learned parameter; the query/key projections learn around it. Every backend computes it (the fast paths as
+    ``q̃ = [q, β/scaling]``, ``k̃ = [k, 1]``, so the linear state has ``(d+1)(d+2)/2`` features), except ``triton``.
 
     ``length_scale``: ``"visible"`` -> ``c_i = 1/sqrt(N_i)`` (keys query i sees, cache-consistent);
     ``"fixed"`` -> ``1/sqrt(fixed_length)``; ``"none"`` -> ``1``.
@@ -46,9 +53,11 @@ class PolynomialOptions(MechanismOptions):
     length_scale: str = "visible"
     fixed_length: int | None = None
     backend: str = "auto"
+    offset: float = 0.0
 
     def __post_init__(self) -> None:
         self.backend = check_backend("polynomial", self.backend, self.backends)
+        self.offset = check_float("polynomial", "offset", self.offset)
         self.degree = check_int("polynomial", "degree", self.degree, minimum=1, maximum=MAX_DEGREE)
         problem = linear_degree_problem(self.degree) if self.backend == "linear" else None
         if problem is not None:
