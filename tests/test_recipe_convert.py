@@ -205,3 +205,20 @@ def test_bad_input_is_a_clear_error(assets, tmp_path, capsys):
     assert _run(_argv(assets, out, "--max_train_steps", "1", "--max_transfer_steps", "1")) == 0
     assert _run(_argv(assets, out)) == 2
     assert "already holds a finished conversion" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("convert_smollm2_*.yaml")), ids=lambda p: p.stem)
+def test_shipped_conversion_configs_parse_and_pick_a_precision_this_cpu_runs(config, monkeypatch):
+    """Each shipped conversion config parses as it is, and asks for ``mixed_precision: auto``: bf16 where the CPU has
+    bf16 kernels, fp32 on one without them (where an explicit bf16 would be ~100x slower and is refused)."""
+    from hf_attnswap.training import loop
+    from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, LoraArguments, ModelArguments,
+                                                TrainArguments, parse_recipe_args)
+
+    _, _, train_args, _, conv = parse_recipe_args(
+        [ModelArguments, DataArguments, TrainArguments, LoraArguments, ConversionArguments], ["--config", str(config)])
+    assert train_args.mixed_precision == "auto" and conv.max_transfer_steps >= 0
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    for native, want in ((False, "no"), (True, "bf16")):
+        monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda native=native: native)
+        assert loop.resolve_mixed_precision(train_args.mixed_precision) == want
