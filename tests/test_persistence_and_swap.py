@@ -101,7 +101,7 @@ def test_swap_an_already_swapped_model(load, tmp_path, arch):
     model = load(arch, "dagpam", lambda_init=0.3)
     ids = random_ids(1, 8)
     hf_attnswap.swap(model, "polynomial", degree=1)
-    assert not attnswap_params(model) and model.config.attnswap == {"mechanism": "polynomial", "degree": 1, "length_scale": "visible", "fixed_length": None, "backend": "auto"}
+    assert not attnswap_params(model) and model.config.attnswap == {"mechanism": "polynomial", "degree": 1, "length_scale": "visible", "fixed_length": None, "backend": "auto", "offset": 0.0}
     hf_attnswap.swap(model, "dagpam", lambda_init=0.5, neg_query_proj="per_head")
     params = attnswap_params(model)
     assert params and all(p.shape[0] == 4 for n, p in params.items() if n.endswith("neg_query_weight"))

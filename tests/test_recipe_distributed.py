@@ -394,7 +394,8 @@ def test_torchrun_environment_without_cpu_flag_is_refused(monkeypatch):
         monkeypatch.setenv(k, v)
     with pytest.raises(LaunchError, match="asks for 8 GPU processes"):
         check_launch(None)
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # cpu.yaml's way: fine
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # cpu.yaml's way: fine (on a CPU with bf16 kernels: it asks for bf16)
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: True)
     check_launch(None)
 
 

@@ -47,7 +47,8 @@ def test_list_mechanisms():
     assert mechs["dagpam"]["options"]["lambda_init"] == 0.0 and mechs["dagpam"]["adds_parameters"]
     assert mechs["polynomial"]["backends"] == ["auto", "reference", "fused", "triton", "linear"]
     assert mechs["softmax"]["backends"] == ["auto", "reference", "fused"]
-    assert mechs["polynomial"]["options"] == {"degree": 3, "length_scale": "visible", "fixed_length": None, "backend": "auto"}
+    assert mechs["polynomial"]["options"] == {"degree": 3, "length_scale": "visible", "fixed_length": None, "backend": "auto",
+                                                  "offset": 0.0}
     assert mechs["softmax"]["options"] == {"temperature": 1.0, "backend": "auto"}
 
 
