@@ -87,6 +87,24 @@ def test_transfer_errors(tmp_path):
         assert bounds["per_head_and_position"][layer] <= bounds["per_head"][layer] * (1 + 1e-6) <= err * (1 + 1e-5)
 
 
+def test_transfer_step_benchmark(tmp_path):
+    """The stage-1 step and calibration timings run on a tiny saved model and write their JSON."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config, word_tokenizer
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="sdpa").save_pretrained(base)
+    word_tokenizer().save_pretrained(base)
+    result = run_script("transfer_step.py", "--base", str(base), "--block-size", "16", "--batch-size", "2",
+                        "--repeats", "1", "--factors", "3", tmp_path=tmp_path)
+    assert set(result["step_seconds"]) == {"replay", "whole network"}
+    assert set(result["calibration_seconds"]) == {"cached teacher", "teacher per factor"}
+    assert all(t > 0 for t in [*result["step_seconds"].values(), *result["calibration_seconds"].values()])
+
+
 def test_attention_benchmark_in_bfloat16(tmp_path):
     result = run_script("attention.py", "--lengths", "64", "--repeats", "1", "--heads", "2", "--dim", "16",
                         "--dtype", "bfloat16", tmp_path=tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -101,6 +102,72 @@ def test_teacher_is_the_models_own_attention(arch):
     for a, teacher, student in zip(original, taught[:layers], taught[layers:]):
         torch.testing.assert_close(teacher, a, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(student, a, atol=1e-6, rtol=1e-6)
+
+
+def _full_student_pass(monkeypatch):
+    """Make the objective run the whole network in the student pass (as without a replay)."""
+    teacher_pass = TransferObjective._teacher_pass
+
+    def no_replay(self, *args, **kwargs):
+        return dataclasses.replace(teacher_pass(self, *args, **kwargs), calls=None)
+
+    monkeypatch.setattr(TransferObjective, "_teacher_pass", no_replay)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_student_replay_equals_the_whole_student_pass(arch, packed, monkeypatch):
+    """With teacher forcing the student pass replays only the attention modules on the teacher pass's inputs: the
+    same loss, per-layer losses and gradients as running the whole network again (padding, or packed rows)."""
+    model = _model(arch).eval()
+    ids = random_ids(2, 12)
+    if packed:  # two documents per row, positions restarting: masked block-diagonally
+        batch = {"input_ids": ids, "position_ids": torch.cat([torch.arange(5), torch.arange(7)]).repeat(2, 1)}
+    else:
+        mask = torch.ones(2, 12, dtype=torch.long)
+        mask[1, :3] = 0
+        batch = {"input_ids": ids, "attention_mask": mask}
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    with torch.no_grad():  # move off the original projections, so teacher and student inputs differ
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.mul_(1.3)
+    results = []
+    for replay in (True, False):
+        if not replay:
+            _full_student_pass(monkeypatch)
+        model.zero_grad()
+        out = objective(**batch)
+        out.loss.backward()
+        results.append((out.loss.detach(), out.per_layer,
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (loss_r, layers_r, grads_r), (loss_f, layers_f, grads_f) = results
+    torch.testing.assert_close(loss_r, loss_f, rtol=1e-6, atol=1e-7)
+    assert layers_r == pytest.approx(layers_f, rel=1e-5, abs=1e-9)
+    assert grads_r.keys() == grads_f.keys() and grads_r
+    for name in grads_r:
+        torch.testing.assert_close(grads_r[name], grads_f[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_student_reads_the_inputs_the_teacher_saw_under_dropout():
+    """In training mode with dropout (GPT-2's residual and embedding dropout), each layer's student gets the very
+    input its teacher got: a student that computes the teacher's function scores zero, although every forward
+    draws new dropout masks."""
+    model = _model("gpt2", resid_pdrop=0.5, embd_pdrop=0.5)
+    objective = TransferObjective(model, "softmax", {"temperature": 1.0}).train()
+    out = objective(input_ids=random_ids(2, 12))
+    assert out.loss.item() < 1e-10, out.per_layer
+
+
+def test_calibration_runs_one_teacher_pass(monkeypatch):
+    model = _model("llama")
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    passes = []
+    teacher_pass = TransferObjective._teacher_pass
+    monkeypatch.setattr(TransferObjective, "_teacher_pass",
+                        lambda self, *a, **k: passes.append(1) or teacher_pass(self, *a, **k))
+    objective.calibrate_query_scale(random_ids(2, 12), factors=[0.5, 1.0, 2.0])
+    assert len(passes) == 1
 
 
 def test_training_only_mechanism_parameters_needs_one_pass():

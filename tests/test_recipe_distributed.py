@@ -379,6 +379,8 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_refused_and_auto_picks_fp32(monke
     assert loop.resolve_mixed_precision("auto") == "bf16"
     assert "auto -> bf16: this CPU" in capsys.readouterr().out
     check_launch("bf16")
+    monkeypatch.setenv("RANK", "1")  # the other processes of a launch decide alike, silently
+    assert loop.resolve_mixed_precision("auto") == "bf16" and capsys.readouterr().out == ""
     for value in ("no", "bf16", "fp16", None):
         assert loop.resolve_mixed_precision(value) == value
 

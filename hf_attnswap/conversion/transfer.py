@@ -14,9 +14,11 @@ loss = objective(input_ids=ids, attention_mask=mask).loss        # the transfer 
 objective.finish()                                               # the model now runs the student: save it
 ```
 :func:`attention_transfer` is the same in a plain loop; ``recipes/convert.py`` runs it on the training loop
-(checkpoints, exact resume, Accelerate). Memory: each layer's student activations live until the backward, as
-in any training step; no attention matrix is kept beyond its layer's loss (the ``"mse"`` loss never builds one on
-the fast paths).
+(checkpoints, exact resume, Accelerate). Cost: when the query/key projections train, a step is a teacher forward
+of the whole model (no grad) and a student pass that, with teacher forcing, replays only the attention modules on
+the inputs the teacher pass gave them (``benchmarks/transfer_step.py``). Memory: each layer's student activations
+live until the backward, as in any training step, and each attention module's input (B, T, hidden) is kept for the
+replay; no attention matrix is kept beyond its layer's loss (the ``"mse"`` loss never builds one on the fast paths).
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ class _Step:
     per_layer: list[float] = field(default_factory=list)
     per_layer_teacher: list[float] = field(default_factory=list)  # mse only: the teacher's own mean square
     gain_bounds: list[tuple[float, float, float]] | None = None  # mse only, on request: see gain_bound_errors
+
+
+@dataclass
+class _Teacher:
+    """A teacher pass: the per-layer records of :class:`_Step` and, for a replay, each attention module's call
+    ``(module, args, kwargs)`` in forward order (None: the modules and the attention calls did not pair up)."""
+
+    outputs: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
+    calls: list[tuple[nn.Module, tuple, dict[str, Any]]] | None
 
 
 _STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("hf_attnswap_transfer_step", default=None)
@@ -354,14 +365,17 @@ class TransferObjective(nn.Module):
 
         A mechanism whose output scale differs from softmax's by orders of magnitude (polynomial's ``s^p`` has no
         denominator) starts from a matched scale instead of spending its first hundreds of steps shrinking the
-        projections. With teacher forcing the layers are independent, so one forward per factor measures every
-        layer. Needs the query projection among the trained parameters (the teacher keeps the original); returns
+        projections. With teacher forcing the layers are independent, so one teacher pass and, per factor, a replay
+        of the attention modules measure every layer. Needs the query projection among the trained parameters (the teacher keeps the original); returns
         ``{attention module name: factor}``. ``position_ids``: packed documents, as for :meth:`forward`."""
         grid = list(factors) if factors is not None else [2 ** (k / 2) for k in range(-24, 5)]
         targets = self._query_projections()
         losses: list[list[float]] = []
+        kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
+        teacher = self._teacher_pass(kw, attention_mask.bool() if attention_mask is not None else None)
         for f in grid:
-            step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids)
+            step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids,
+                             teacher=teacher)
             losses.append(step.per_layer)
         chosen = {}
         for layer, (name, weight, bias, rows) in enumerate(targets):
@@ -398,25 +412,61 @@ class TransferObjective(nn.Module):
                                     "with it); train the query/key projections, or run without calibration.")
         return found
 
-    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
-             query_factor: float | None = None, position_ids: torch.Tensor | None = None,
-             gain_bounds: bool = False) -> _Step:
-        token_mask = attention_mask.bool() if attention_mask is not None else None
+    def _forward_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None) -> dict[str, Any]:
         kw = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
         if position_ids is not None:
             kw["position_ids"] = position_ids
         if "logits_to_keep" in _forward_params(self.model):
             kw["logits_to_keep"] = 1
-        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",
-                     query_factor=query_factor, gain_bounds=[] if gain_bounds and self.loss_name == "mse" else None)
+        return kw
+
+    def _teacher_pass(self, kw: dict[str, Any], token_mask: torch.Tensor | None) -> _Teacher:
+        """The original model's forward (frozen copies of the trained projections, no grad): each attention layer's
+        teacher output, in order, and each attention module's call (its inputs) for a replay."""
+        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="teacher")
+        calls: list[tuple[nn.Module, tuple, dict[str, Any]]] = []
+
+        def record(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            calls.append((module, args, dict(kwargs)))
+
+        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in attention_modules(self.model)]
         token = _STEP.set(step)
         try:
-            if self._originals:
-                step.mode = "teacher"
-                with torch.no_grad():
-                    torch.func.functional_call(self.model, self._originals, args=(), kwargs=kw, strict=False)
-                step.mode = "student"
-            self.model(**kw)
+            with torch.no_grad():
+                torch.func.functional_call(self.model, self._originals, args=(), kwargs=kw, strict=False)
+        finally:
+            _STEP.reset(token)
+            for h in handles:
+                h.remove()
+        return _Teacher(step.recorded, calls if len(calls) == len(step.recorded) else None)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
+             query_factor: float | None = None, position_ids: torch.Tensor | None = None,
+             gain_bounds: bool = False, teacher: _Teacher | None = None) -> _Step:
+        """One forward of the objective (see :class:`_Step`); ``teacher``: a teacher pass of this very batch to reuse
+        (the calibration measures many query scales against one).
+
+        With teacher forcing, the student pass *replays* only the attention modules, on the inputs each received in
+        the teacher pass: every layer's input is the teacher's anyway, so running the rest of the network again
+        (MLPs, norms, the head) would recompute the same tensors (or, under dropout, different ones that the teacher
+        never saw). A model whose attention modules do not call the attention function exactly once each runs the
+        whole network instead."""
+        token_mask = attention_mask.bool() if attention_mask is not None else None
+        kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
+        if self._originals and teacher is None:
+            teacher = self._teacher_pass(kw, token_mask)
+        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",
+                     query_factor=query_factor, gain_bounds=[] if gain_bounds and self.loss_name == "mse" else None)
+        if teacher is not None:
+            step.recorded = teacher.outputs
+        token = _STEP.set(step)
+        try:
+            if teacher is not None and teacher.calls is not None and self.teacher_forcing:
+                for module, args, kwargs in teacher.calls:
+                    module(*args, **kwargs)
+            else:
+                self.model(**kw)
         finally:
             _STEP.reset(token)
         if step.mode == "student" and step.calls != len(step.recorded):

@@ -112,7 +112,7 @@ def check_launch(mixed_precision: str | None) -> None:
 def resolve_mixed_precision(requested: str | None) -> str | None:
     """``requested`` (``no``, ``bf16``, ``fp16``, ``auto`` or None: Accelerate's launch setting) with ``auto`` made
     concrete, and said on stdout: ``bf16`` where the training device computes it natively (a CUDA GPU with bf16, or a
-    CPU with oneDNN's bf16 kernels: AVX512 or AMX), else ``no``. The other values are returned as they are."""
+    CPU with oneDNN's bf16 kernels: AVX512 or AMX), else ``no`` (said by the first process only). The other values are returned as they are."""
     if requested != "auto":
         return requested
     on_cpu = _env_flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
@@ -123,7 +123,8 @@ def resolve_mixed_precision(requested: str | None) -> str | None:
         native = torch.cuda.is_bf16_supported()
         where = f"this GPU ({torch.cuda.get_device_name()}) {'computes' if native else 'does not compute'} bf16"
     precision = "bf16" if native else "no"
-    print(f"mixed_precision auto -> {precision}: {where}", flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # once per launch, not once per process
+        print(f"mixed_precision auto -> {precision}: {where}", flush=True)
     return precision
 
 
