@@ -159,6 +159,23 @@ def test_the_student_reads_the_inputs_the_teacher_saw_under_dropout():
     assert out.loss.item() < 1e-10, out.per_layer
 
 
+def test_unpaired_attention_calls_run_the_whole_network_and_say_so_once(caplog):
+    """When the attention modules and the attention-function calls do not pair up, the student pass runs the whole
+    network (the same loss as a replay) and says so once per objective, not once per step."""
+    model = _model("llama").eval()
+    ids = random_ids(2, 12)
+    objective = TransferObjective(model, "polynomial", {"degree": 3})
+    with caplog.at_level("WARNING", logger=transfer_module.logger.name):
+        replayed = objective(input_ids=ids).loss.item()
+    assert not caplog.records
+    objective._attention_modules = objective._attention_modules[1:]  # one module's calls go unrecorded
+    with caplog.at_level("WARNING", logger=transfer_module.logger.name):
+        whole = [objective(input_ids=ids).loss.item() for _ in range(2)]
+    said = [r.getMessage() for r in caplog.records if "whole network" in r.getMessage()]
+    assert len(said) == 1 and "do not pair up" in said[0], said
+    assert whole == [pytest.approx(replayed, rel=1e-6)] * 2
+
+
 def test_calibration_runs_one_teacher_pass(monkeypatch):
     model = _model("llama")
     objective = TransferObjective(model, "polynomial", {"degree": 3})

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,8 @@ from ..transformers_hooks import attn_implementation_of, boolean_mask
 
 __all__ = ["LOSSES", "TRANSFER_ATTENTION", "TransferError", "TransferObjective", "TransferResult",
            "attention_transfer", "default_trainable", "query_key_patterns"]
+
+logger = logging.getLogger(__name__)
 
 TRANSFER_ATTENTION = "attnswap_transfer"  # the attention name a model runs during stage 1
 LOSSES = ("mse", "xent")
@@ -96,6 +99,11 @@ class _Teacher:
 
     outputs: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
     calls: list[tuple[nn.Module, tuple, dict[str, Any]]] | None
+
+
+def _token_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """attention_mask (B, T) -> the non-padding tokens (B, T) as bool; None: every token counts."""
+    return attention_mask.bool() if attention_mask is not None else None
 
 
 _STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("hf_attnswap_transfer_step", default=None)
@@ -291,8 +299,10 @@ class TransferObjective(nn.Module):
         self.mechanism, self.options, self.loss_name, self.teacher_forcing = mech, opts, loss, teacher_forcing
         self.original = original or "sdpa"
         install(model, mech, opts, reinit=True)  # the student's parameters (e.g. daGPAM's W⁻, λ); checks the model
-        for module in attention_modules(model):
+        self._attention_modules = list(attention_modules(model))  # in forward order; the teacher pass hooks them
+        for module in self._attention_modules:
             object.__setattr__(module, "_attnswap_transfer_mechanism", mech)
+        self._said_no_replay = False
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         names = self._select(list(trainable) if trainable is not None else None)
         for n, p in model.named_parameters():
@@ -335,7 +345,7 @@ class TransferObjective(nn.Module):
         layer's squared error relative to the teacher output's mean square (1.0: no better than an all-zero
         output), which the training loop logs. ``gain_bounds`` (mse only): also
         ``metrics["transfer/gain_bounds"]``, per layer the three errors of :func:`gain_bound_errors` on this batch."""
-        token_mask = attention_mask.bool() if attention_mask is not None else None
+        token_mask = _token_mask(attention_mask)
         step = self._run(input_ids, attention_mask, position_ids=position_ids, gain_bounds=gain_bounds)
         tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
         denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
@@ -372,7 +382,7 @@ class TransferObjective(nn.Module):
         targets = self._query_projections()
         losses: list[list[float]] = []
         kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
-        teacher = self._teacher_pass(kw, attention_mask.bool() if attention_mask is not None else None)
+        teacher = self._teacher_pass(kw, _token_mask(attention_mask))
         for f in grid:
             step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids,
                              teacher=teacher)
@@ -430,7 +440,7 @@ class TransferObjective(nn.Module):
         def record(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             calls.append((module, args, dict(kwargs)))
 
-        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in attention_modules(self.model)]
+        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in self._attention_modules]
         token = _STEP.set(step)
         try:
             with torch.no_grad():
@@ -439,7 +449,15 @@ class TransferObjective(nn.Module):
             _STEP.reset(token)
             for h in handles:
                 h.remove()
-        return _Teacher(step.recorded, calls if len(calls) == len(step.recorded) else None)
+        if len(calls) == len(step.recorded):
+            return _Teacher(step.recorded, calls)
+        if self.teacher_forcing and not self._said_no_replay:
+            self._said_no_replay = True
+            logger.warning("hf_attnswap: attention transfer runs the whole network in the student pass, not a replay "
+                           "of the attention modules: %d module calls and %d attention calls do not pair up in %s. "
+                           "The results are the same, the steps slower.", len(calls), len(step.recorded),
+                           type(self.model).__name__)
+        return _Teacher(step.recorded, None)
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
              query_factor: float | None = None, position_ids: torch.Tensor | None = None,
@@ -451,8 +469,8 @@ class TransferObjective(nn.Module):
         the teacher pass: every layer's input is the teacher's anyway, so running the rest of the network again
         (MLPs, norms, the head) would recompute the same tensors (or, under dropout, different ones that the teacher
         never saw). A model whose attention modules do not call the attention function exactly once each runs the
-        whole network instead."""
-        token_mask = attention_mask.bool() if attention_mask is not None else None
+        whole network instead (the same results; logged once per objective, as a warning)."""
+        token_mask = _token_mask(attention_mask)
         kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
         if self._originals and teacher is None:
             teacher = self._teacher_pass(kw, token_mask)
@@ -489,7 +507,7 @@ class TransferObjective(nn.Module):
     def finish(self) -> PreTrainedModel:
         """Point the model at the student (its ``config.json`` records mechanism and options), restore
         ``requires_grad``, and return the converted model."""
-        for module in attention_modules(self.model):
+        for module in self._attention_modules:
             module.__dict__.pop("_attnswap_transfer_mechanism", None)
         self.model.set_attn_implementation(self.mechanism.name)
         for n, p in self.model.named_parameters():
