@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -111,3 +112,28 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
         print(f"\nwrote {path}")
+
+
+def held_out_blocks(data: str, tokenizer: Any, block_size: int, batch_size: int, batches: int) -> list[torch.Tensor]:
+    """The first ``batches`` batches (each (batch_size, block_size) token ids) of full blocks packed from the held-out
+    10 % of the documents of ``data`` (an asset name or a file), the split the conversion recipes hold out."""
+    from hf_attnswap.data.lm import load_lm_texts, pack_texts
+
+    source = {"train_file": data} if Path(data).is_file() else {"dataset_name": data}
+    texts = load_lm_texts(**source, validation_split_percentage=10)
+    held_out = pack_texts(texts.validation, tokenizer, block_size)
+    n = min(len(held_out), batches * batch_size)
+    return list(torch.tensor([held_out[i]["input_ids"] for i in range(n)]).split(batch_size))
+
+
+def add_held_out_arguments(p: argparse.ArgumentParser, converted_help: str, json_name: str) -> None:
+    """The arguments that the transfer diagnostics share: --base, --converted, the held-out data (--data,
+    --block-size, --batch-size, --batches) and --json (default ``<converted>/<json_name>``)."""
+    p.add_argument("--base", default="smollm2", help="the base model (offline asset name, folder or Hub name)")
+    p.add_argument("--converted", required=True, help=converted_help)
+    p.add_argument("--data", default="wiki-text", help="the training corpus (asset name or a file); its held-out "
+                                                     "10 %% is measured")
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--json", default=None, help=f"where to write the JSON (default <converted>/{json_name})")

@@ -25,12 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, write_json
+from common import add_held_out_arguments, held_out_blocks, machine, print_table, write_json
 
 import hf_attnswap  # noqa: F401
 from hf_attnswap.conversion import TransferObjective
 from hf_attnswap.data.assets import resolve_asset
-from hf_attnswap.data.lm import load_lm_texts, pack_texts
 from hf_attnswap.training.arguments import ModelArguments
 from hf_attnswap.training.model import build_model, load_tokenizer, parse_single_attn
 
@@ -56,26 +55,14 @@ def relative_errors(objective: TransferObjective, blocks: list[torch.Tensor],
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default="smollm2", help="the base model (offline asset name, folder or Hub name)")
+    add_held_out_arguments(p, "the converted model's folder (convert.py's stage1/)", "transfer_errors.json")
     p.add_argument("--attn", default="polynomial:degree=3", help="the mechanism it was converted to")
-    p.add_argument("--converted", required=True, help="the converted model's folder (convert.py's stage1/)")
-    p.add_argument("--data", default="wiki-text", help="the training corpus (asset name or a file); its held-out "
-                                                     "10 %% is measured")
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--batches", type=int, default=4)
-    p.add_argument("--json", default=None, help="where to write the JSON (default <converted>/transfer_errors.json)")
     args = p.parse_args(argv)
 
     target = parse_single_attn(args.attn)
     model_args = ModelArguments(model_name_or_path=args.base, attn="sdpa")
     tokenizer = load_tokenizer(model_args)
-    source = {"train_file": args.data} if Path(args.data).is_file() else {"dataset_name": args.data}
-    texts = load_lm_texts(**source, validation_split_percentage=10)
-    held_out = pack_texts(texts.validation, tokenizer, args.block_size)
-    n = min(len(held_out), args.batches * args.batch_size)
-    ids = torch.tensor([held_out[i]["input_ids"] for i in range(n)])
-    blocks = list(ids.split(args.batch_size))
+    blocks = held_out_blocks(args.data, tokenizer, args.block_size, args.batch_size, args.batches)
 
     model, _ = build_model(model_args, tokenizer, block_size=args.block_size)
     objective = TransferObjective(model, target.name, target.options)
@@ -106,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     worst = sorted(range(layers), key=lambda i: -rows["converted"][i])[:5]
     print("worst layers after conversion: " + ", ".join(f"{i} ({rows['converted'][i]:.3f})" for i in worst))
     write_json(args.json or str(Path(args.converted) / "transfer_errors.json"),
-               {"args": vars(args), "machine": machine(), "tokens": int(ids.numel()), "relative_error": rows,
+               {"args": vars(args), "machine": machine(), "tokens": sum(b.numel() for b in blocks),
+                "relative_error": rows,
                 "converted_with_best_gain": {name: [b[j] for b in bounds] for j, name in enumerate(
                     ["per_head", "per_head_and_position", "per_head_and_query"])}})
     return 0

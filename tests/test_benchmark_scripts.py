@@ -57,9 +57,7 @@ def test_linear_attention_benchmark(tmp_path):
     assert decode["kv_bytes"] >= 2 * 2 * 256 * 8 * 4  # keys and values of 256 tokens
 
 
-def test_transfer_errors(tmp_path):
-    """Per-layer relative transfer errors of a converted model; here the 'converted' weights are the base's own, so
-    the converted row equals the right-after-the-swap row, and calibration can only lower the error."""
+def _tiny_base_and_text(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -72,8 +70,17 @@ def test_transfer_errors(tmp_path):
     g = torch.Generator().manual_seed(0)
     docs = [" ".join(WORDS[4 + int(i)] for i in torch.randint(0, 60, (60,), generator=g)) for _ in range(30)]
     (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return base, tmp_path / "text.jsonl"
+
+
+def test_transfer_errors(tmp_path):
+    """Per-layer relative transfer errors of a converted model; here the 'converted' weights are the base's own, so
+    the converted row equals the right-after-the-swap row, and calibration can only lower the error."""
+    from conftest import tiny_config
+
+    base, text = _tiny_base_and_text(tmp_path)
     result = run_script("transfer_errors.py", "--base", str(base), "--converted", str(base), "--data",
-                        str(tmp_path / "text.jsonl"), "--block-size", "16", "--batch-size", "2", "--batches", "2",
+                        str(text), "--block-size", "16", "--batch-size", "2", "--batches", "2",
                         "--attn", "polynomial:degree=3", tmp_path=tmp_path)
     rows = result["relative_error"]
     assert list(rows) == ["right after the swap", "after calibration", "converted"]
@@ -85,6 +92,52 @@ def test_transfer_errors(tmp_path):
     for layer, err in enumerate(rows["converted"]):  # each finer gain can only lower the error
         assert bounds["per_head_and_query"][layer] <= bounds["per_head_and_position"][layer] * (1 + 1e-6)
         assert bounds["per_head_and_position"][layer] <= bounds["per_head"][layer] * (1 + 1e-6) <= err * (1 + 1e-5)
+
+
+def test_transfer_layer_kl(tmp_path):
+    """Next-token KL of base/converted hybrids: a 'converted' model that is the base with softmax at temperature 1
+    everywhere and a changed query projection in layer 1 only differs from the base through layer 1, so only that
+    layer has a KL alone, and restoring it alone brings the KL back to zero."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import hf_attnswap
+    from conftest import tiny_config
+
+    base, text = _tiny_base_and_text(tmp_path)
+    converted = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa")
+    hf_attnswap.swap(converted, "softmax", temperature=1.0)
+    with torch.no_grad():
+        converted.model.layers[1].self_attn.q_proj.weight.mul_(4.0)
+    converted.save_pretrained(tmp_path / "converted")
+    result = run_script("transfer_layer_kl.py", "--base", str(base), "--converted", str(tmp_path / "converted"),
+                        "--data", str(text), "--block-size", "16", "--batch-size", "2", "--batches", "2",
+                        tmp_path=tmp_path)
+    layers = tiny_config("llama").num_hidden_layers
+    only, restore = result["only"], result["restore"]
+    assert len(only) == len(restore) == layers >= 2
+    assert result["no_layer_converted_max_logit_gap"] < 1e-4
+    assert only[1]["kl"] > 1e-4 and result["all_converted"]["kl"] == pytest.approx(only[1]["kl"], rel=1e-3)
+    assert all(abs(only[i]["kl"]) < 1e-6 for i in range(layers) if i != 1)
+    assert abs(restore[1]["kl"]) < 1e-6 and all(restore[i]["kl"] > 1e-4 for i in range(layers) if i != 1)
+    assert restore[1]["ppl"] == pytest.approx(result["base_ppl"], rel=1e-4)
+
+
+def test_transfer_layer_kl_refuses_a_fine_tuned_model(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base, text = _tiny_base_and_text(tmp_path)
+    tuned = AutoModelForCausalLM.from_pretrained(base, attn_implementation="sdpa")
+    with torch.no_grad():
+        tuned.model.layers[0].mlp.up_proj.weight.add_(0.1)
+    tuned.save_pretrained(tmp_path / "tuned")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_layer_kl.py"), "--base", str(base),
+                           "--converted", str(tmp_path / "tuned"), "--data", str(text), "--block-size", "16"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "mlp.up_proj" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_transfer_step_benchmark(tmp_path):
