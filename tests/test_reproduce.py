@@ -277,7 +277,10 @@ def test_render_conversion_tables_ratios_and_command():
     assert "| after stage 1 (attention transfer), 200 steps | 270.0 | 510.0 | 204,800 | 10.0 |" in lines
     assert "| after stage 2 (fine-tuning), 150 steps | 30.00 | 60.00 | 153,600 | 15.0 |" in lines
     assert "| control: own attention, the same stage 2, 150 steps | 18.00 | 32.00 | 153,600 | 14.8 |" in lines
-    assert "held out **1.50×**, news **1.71×**" in md
+    assert "held out **1.500×**, news **1.714×**" in md
+    # three decimals: a ratio just over a 1.5x target must not print as 1.50x
+    just_over = report.render_conversion("c", _conversion((30.04, 60.0), command=cmd), "c.png")
+    assert "held out **1.502×**" in just_over
     assert f"held out {100 * r['ratio_to_base']['held out']['gap_closed']:.1f} %" in md
     assert "final / control perplexity: held out 1.67×, news 1.88×" in md
     assert "358,400 training tokens, 25.0 min" in md

@@ -87,7 +87,8 @@ def render_conversion(name: str, results: dict[str, Any], plot: str | None = Non
     L.append(table(["phase", *[f"ppl {c}" for c in corpora], "tokens", "minutes"], rows))
     ratios = results.get("ratio_to_base", {})
     line = (f"\nFinal ({results['final_phase'].replace('stage', 'stage ')}) / base perplexity: "
-            + ", ".join(f"{c} **{fmt_num(number(r.get('ratio')))}×**" for c, r in ratios.items())
+            # three decimals, so that a ratio just over a target (1.502 against 1.5) does not print as reaching it
+            + ", ".join(f"{c} **{number(r.get('ratio')):.3f}×**" for c, r in ratios.items())
             + "; gap closed (share of the swap's log-perplexity gap): "
             + ", ".join(f"{c} {_pct(r.get('gap_closed'))}" for c, r in ratios.items()))
     if any("ratio_to_control" in r for r in ratios.values()):
