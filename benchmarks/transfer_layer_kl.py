@@ -11,8 +11,8 @@ the KL divergence KL(base || hybrid) of the next-token distributions (nats per t
 - ``restore``: every layer runs the converted attention except l, which runs the base's: what giving l back its
   original attention would recover.
 
-Two rows check the hybrids: with no converted layer the logits equal the base model's (the script stops if not),
-and with all of them the converted model's. A layer's relative transfer error (``benchmarks/transfer_errors.py``)
+A check comes first: with no layer converted the hybrid's logits must equal the base model's (the script stops if
+not); with every layer converted the hybrid is the converted model itself. A layer's relative transfer error (``benchmarks/transfer_errors.py``)
 weighs every output dimension alike; the KL says how much of it reaches the prediction. Prints a table, writes JSON.
 """
 
@@ -38,20 +38,17 @@ from hf_attnswap.training.model import build_model, load_tokenizer
 SWEEPS = ("only", "restore")
 
 
-def hybrid_logits(converted: torch.nn.Module, base_modules: list[torch.nn.Module], ids: torch.Tensor,
-                  base_layers: set[int]) -> torch.Tensor:
-    """ids (B, T), full causal blocks without padding -> logits (B, T, V) of ``converted`` in which the attention
-    layers ``base_layers`` run the base model's attention module instead (Transformers' SDPA, causal, on the same
-    hidden states and position embeddings)."""
+def hybrid_logits(converted: torch.nn.Module, conv_modules: list[torch.nn.Module], base_modules: list[torch.nn.Module],
+                  ids: torch.Tensor, base_layers: set[int]) -> torch.Tensor:
+    """ids (B, T), full causal blocks without padding -> logits (B, T, V) of ``converted`` (whose attention modules
+    are ``conv_modules``) in which the layers ``base_layers`` run the base model's attention module instead
+    (Transformers' SDPA, causal, on the same hidden states and position embeddings)."""
     handles = []
-    for i, module in enumerate(attention_modules(converted)):
-        if i in base_layers:
-            base = base_modules[i]
+    for i in base_layers:
+        def run_base(module, args, kwargs, output, base=base_modules[i]):
+            return base(*args, **{**kwargs, "attention_mask": None})  # SDPA: causal without a mask
 
-            def run_base(module, args, kwargs, output, base=base):
-                return base(*args, **{**kwargs, "attention_mask": None})  # SDPA: causal without a mask
-
-            handles.append(module.register_forward_hook(run_base, with_kwargs=True))
+        handles.append(conv_modules[i].register_forward_hook(run_base, with_kwargs=True))
     try:
         return converted(input_ids=ids, use_cache=False).logits.float()
     finally:
@@ -67,7 +64,7 @@ def kl_and_ppl(reference: list[torch.Tensor], logits: list[torch.Tensor],
     count = 0
     for ref, got, ids in zip(reference, logits, blocks):
         ref_lp, got_lp = F.log_softmax(ref[:, :-1], -1), F.log_softmax(got[:, :-1], -1)
-        kl += float((ref_lp.exp() * (ref_lp - got_lp)).sum(-1).sum())
+        kl += float(F.kl_div(got_lp, ref_lp, log_target=True, reduction="sum"))
         nll += float(F.nll_loss(got_lp.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
         count += ids[:, 1:].numel()
     return kl / count, math.exp(nll / count)
@@ -117,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         reference = [base(input_ids=b, use_cache=False).logits.float() for b in blocks]
 
         def measure(base_layers: set[int]) -> tuple[float, float]:
-            logits = [hybrid_logits(converted, base_modules, b, base_layers) for b in blocks]
+            logits = [hybrid_logits(converted, conv_modules, base_modules, b, base_layers) for b in blocks]
             return kl_and_ppl(reference, logits, blocks)
 
-        no_converted = [hybrid_logits(converted, base_modules, b, everything) for b in blocks]
+        no_converted = [hybrid_logits(converted, conv_modules, base_modules, b, everything) for b in blocks]
         gap = max(float((a - r).abs().max()) for a, r in zip(no_converted, reference))
         if gap > 1e-3:
             raise SystemExit(f"error: with every layer on the base's attention the hybrid's logits differ from the "
@@ -146,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base: ppl {base_ppl:.2f}; every layer converted: KL {all_kl:.4f}, ppl {all_ppl:.2f}; "
           f"no layer converted: max logit difference to the base {gap:.2g}")
     for sweep in sweeps:
-        key = (lambda i, s=sweep: -results[s][i]["kl"]) if sweep == "only" else (lambda i, s=sweep: results[s][i]["kl"])
-        worst = sorted(range(layers), key=key)[:5]
+        worst = sorted(range(layers), key=lambda i: results[sweep][i]["kl"], reverse=sweep == "only")[:5]
         label = "largest KL alone" if sweep == "only" else "lowest KL when restored"
         print(f"{sweep}: {label}: " + ", ".join(f"{i} ({results[sweep][i]['kl']:.3f})" for i in worst))
     write_json(args.json or str(Path(converted_dir) / "transfer_layer_kl.json"),
