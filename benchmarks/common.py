@@ -136,4 +136,17 @@ def add_held_out_arguments(p: argparse.ArgumentParser, converted_help: str, json
     p.add_argument("--block-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--batches", type=int, default=4)
-    p.add_argument("--json", default=None, help=f"where to write the JSON (default <converted>/{json_name})")
+    p.add_argument("--json", default=None, help=f"where to write the JSON (default <converted>/{json_name}); an "
+                                                 "existing file is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+
+
+def held_out_json_path(args: argparse.Namespace, converted_dir: str, json_name: str) -> Path:
+    """Where a transfer diagnostic writes its JSON: ``--json``, else ``<converted_dir>/<json_name>``. Called before
+    any work: an existing file is a result, so it is refused (``SystemExit`` with an ``error:``) unless
+    ``--overwrite`` is given."""
+    path = Path(args.json) if args.json else Path(converted_dir) / json_name
+    if path.exists() and not args.overwrite:
+        raise SystemExit(f"error: {path} exists and would be overwritten. Pass --json with a new path to keep it, or "
+                         "--overwrite to replace it.")
+    return path

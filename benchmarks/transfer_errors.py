@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_held_out_arguments, held_out_blocks, machine, print_table, write_json
+from common import add_held_out_arguments, held_out_blocks, held_out_json_path, machine, print_table, write_json
 
 import hf_attnswap  # noqa: F401
 from hf_attnswap.conversion import TransferObjective
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn", default="polynomial:degree=3", help="the mechanism it was converted to")
     args = p.parse_args(argv)
 
+    json_path = held_out_json_path(args, resolve_asset(args.converted) or args.converted, "transfer_errors.json")
     target = parse_single_attn(args.attn)
     model_args = ModelArguments(model_name_or_path=args.base, attn="sdpa")
     tokenizer = load_tokenizer(model_args)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{means[0]:.3f}, per head and position {means[1]:.3f}, per head and query {means[2]:.3f}")
     worst = sorted(range(layers), key=lambda i: -rows["converted"][i])[:5]
     print("worst layers after conversion: " + ", ".join(f"{i} ({rows['converted'][i]:.3f})" for i in worst))
-    write_json(args.json or str(Path(args.converted) / "transfer_errors.json"),
+    write_json(str(json_path),
                {"args": vars(args), "machine": machine(), "tokens": sum(b.numel() for b in blocks),
                 "relative_error": rows,
                 "converted_with_best_gain": {name: [b[j] for b in bounds] for j, name in enumerate(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_held_out_arguments, held_out_blocks, machine, print_table, write_json
+from common import add_held_out_arguments, held_out_blocks, held_out_json_path, machine, print_table, write_json
 
 import hf_attnswap  # noqa: F401  (registers the mechanisms the converted model names)
 from hf_attnswap.data.assets import resolve_asset
@@ -79,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     if not sweeps or any(s not in SWEEPS for s in sweeps):
         raise SystemExit(f"error: --sweep {args.sweep!r}: name one or more of {', '.join(SWEEPS)}, comma-separated.")
 
+    converted_dir = resolve_asset(args.converted) or args.converted
+    json_path = held_out_json_path(args, converted_dir, "transfer_layer_kl.json")
+
     # --- the base model, the converted one, and held-out blocks ----------------------------------------------------
     model_args = ModelArguments(model_name_or_path=args.base, attn="sdpa")
     tokenizer = load_tokenizer(model_args)
     base, _ = build_model(model_args, tokenizer, block_size=args.block_size)
-    converted_dir = resolve_asset(args.converted) or args.converted
     if not (Path(converted_dir) / "config.json").is_file():
         raise SystemExit(f"error: {args.converted} holds no model (no config.json); pass convert.py's stage1/ folder.")
     from transformers import AutoModelForCausalLM
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         worst = sorted(range(layers), key=lambda i: results[sweep][i]["kl"], reverse=sweep == "only")[:5]
         label = "largest KL alone" if sweep == "only" else "lowest KL when restored"
         print(f"{sweep}: {label}: " + ", ".join(f"{i} ({results[sweep][i]['kl']:.3f})" for i in worst))
-    write_json(args.json or str(Path(converted_dir) / "transfer_layer_kl.json"),
+    write_json(str(json_path),
                {"args": vars(args), "machine": machine(), "tokens": tokens, "base_ppl": base_ppl,
                 "all_converted": {"kl": all_kl, "ppl": all_ppl}, "no_layer_converted_max_logit_gap": gap,
                 **results})

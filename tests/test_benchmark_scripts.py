@@ -181,3 +181,23 @@ def test_gpu_check_refuses_without_cuda():
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: no CUDA device") and not Path("/nonexistent/should-not-be-made").exists()
+
+
+@pytest.mark.parametrize(("script", "json_name", "extra"), [
+    ("transfer_layer_kl.py", "transfer_layer_kl.json", []),
+    ("transfer_errors.py", "transfer_errors.json", ["--attn", "polynomial:degree=3"])])
+def test_transfer_diagnostics_never_overwrite_a_result(tmp_path, script, json_name, extra):
+    """The default JSON goes beside the converted model; a second run refuses to replace it (before any work) unless
+    --overwrite, and --json with a new path keeps the first."""
+    base, text = _tiny_base_and_text(tmp_path)
+    earlier = base / json_name
+    earlier.write_text('{"earlier": true}')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(ROOT / "benchmarks" / script), "--base", str(base), "--converted", str(base),
+            "--data", str(text), "--block-size", "16", "--batch-size", "2", "--batches", "1", *extra]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and earlier.read_text() == '{"earlier": true}'
+    proc = subprocess.run([*args, "--overwrite"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "earlier" not in json.loads(earlier.read_text())
