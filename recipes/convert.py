@@ -40,8 +40,8 @@ from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, 
                                             RecipeConfigError, TrainArguments, parse_recipe_args)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
-from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, load_tokenizer,
-                                        parse_single_attn, wrap_lora)
+from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, freeze_except,
+                                        load_tokenizer, parse_single_attn, select_trainable, wrap_lora)
 from hf_attnswap.training.report import git_revision, machine
 
 STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "--output_dir, or pass --overwrite_output_dir to replace it.")
     if conv.control and conv.skip_finetune:
         raise RecipeConfigError("control runs stage 2 on the unswapped model, but skip_finetune skips stage 2; drop one.")
+    if conv.finetune_trainable and (lora_args.lora or conv.skip_finetune):
+        raise RecipeConfigError("finetune_trainable chooses what stage 2's full fine-tuning trains; with "
+                                f"{'lora (choose its targets with lora_target_modules)' if lora_args.lora else 'skip_finetune (no stage 2)'} "
+                                "it has nothing to choose. Drop one.")
     if not resuming and any((out / d).exists() for d in ("stage1", "stage2", "control", STATE_FILE)):
         if not train_args.overwrite_output_dir:
             raise RecipeConfigError(f"{out} holds an interrupted conversion. Continue it with --resume_from_checkpoint "
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
+    finetune_patterns = [p.strip() for p in (conv.finetune_trainable or "").split(",") if p.strip()]
+    select_trainable(model, finetune_patterns)  # a pattern that matches nothing fails now, not after stage 1
     if data_args.packing == "documents":
         check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     # --- stage 2: fine-tuning on the training loop (full or LoRA; optionally distilled) -------------------------
     def finetune(m: torch.nn.Module, stage: str) -> tuple[torch.nn.Module | None, int]:
         """Stage 2 on ``m`` in ``out/stage``; record the phase ``stage``. Returns (the model, 0) or (None, exit code)."""
+        trainable = freeze_except(m, finetune_patterns) if finetune_patterns else None  # None: every parameter
         student: torch.nn.Module = wrap_lora(m, lora_args) if lora_args.lora else m
         trained: torch.nn.Module = student
         if conv.distill_kl_weight > 0:
@@ -286,11 +293,15 @@ def main(argv: list[str] | None = None) -> int:
             eval_before_training=False, resume_from_checkpoint=_resume(resuming, stage_dir))
 
         def evaluate(eval_model: torch.nn.Module, step: int) -> dict[str, float]:
+            """``ppl``: the training corpus's held-out documents; ``ppl/<corpus>``: each other evaluation corpus."""
             inner = eval_model.student if isinstance(eval_model, DistillObjective) else eval_model
-            r = perplexity(inner, tokenizer, texts.validation, max_length=data_args.block_size,
-                           stride=conv.eval_stride or data_args.block_size, max_tokens=conv.eval_max_tokens,
-                           batch_size=train_args.per_device_eval_batch_size, progress=False)
-            return {"ppl": r.ppl}
+            metrics = {}
+            for name, docs in eval_sets.items():
+                r = perplexity(inner, tokenizer, docs, max_length=data_args.block_size,
+                               stride=conv.eval_stride or data_args.block_size, max_tokens=conv.eval_max_tokens,
+                               batch_size=train_args.per_device_eval_batch_size, progress=False)
+                metrics["ppl" if name == "train-corpus held out" else f"ppl/{name}"] = r.ppl
+            return metrics
 
         set_seed(train_args.seed)  # the conversion and its control see the same data order
         started = time.perf_counter()
@@ -314,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         record(stage, ppl=measure(student, label), steps=outcome.step, tokens=outcome.tokens_seen,
                seconds=time.perf_counter() - started, loss=[r["loss"] for r in losses],
                resumed_at=resumed_at(stage_dir / "log.jsonl"),
-               mechanism_parameters=mechanism_parameter_summary(student))
+               mechanism_parameters=mechanism_parameter_summary(student),
+               **({"trainable": trainable} if trainable is not None else {}))
         return student, 0
 
     if conv.skip_finetune:

@@ -126,6 +126,30 @@ def test_train_backend_trains_with_one_backend_and_measures_and_saves_the_target
     assert "train_backend='nope' is not a backend of polynomial" in capsys.readouterr().err
 
 
+def test_finetune_trainable_trains_only_what_it_names(assets, tmp_path, capsys):
+    """Stage 2 with finetune_trainable=self_attn: the MLPs, norms and embeddings end bit-identical to stage 1's, the
+    attention projections move; results.json names what trained; mid-run evaluations score every corpus."""
+    out = tmp_path / "attn_only"
+    argv = _argv(assets, out, "--finetune_trainable", "self_attn", "--eval_steps", "2", arch="llama",
+                 attn="polynomial:degree=2:backend=linear")
+    assert _run(argv) == 0
+    stage1, final = load_file(out / "stage1" / "model.safetensors"), load_file(out / "model.safetensors")
+    moved = {k for k in stage1 if not torch.equal(stage1[k], final[k])}
+    assert moved and all("self_attn" in k for k in moved)
+    assert any(k.endswith("v_proj.weight") for k in moved) and any(k.endswith("o_proj.weight") for k in moved)
+    trained = json.loads((out / "results.json").read_text())["phases"]["stage2"]["trainable"]
+    assert trained and all("self_attn" in k for k in trained)
+    evals = [json.loads(line) for line in (out / "stage2" / "log.jsonl").read_text().splitlines() if "eval/ppl" in line]
+    assert [e["step"] for e in evals] == [2, 3]
+    assert all(e[f"eval/ppl/{assets / 'other.jsonl'}"] > 0 for e in evals)
+    assert _run(_argv(assets, tmp_path / "bad", "--finetune_trainable", "no_such_weight")) == 2
+    assert "'no_such_weight' matches no parameter" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "stage1").exists()  # refused before stage 1, not after it
+    assert _run(_argv(assets, tmp_path / "bad2", "--finetune_trainable", "self_attn", "--lora")) == 2
+    assert "lora_target_modules" in capsys.readouterr().err
+    assert not (tmp_path / "bad2").exists()
+
+
 def test_distilled_stage2_logs_both_terms(assets, tmp_path):
     out = tmp_path / "kl"
     assert _run(_argv(assets, out, "--distill_kl_weight", "0.5", arch="llama")) == 0

@@ -139,6 +139,10 @@ class ConversionArguments:
         "help": "Before stage 1, rescale each layer's query projection by the factor (a grid of powers of sqrt 2) "
                 "whose student output best matches the teacher's on one batch. Needs the query projections trained."})
     skip_finetune: bool = field(default=False, metadata={"help": "Stop after stage 1 (no stage 2)."})
+    finetune_trainable: str | None = field(default=None, metadata={
+        "help": "Stage 2 (and the control) with full fine-tuning: comma-separated regular expressions over parameter "
+                "names that train; the rest stays frozen, except the mechanism's own parameters, which always train. "
+                "Default: every parameter. E.g. 'self_attn' trains only the attention layers."})
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
     distill_temperature: float = field(default=1.0, metadata={"help": "Stage 2: temperature of that KL loss."})
@@ -391,6 +395,9 @@ def _validate(obj: Any) -> None:
         if obj.distill_kl_weight < 0 or obj.distill_temperature <= 0:
             raise RecipeConfigError("distill_kl_weight must be >= 0 and distill_temperature > 0; got "
                                     f"{obj.distill_kl_weight}, {obj.distill_temperature}.")
+        if obj.finetune_trainable is not None and not [p for p in obj.finetune_trainable.split(",") if p.strip()]:
+            raise RecipeConfigError("finetune_trainable names no pattern; give comma-separated regular expressions "
+                                    "over parameter names, or drop it to train every parameter.")
         if obj.max_transfer_steps == 0 and obj.skip_finetune:
             raise RecipeConfigError("max_transfer_steps 0 with skip_finetune leaves nothing to do.")
     elif isinstance(obj, LoraArguments):

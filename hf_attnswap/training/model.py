@@ -19,7 +19,8 @@ from ..spec import AttnSpec, parse_attn_specs
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError
 
 __all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args",
-           "check_packing_isolates", "load_tokenizer", "parse_config_overrides", "parse_single_attn", "wrap_lora"]
+           "check_packing_isolates", "freeze_except", "load_tokenizer", "parse_config_overrides", "parse_single_attn",
+           "select_trainable", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -272,6 +273,35 @@ def check_packing_isolates(model: nn.Module) -> None:
             f"--packing documents: model_type {model_type!r} does not keep packed documents apart (its attention mask "
             "ignores the restarting position_ids, so every token would attend to the documents before it in the block). "
             "Use --packing concat for this model.")
+
+
+def select_trainable(model: nn.Module, patterns: list[str]) -> list[str]:
+    """The names of ``model``'s parameters that some pattern of ``patterns`` (regular expressions, searched) matches,
+    plus the mechanism's own parameters. A pattern that is not a regular expression, or that matches no parameter,
+    is a :class:`RecipeConfigError`."""
+    import re
+
+    names = [n for n, _ in model.named_parameters()]
+    chosen = {n for n in names if is_mechanism_parameter(n)}
+    for pat in patterns:
+        try:
+            rx = re.compile(pat)
+        except re.error as err:
+            raise RecipeConfigError(f"trainable pattern {pat!r} is not a regular expression: {err}.") from None
+        hit = {n for n in names if rx.search(n)}
+        if not hit:
+            raise RecipeConfigError(f"trainable pattern {pat!r} matches no parameter of {type(model).__name__} (e.g. "
+                                    f"{', '.join(names[:3])}, ...).")
+        chosen |= hit
+    return sorted(chosen)
+
+
+def freeze_except(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Freeze every parameter of ``model`` but :func:`select_trainable`'s; returns the names that train."""
+    chosen = set(select_trainable(model, patterns))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in chosen)
+    return sorted(chosen)
 
 
 def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
