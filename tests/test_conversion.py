@@ -260,6 +260,28 @@ def test_a_trainable_pattern_that_matches_nothing_is_an_error():
         TransferObjective(_model("llama"), "polynomial", trainable=["q_projection"])
 
 
+@pytest.mark.parametrize("pattern", [r"v_proj", r"o_proj", r"mlp\.up_proj"])
+def test_a_trained_parameter_that_cannot_reach_the_loss_is_an_error(pattern):
+    """The values are read detached, the loss is on the per-head outputs, and with teacher forcing nothing outside
+    the attention's query/key path is on the student's path: such a parameter would silently never move."""
+    objective = TransferObjective(_model("llama"), "polynomial", trainable=[r"q_proj", pattern])
+    with pytest.raises(TransferError, match=r"do not reach the transfer loss, .*: model\.layers\.0\.\S*" + pattern[-6:]):
+        objective(input_ids=_data(1)[0])
+    with torch.no_grad():  # no graph, no check: evaluation and calibration run as before
+        objective(input_ids=_data(1)[0])
+
+
+def test_without_teacher_forcing_the_layers_before_the_last_attention_reach_the_loss():
+    objective = TransferObjective(_model("llama"), "polynomial", trainable=[r"q_proj", r"layers\.0\.mlp"],
+                                  teacher_forcing=False)
+    objective(input_ids=_data(1)[0]).loss.backward()
+    assert all(p.grad is not None for n, p in objective.model.named_parameters() if "layers.0.mlp" in n)
+    last = TransferObjective(_model("llama"), "polynomial", trainable=[r"q_proj", r"layers\.1\.mlp"],
+                             teacher_forcing=False)  # the tiny llama's last layer: its MLP comes after every attention
+    with pytest.raises(TransferError, match=r"model\.layers\.1\.mlp\.gate_proj"):
+        last(input_ids=_data(1)[0])
+
+
 def test_invalid_mechanism_options_are_an_error():
     with pytest.raises(OptionError, match="'degree' must be an integer"):
         TransferObjective(_model("llama"), "polynomial", {"degree": 2.5})

@@ -303,6 +303,7 @@ class TransferObjective(nn.Module):
         for module in self._attention_modules:
             object.__setattr__(module, "_attnswap_transfer_mechanism", mech)
         self._said_no_replay = False
+        self._reach_checked = False
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         names = self._select(list(trainable) if trainable is not None else None)
         for n, p in model.named_parameters():
@@ -350,6 +351,8 @@ class TransferObjective(nn.Module):
         tokens = int(token_mask.sum()) if token_mask is not None else input_ids.numel()
         denom = num_items_in_batch if num_items_in_batch else max(tokens, 1)
         loss = step.total / (denom * step.layers)
+        if not self._reach_checked and loss.requires_grad:
+            self._check_reach(loss)
         metrics = {}
         if step.per_layer_teacher:
             share = tokens / denom  # like the loss, the metric adds up over a step's micro-batches
@@ -359,6 +362,24 @@ class TransferObjective(nn.Module):
             metrics["transfer/gain_bounds"] = step.gain_bounds
         return SimpleNamespace(loss=loss, layers=step.layers, per_layer=[v / max(tokens, 1) for v in step.per_layer],
                                metrics=metrics)
+
+    def _check_reach(self, loss: torch.Tensor) -> None:
+        """Once, at the first forward that builds a graph: every trained parameter must reach the transfer loss.
+        One that cannot would stay unchanged while it seems to train: the student reads the values detached, the
+        loss is taken before the output projection, with teacher forcing no weight outside the attention layers is
+        on the student's path (the teacher pass runs without gradients), and without it none after the last one."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True, allow_unused=True)
+        unreached = [n for (n, _), g in zip(named, grads) if g is None]
+        if unreached:
+            raise TransferError(
+                f"{len(unreached)} trained parameter(s) do not reach the transfer loss, so they would never change: "
+                f"{', '.join(unreached[:4])}{', ...' if len(unreached) > 4 else ''}. The student reads the values "
+                "detached and the loss is taken on each layer's per-head outputs (before the output projection); with "
+                "teacher forcing nothing outside the attention's query/key path is on the student's path, and without "
+                "it nothing after the last attention layer is. Drop them from trainable (the default trains the "
+                "query/key projections, or the mechanism's own parameters).")
+        self._reach_checked = True
 
     @property
     def trains_projections(self) -> bool:
