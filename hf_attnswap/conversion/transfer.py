@@ -53,7 +53,7 @@ from ..registry import (
 from ..transformers_hooks import attn_implementation_of, boolean_mask
 
 __all__ = ["LOSSES", "TRANSFER_ATTENTION", "TransferError", "TransferObjective", "TransferResult",
-           "attention_transfer", "default_trainable", "query_key_patterns"]
+           "attention_transfer", "default_trainable", "matching_parameters", "query_key_patterns"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,24 @@ def default_trainable(model: nn.Module) -> list[str]:
     return [n for n in inside if any(p.search("." + n) for p in pats)]
 
 
+def matching_parameters(model: nn.Module, patterns: Iterable[str]) -> set[str]:
+    """The names of ``model``'s parameters that some regular expression of ``patterns`` matches (searched). A
+    pattern that is not a regular expression, or that matches no parameter, is a :class:`TransferError`."""
+    names = [n for n, _ in model.named_parameters()]
+    chosen: set[str] = set()
+    for pat in patterns:
+        try:
+            rx = re.compile(pat)
+        except re.error as err:
+            raise TransferError(f"trainable pattern {pat!r} is not a regular expression: {err}.") from None
+        hit = {n for n in names if rx.search(n)}
+        if not hit:
+            raise TransferError(f"trainable pattern {pat!r} matches no parameter of {type(model).__name__} "
+                                f"(e.g. {', '.join(names[:3])}, ...).")
+        chosen |= hit
+    return chosen
+
+
 class TransferObjective(nn.Module):
     """``model`` with its attention layers running teacher and student; ``forward`` returns ``.loss``, the transfer
     loss, so any training loop (``hf_attnswap.training``'s included) can train it.
@@ -317,25 +335,13 @@ class TransferObjective(nn.Module):
         model.set_attn_implementation(TRANSFER_ATTENTION)
 
     def _select(self, patterns: list[str] | None) -> set[str]:
-        names = [n for n, _ in self.model.named_parameters()]
         if patterns is None:
             chosen = set(default_trainable(self.model))
             if not chosen:
                 raise TransferError(f"found no query/key projection in {type(self.model).__name__}'s attention layers "
                                     f"(looked for {', '.join(_QK_NAMES)}); pass trainable=[regex, ...].")
             return chosen
-        chosen: set[str] = set()
-        for pat in patterns:
-            try:
-                rx = re.compile(pat)
-            except re.error as err:
-                raise TransferError(f"trainable pattern {pat!r} is not a regular expression: {err}.") from None
-            hit = {n for n in names if rx.search(n)}
-            if not hit:
-                raise TransferError(f"trainable pattern {pat!r} matches no parameter of {type(self.model).__name__} "
-                                    f"(e.g. {', '.join(names[:3])}, ...).")
-            chosen |= hit
-        return chosen
+        return matching_parameters(self.model, patterns)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, num_items_in_batch: int | None = None,

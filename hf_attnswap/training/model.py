@@ -278,22 +278,11 @@ def check_packing_isolates(model: nn.Module) -> None:
 def select_trainable(model: nn.Module, patterns: list[str]) -> list[str]:
     """The names of ``model``'s parameters that some pattern of ``patterns`` (regular expressions, searched) matches,
     plus the mechanism's own parameters. A pattern that is not a regular expression, or that matches no parameter,
-    is a :class:`RecipeConfigError`."""
-    import re
+    is an error (:class:`~hf_attnswap.conversion.transfer.TransferError`, as for stage 1's patterns)."""
+    from ..conversion.transfer import matching_parameters
 
-    names = [n for n, _ in model.named_parameters()]
-    chosen = {n for n in names if is_mechanism_parameter(n)}
-    for pat in patterns:
-        try:
-            rx = re.compile(pat)
-        except re.error as err:
-            raise RecipeConfigError(f"trainable pattern {pat!r} is not a regular expression: {err}.") from None
-        hit = {n for n in names if rx.search(n)}
-        if not hit:
-            raise RecipeConfigError(f"trainable pattern {pat!r} matches no parameter of {type(model).__name__} (e.g. "
-                                    f"{', '.join(names[:3])}, ...).")
-        chosen |= hit
-    return sorted(chosen)
+    own = {n for n, _ in model.named_parameters() if is_mechanism_parameter(n)}
+    return sorted(own | matching_parameters(model, patterns))
 
 
 def freeze_except(model: nn.Module, patterns: list[str]) -> list[str]:
