@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         with training_backend():
             prepared, outcome = train(accelerator, trained, dataset, collate, s2_args, evaluate=evaluate,
                                       start=prepare_output_dir(s2_args, accelerator), command=command,
-                                      project_name=f"convert-{stage}")
+                                      project_name=f"convert-{stage}", final_eval=False)  # measure() below does it
         if outcome.interrupted:
             return None, outcome.exit_code
         unwrapped = accelerator.unwrap_model(prepared)

@@ -128,7 +128,8 @@ def test_train_backend_trains_with_one_backend_and_measures_and_saves_the_target
 
 def test_finetune_trainable_trains_only_what_it_names(assets, tmp_path, capsys):
     """Stage 2 with finetune_trainable=self_attn: the MLPs, norms and embeddings end bit-identical to stage 1's, the
-    attention projections move; results.json names what trained; mid-run evaluations score every corpus."""
+    attention projections move; results.json names what trained; mid-run evaluations score every corpus, and the
+    loop does not evaluate the final model again (the phase's measurement does)."""
     out = tmp_path / "attn_only"
     argv = _argv(assets, out, "--finetune_trainable", "self_attn", "--eval_steps", "2", arch="llama",
                  attn="polynomial:degree=2:backend=linear")
@@ -140,7 +141,7 @@ def test_finetune_trainable_trains_only_what_it_names(assets, tmp_path, capsys):
     trained = json.loads((out / "results.json").read_text())["phases"]["stage2"]["trainable"]
     assert trained and all("self_attn" in k for k in trained)
     evals = [json.loads(line) for line in (out / "stage2" / "log.jsonl").read_text().splitlines() if "eval/ppl" in line]
-    assert [e["step"] for e in evals] == [2, 3]
+    assert [e["step"] for e in evals] == [2]  # the final model is measured once, by the stage-2 phase
     assert all(e[f"eval/ppl/{assets / 'other.jsonl'}"] > 0 for e in evals)
     assert _run(_argv(assets, tmp_path / "bad", "--finetune_trainable", "no_such_weight")) == 2
     assert "'no_such_weight' matches no parameter" in capsys.readouterr().err

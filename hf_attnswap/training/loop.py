@@ -698,6 +698,7 @@ def train(
     hparams: dict[str, Any] | None = None,
     start: RunStart | None = None,
     command: list[str] | None = None,
+    final_eval: bool = True,
 ) -> tuple[nn.Module, TrainingOutcome]:
     """Train ``model`` on ``train_dataset``; return the prepared (possibly wrapped) model and the outcome.
 
@@ -705,7 +706,8 @@ def train(
     per process. The loss is the sum of token losses over the whole step (all micro-batches, all processes)
     divided by the number of target tokens in it (labels != -100), so accumulation and padding do not change
     the result. ``evaluate(model, step)`` runs at step 0 (``eval_before_training``), every ``eval_steps`` and at
-    the end, on every process; with ``best_metric=(name, "max"|"min")`` each improvement calls ``on_best``.
+    the end (unless ``final_eval`` is false: a recipe that measures the final model itself), on every process; with
+    ``best_metric=(name, "max"|"min")`` each improvement calls ``on_best``.
     Checkpoints every ``checkpointing_steps``; ``resume_from_checkpoint`` restores model, optimiser, schedule,
     random states and the data position, so a resumed run ends with the same weights as an uninterrupted one.
     ``start``: what :func:`prepare_output_dir` returned, if the recipe called it already (else it is called here).
@@ -815,7 +817,8 @@ def train(
     outcome.seconds = time.perf_counter() - started
     if not outcome.interrupted:
         guard.check_weights(step, "the final model")
-        evaluator.final(step)
+        if final_eval:
+            evaluator.final(step)
         if args.checkpointing_steps and step % args.checkpointing_steps != 0:
             _save(accelerator, guard, out, step, outcome, epoch, consumed, args.checkpoints_total_limit)
     return model, outcome
