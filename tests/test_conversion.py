@@ -322,6 +322,14 @@ def test_query_scale_calibration_lowers_the_loss_and_keeps_the_teacher(arch):
         assert torch.equal(w[:, d:], originals["transformer.h.0.attn.c_attn.weight"][:, d:])
 
 
+def test_calibration_measures_each_layer_on_the_teachers_inputs_even_without_teacher_forcing():
+    batch = _data(1)[0]
+    grid = [2 ** (k / 2) for k in range(-12, 5)]  # without it, layer 1 picked 0.125 here against 0.177
+    chosen = [TransferObjective(_model("llama"), "polynomial", {"degree": 3}, teacher_forcing=forcing)
+              .calibrate_query_scale(batch, factors=grid) for forcing in (True, False)]
+    assert chosen[0] == chosen[1]
+
+
 def test_calibration_needs_a_trained_query_projection():
     objective = TransferObjective(_model("llama"), "polynomial", trainable=[r"k_proj"])
     with pytest.raises(TransferError, match="not trained"):

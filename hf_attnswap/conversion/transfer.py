@@ -398,7 +398,9 @@ class TransferObjective(nn.Module):
                               factors: Iterable[float] | None = None,
                               position_ids: torch.Tensor | None = None) -> dict[str, float]:
         """Rescale each layer's query projection by the factor (from ``factors``, default ``2^(k/2)`` for k = -24…4)
-        whose student output is closest to the teacher's on this batch (B, T), before any training step.
+        whose student output is closest to the teacher's on this batch (B, T), before any training step. Each layer
+        is measured on the teacher's inputs (teacher forcing), whatever the objective trains with, so that every
+        layer's factor is its own and not the product of a common factor in all the layers before it.
 
         A mechanism whose output scale differs from softmax's by orders of magnitude (polynomial's ``s^p`` has no
         denominator) starts from a matched scale instead of spending its first hundreds of steps shrinking the
@@ -410,10 +412,14 @@ class TransferObjective(nn.Module):
         losses: list[list[float]] = []
         kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
         teacher = self._teacher_pass(kw, _token_mask(attention_mask))
-        for f in grid:
-            step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids,
-                             teacher=teacher)
-            losses.append(step.per_layer)
+        forcing, self.teacher_forcing = self.teacher_forcing, True  # each layer on the teacher's inputs, always
+        try:
+            for f in grid:
+                step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids,
+                                 teacher=teacher)
+                losses.append(step.per_layer)
+        finally:
+            self.teacher_forcing = forcing
         chosen = {}
         for layer, (name, weight, bias, rows) in enumerate(targets):
             best = min(range(len(grid)), key=lambda i: losses[i][layer] if math.isfinite(losses[i][layer]) else math.inf)
