@@ -152,7 +152,8 @@ class ConversionArguments:
     train_backend: str | None = field(default=None, metadata={
         "help": "Train both stages with this backend of the target mechanism, e.g. fused for a backend='linear' "
                 "target at short blocks, where the blocked kernel computes the same function faster on CPU. The "
-                "saved model keeps the target's backend, and every perplexity is measured with it."})
+                "saved model keeps the target's backend, and every phase's perplexity is measured with it (stage 2's "
+                "mid-run evaluations run the training backend)."})
     control: bool = field(default=False, metadata={
         "help": "Also run stage 2 on the unswapped model (its own attention: the control), with the same data order, "
                 "seed and budget, and report it beside the conversion (saved in output_dir/control)."})
