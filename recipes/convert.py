@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if conv.control and conv.skip_finetune:
         raise RecipeConfigError("control runs stage 2 on the unswapped model, but skip_finetune skips stage 2; drop one.")
     if conv.finetune_trainable and (lora_args.lora or conv.skip_finetune):
-        raise RecipeConfigError("finetune_trainable chooses what stage 2's full fine-tuning trains; with "
-                                f"{'lora (choose its targets with lora_target_modules)' if lora_args.lora else 'skip_finetune (no stage 2)'} "
-                                "it has nothing to choose. Drop one.")
+        other = "lora (choose its targets with lora_target_modules)" if lora_args.lora else "skip_finetune (no stage 2)"
+        raise RecipeConfigError(f"finetune_trainable chooses what stage 2's full fine-tuning trains; with {other} it "
+                                "has nothing to choose. Drop one.")
     if not resuming and any((out / d).exists() for d in ("stage1", "stage2", "control", STATE_FILE)):
         if not train_args.overwrite_output_dir:
             raise RecipeConfigError(f"{out} holds an interrupted conversion. Continue it with --resume_from_checkpoint "
