@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn", default="polynomial:degree=3", help="the mechanism it was converted to")
     args = p.parse_args(argv)
 
-    json_path = held_out_json_path(args, resolve_asset(args.converted) or args.converted, "transfer_errors.json")
+    converted_dir = resolve_asset(args.converted) or args.converted
+    json_path = held_out_json_path(args, converted_dir, "transfer_errors.json")
     target = parse_single_attn(args.attn)
     model_args = ModelArguments(model_name_or_path=args.base, attn="sdpa")
     tokenizer = load_tokenizer(model_args)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     rows["after calibration"] = relative_errors(objective, blocks)[0]
     from safetensors.torch import load_file
 
-    converted = load_file(str(Path(resolve_asset(args.converted) or args.converted) / "model.safetensors"))
+    converted = load_file(str(Path(converted_dir) / "model.safetensors"))
     live = dict(model.named_parameters())
     missing = [n for n in objective.trainable_names if n not in converted]
     if missing:

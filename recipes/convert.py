@@ -37,7 +37,7 @@ from hf_attnswap.data.lm import collate_blocks as collate, load_lm_texts, pack_t
 from hf_attnswap.data.text import load_texts
 from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, LoraArguments, ModelArguments,
-                                            RecipeConfigError, TrainArguments, parse_recipe_args)
+                                            RecipeConfigError, TrainArguments, comma_list, parse_recipe_args)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
 from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, freeze_except,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             text_column=data_args.text_column, validation_split_percentage=data_args.validation_split_percentage,
             max_train_samples=data_args.max_train_samples, max_eval_samples=data_args.max_eval_samples)
     eval_sets = {"train-corpus held out": texts.validation}
-    for name in (n.strip() for n in conv.eval_datasets.split(",") if n.strip()):
+    for name in comma_list(conv.eval_datasets):
         if name == data_args.dataset_name:
             raise RecipeConfigError(f"eval_datasets names the training corpus {name!r}; its held-out documents are "
                                     "measured anyway. Name other corpora.")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
-    finetune_patterns = [p.strip() for p in (conv.finetune_trainable or "").split(",") if p.strip()]
+    finetune_patterns = comma_list(conv.finetune_trainable)
     select_trainable(model, finetune_patterns)  # a pattern that matches nothing fails now, not after stage 1
     if data_args.packing == "documents":
         check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tokens: dict[str, int] = {}  # tokens scored per corpus (the same at every phase)
 
-    def measure(m: torch.nn.Module, phase: str) -> dict[str, float]:
-        m.eval()
+    def perplexities(m: torch.nn.Module) -> dict[str, float]:
+        """Held-out perplexity of ``m`` on every evaluation corpus, the same tokens each time."""
         ppl = {}
         for name, docs in eval_sets.items():
             r = perplexity(m, tokenizer, docs, max_length=data_args.block_size,
@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                            batch_size=train_args.per_device_eval_batch_size, progress=False)
             ppl[name] = r.ppl
             tokens[name] = r.tokens
+        return ppl
+
+    def measure(m: torch.nn.Module, phase: str) -> dict[str, float]:
+        m.eval()
+        ppl = perplexities(m)
         if accelerator.is_main_process:
             print(f"{phase}: " + ", ".join(f"{k} ppl {v:.4g}" for k, v in ppl.items()), flush=True)
         return ppl
@@ -295,13 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         def evaluate(eval_model: torch.nn.Module, step: int) -> dict[str, float]:
             """``ppl``: the training corpus's held-out documents; ``ppl/<corpus>``: each other evaluation corpus."""
             inner = eval_model.student if isinstance(eval_model, DistillObjective) else eval_model
-            metrics = {}
-            for name, docs in eval_sets.items():
-                r = perplexity(inner, tokenizer, docs, max_length=data_args.block_size,
-                               stride=conv.eval_stride or data_args.block_size, max_tokens=conv.eval_max_tokens,
-                               batch_size=train_args.per_device_eval_batch_size, progress=False)
-                metrics["ppl" if name == "train-corpus held out" else f"ppl/{name}"] = r.ppl
-            return metrics
+            return {"ppl" if name == "train-corpus held out" else f"ppl/{name}": v
+                    for name, v in perplexities(inner).items()}
 
         set_seed(train_args.seed)  # the conversion and its control see the same data order
         started = time.perf_counter()

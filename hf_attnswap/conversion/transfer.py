@@ -412,14 +412,10 @@ class TransferObjective(nn.Module):
         losses: list[list[float]] = []
         kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
         teacher = self._teacher_pass(kw, _token_mask(attention_mask))
-        forcing, self.teacher_forcing = self.teacher_forcing, True  # each layer on the teacher's inputs, always
-        try:
-            for f in grid:
-                step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids,
-                                 teacher=teacher)
-                losses.append(step.per_layer)
-        finally:
-            self.teacher_forcing = forcing
+        for f in grid:  # each layer on the teacher's inputs, whatever the objective trains with
+            step = self._run(input_ids, attention_mask, query_factor=float(f), position_ids=position_ids,
+                             teacher=teacher, teacher_forcing=True)
+            losses.append(step.per_layer)
         chosen = {}
         for layer, (name, weight, bias, rows) in enumerate(targets):
             best = min(range(len(grid)), key=lambda i: losses[i][layer] if math.isfinite(losses[i][layer]) else math.inf)
@@ -494,26 +490,29 @@ class TransferObjective(nn.Module):
 
     def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
              query_factor: float | None = None, position_ids: torch.Tensor | None = None,
-             gain_bounds: bool = False, teacher: _Teacher | None = None) -> _Step:
+             gain_bounds: bool = False, teacher: _Teacher | None = None,
+             teacher_forcing: bool | None = None) -> _Step:
         """One forward of the objective (see :class:`_Step`); ``teacher``: a teacher pass of this very batch to reuse
-        (the calibration measures many query scales against one).
+        (the calibration measures many query scales against one); ``teacher_forcing``: this forward's mode (default:
+        the objective's).
 
         With teacher forcing, the student pass *replays* only the attention modules, on the inputs each received in
         the teacher pass: every layer's input is the teacher's anyway, so running the rest of the network again
         (MLPs, norms, the head) would recompute the same tensors (or, under dropout, different ones that the teacher
         never saw). A model whose attention modules do not call the attention function exactly once each runs the
         whole network instead (the same results; logged once per objective, as a warning)."""
+        forcing = self.teacher_forcing if teacher_forcing is None else teacher_forcing
         token_mask = _token_mask(attention_mask)
         kw = self._forward_kwargs(input_ids, attention_mask, position_ids)
         if self._originals and teacher is None:
             teacher = self._teacher_pass(kw, token_mask)
-        step = _Step(self.teacher_forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",
+        step = _Step(forcing, self.loss_name, token_mask, mode="student" if self._originals else "both",
                      query_factor=query_factor, gain_bounds=[] if gain_bounds and self.loss_name == "mse" else None)
         if teacher is not None:
             step.recorded = teacher.outputs
         token = _STEP.set(step)
         try:
-            if teacher is not None and teacher.calls is not None and self.teacher_forcing:
+            if teacher is not None and teacher.calls is not None and forcing:
                 for module, args, kwargs in teacher.calls:
                     module(*args, **kwargs)
             else:

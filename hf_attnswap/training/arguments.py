@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from ..errors import AttnSwapError
 
 __all__ = [
+    "comma_list",
     "ConversionArguments",
     "DataArguments",
     "LoraArguments",
@@ -45,6 +46,11 @@ FLOAT32_MAX = 3.4028234663852886e38
 UNSET = ("none", "null", "")  # on the command line, these unset an optional field (case-insensitive)
 UNSET_HELP = ("An optional value (default None) is unset with none, null or an empty string, e.g. --eval_steps none "
               "or --dataset_name '' (to drop a value the --config file sets).")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the items of a comma-separated option, stripped, empty ones dropped."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 class RecipeConfigError(AttnSwapError):
@@ -396,7 +402,7 @@ def _validate(obj: Any) -> None:
         if obj.distill_kl_weight < 0 or obj.distill_temperature <= 0:
             raise RecipeConfigError("distill_kl_weight must be >= 0 and distill_temperature > 0; got "
                                     f"{obj.distill_kl_weight}, {obj.distill_temperature}.")
-        if obj.finetune_trainable is not None and not [p for p in obj.finetune_trainable.split(",") if p.strip()]:
+        if obj.finetune_trainable is not None and not comma_list(obj.finetune_trainable):
             raise RecipeConfigError("finetune_trainable names no pattern; give comma-separated regular expressions "
                                     "over parameter names, or drop it to train every parameter.")
         if obj.max_transfer_steps == 0 and obj.skip_finetune:

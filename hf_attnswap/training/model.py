@@ -16,7 +16,7 @@ from ..data.assets import resolve_source
 from ..errors import AttnSwapError
 from ..registry import PARAMS_ATTR, is_mechanism_parameter
 from ..spec import AttnSpec, parse_attn_specs
-from .arguments import LoraArguments, ModelArguments, RecipeConfigError
+from .arguments import LoraArguments, ModelArguments, RecipeConfigError, comma_list
 
 __all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args",
            "check_packing_isolates", "freeze_except", "load_tokenizer", "parse_config_overrides", "parse_single_attn",
@@ -287,10 +287,11 @@ def select_trainable(model: nn.Module, patterns: list[str]) -> list[str]:
 
 def freeze_except(model: nn.Module, patterns: list[str]) -> list[str]:
     """Freeze every parameter of ``model`` but :func:`select_trainable`'s; returns the names that train."""
-    chosen = set(select_trainable(model, patterns))
+    chosen = select_trainable(model, patterns)
+    keep = set(chosen)
     for name, param in model.named_parameters():
-        param.requires_grad_(name in chosen)
-    return sorted(chosen)
+        param.requires_grad_(name in keep)
+    return chosen
 
 
 def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
@@ -301,7 +302,7 @@ def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
     has_mechanism_params = any(is_mechanism_parameter(n) for n, _ in model.named_parameters())
     targets: Any = args.lora_target_modules
     if targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
+        targets = comma_list(targets)
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         target_modules=targets, task_type="CAUSAL_LM",
                         modules_to_save=[PARAMS_ATTR] if has_mechanism_params else None)
