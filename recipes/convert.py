@@ -42,6 +42,7 @@ from hf_attnswap.training.loop import (finished_run_files, make_accelerator, pre
                                        run_recipe, save_final, train)
 from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, freeze_except,
                                         load_tokenizer, parse_single_attn, select_trainable, wrap_lora)
+from hf_attnswap.training.optim import check_learning_rate_patterns
 from hf_attnswap.training.report import git_revision, machine
 
 STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
     finetune_patterns = comma_list(conv.finetune_trainable)
-    select_trainable(model, finetune_patterns)  # a pattern that matches nothing fails now, not after stage 1
+    # a pattern that matches nothing fails now, not after stage 1
+    stage2_names = select_trainable(model, finetune_patterns) if finetune_patterns else [n for n, _ in model.named_parameters()]
+    if not lora_args.lora:  # LoRA's adapters do not exist yet; their optimiser checks the patterns
+        check_learning_rate_patterns(stage2_names, train_args)
     if data_args.packing == "documents":
         check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = AutoModelForCausalLM.from_pretrained(stage1_dir, dtype=model.dtype)
     else:
-        trainable = [p.strip() for p in conv.transfer_trainable.split(",")] if conv.transfer_trainable else None
+        trainable = comma_list(conv.transfer_trainable) or None
         objective = TransferObjective(model, target.name, target.options, loss=conv.transfer_loss,
                                       trainable=trainable, teacher_forcing=conv.transfer_teacher_forcing)
         if "swapped" not in state:
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("calibrated query scales: " + ", ".join(f"{v:.3g}" for v in factors.values()), flush=True)
         s1_args = dataclasses.replace(
             train_args, output_dir=str(stage1_dir), max_train_steps=conv.max_transfer_steps,
-            learning_rate=conv.transfer_learning_rate, attnswap_learning_rate=None, weight_decay=0.0,
+            learning_rate=conv.transfer_learning_rate, attnswap_learning_rate=None, learning_rate_patterns=None,
+            weight_decay=0.0,
             num_warmup_steps=conv.transfer_warmup_steps, lr_scheduler_type="cosine", eval_steps=None,
             eval_before_training=False, push_to_hub=False, overwrite_output_dir=resuming,
             resume_from_checkpoint=resume_s1)

@@ -299,9 +299,12 @@ def test_resume_state_round_trip():
     outcome.best = {"metric": "loss", "value": 1.5, "step": 5}
     outcome.evaluations.append({"step": 5, "eval/loss": 1.5})
     outcome.skipped_steps.append({"step": 3, "loss": "nan", "grad_norm": None})
-    record = ResumeState.record(outcome, epoch=1, batches_in_epoch=6)
+    optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))] * 1, "name": "decay"},
+                                   {"params": [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]}])
+    record = ResumeState.record(outcome, epoch=1, batches_in_epoch=6, optimizer=optimizer)
     assert list(record) == ["epoch", "batches_in_epoch", "tokens_seen", "best", "evaluations", "skipped_steps",
-                            "inexact_resume", "total_steps"]  # save_checkpoint adds the step
+                            "inexact_resume", "total_steps", "optimizer_groups"]  # save_checkpoint adds the step
+    assert record["optimizer_groups"] == {"decay": 1, "1": 3}
     saved = json.loads(json.dumps({**record, "step": 7}))
     state = ResumeState.from_checkpoint(saved, ["2 processes saved it, 1 resume it"])
     assert (state.step, state.epoch, state.batches_in_epoch) == (7, 1, 6)

@@ -143,6 +143,39 @@ def test_parameter_groups_separate_mechanism_and_no_decay():
     assert total == len(list(model.parameters()))
 
 
+def test_learning_rate_patterns_give_named_weights_their_own_rate():
+    """learning_rate_patterns: the first matching pattern decides a weight's group and rate, per decay class; the
+    mechanism's parameters keep attnswap_learning_rate; a pattern that matches no trainable weight, or a malformed
+    pair, is an error that names it."""
+    from hf_attnswap.training.arguments import RecipeConfigError, learning_rate_pairs
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"), attn_implementation="dagpam",
+                                             attnswap={"lambda_init": 0.1})
+    args = TrainArguments(learning_rate=1e-4, attnswap_learning_rate=1e-2, weight_decay=0.1,
+                          learning_rate_patterns="q_proj|k_proj=3e-4, layers\\.0\\.=5e-5, norm=1e-3")
+    groups = {g["name"]: g for g in parameter_groups(model, args)}
+    assert set(groups) == {"decay", "attnswap", "decay:q_proj|k_proj", "decay:layers\\.0\\.",
+                           "no_decay:layers\\.0\\.", "no_decay:norm"}  # no_decay: every norm matches a pattern
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_group = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}
+    assert in_group["decay:q_proj|k_proj"] == {f"model.layers.{i}.self_attn.{m}_proj.weight" for i in (0, 1)
+                                              for m in "qk"}  # layer 0's q/k match the first pattern first
+    assert all(n.startswith("model.layers.0.") for n in in_group["decay:layers\\.0\\."])
+    assert in_group["no_decay:norm"] == {"model.layers.1.input_layernorm.weight",
+                                         "model.layers.1.post_attention_layernorm.weight", "model.norm.weight"}
+    assert not any("attnswap" in n for k, v in in_group.items() if k != "attnswap" for n in v)
+    lr = {k: (g["lr"], g["weight_decay"]) for k, g in groups.items()}
+    assert lr["decay:q_proj|k_proj"] == (3e-4, 0.1) and lr["no_decay:norm"] == (1e-3, 0.0)
+    assert lr["decay:layers\\.0\\."] == (5e-5, 0.1) and lr["attnswap"] == (1e-2, 0.0) and lr["decay"] == (1e-4, 0.1)
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+    with pytest.raises(RecipeConfigError, match="'no_such' matches no trainable parameter"):
+        parameter_groups(model, TrainArguments(learning_rate_patterns="q_proj=1e-3,no_such=1e-3"))
+    for bad, why in (("q_proj", "not REGEX=LR"), ("q_proj=0", "not REGEX=LR"), ("q_proj=fast", "not REGEX=LR"),
+                     ("=1e-3", "not REGEX=LR"), ("(=1e-3", "not a regular expression")):
+        with pytest.raises(RecipeConfigError, match=why):
+            learning_rate_pairs(bad)
+
+
 def test_lora_trains_adapters_and_mechanism_parameters_and_merged_export_loads(assets, tmp_path):
     out = tmp_path / "lora"
     assert _run(_argv(assets, out, "--lora", "--lora_r", "4", "--lora_target_modules", "c_attn")) == 0

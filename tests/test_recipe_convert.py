@@ -151,6 +151,28 @@ def test_finetune_trainable_trains_only_what_it_names(assets, tmp_path, capsys):
     assert not (tmp_path / "bad2").exists()
 
 
+def test_learning_rate_patterns_in_stage2(assets, tmp_path, capsys):
+    """Stage 2 trains the weights that learning_rate_patterns names at their own rate (the schedule scales both
+    alike); a pattern that matches no stage-2 weight, and a transfer_trainable without a pattern, are refused
+    before stage 1."""
+    out = tmp_path / "qk_lr"
+    assert _run(_argv(assets, out, "--learning_rate_patterns", "q_proj|k_proj=5e-3", arch="llama")) == 0
+    steps = [r for r in map(json.loads, (out / "stage2" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 3 and any(r["lr/decay"] > 0 for r in steps)
+    for r in steps:
+        assert r["lr/decay:q_proj|k_proj"] == pytest.approx(5 * r["lr/decay"])
+    stage1 = [r for r in map(json.loads, (out / "stage1" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert stage1 and not any(k.startswith("lr/decay:") for r in stage1 for k in r)  # stage 1 keeps its own rate
+    assert _run(_argv(assets, tmp_path / "bad", "--learning_rate_patterns", "no_such_weight=1e-3")) == 2
+    assert "'no_such_weight' matches no trainable parameter" in capsys.readouterr().err
+    assert _run(_argv(assets, tmp_path / "bad2", "--finetune_trainable", "mlp", "--learning_rate_patterns",
+                      "q_proj=1e-3", arch="llama")) == 2  # q_proj does not train in stage 2
+    assert "'q_proj' matches no trainable parameter" in capsys.readouterr().err
+    assert _run(_argv(assets, tmp_path / "bad3", "--transfer_trainable", " , ")) == 2
+    assert "transfer_trainable names no pattern" in capsys.readouterr().err
+    assert not any((tmp_path / b / "stage1").exists() for b in ("bad", "bad2", "bad3"))
+
+
 def test_distilled_stage2_logs_both_terms(assets, tmp_path):
     out = tmp_path / "kl"
     assert _run(_argv(assets, out, "--distill_kl_weight", "0.5", arch="llama")) == 0

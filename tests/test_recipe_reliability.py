@@ -273,6 +273,18 @@ def test_resume_into_a_finished_run_continues_it_but_not_from_a_foreign_checkpoi
     assert _run([*foreign, "--overwrite_output_dir"]) == 0
 
 
+def test_resume_with_other_trained_parameters_is_refused_by_name(assets, ckpt_run, tmp_path, capsys):
+    """A resume whose optimiser groups differ from the checkpoint's (here: learning_rate_patterns added) is an error
+    that says so, not a 'corrupt checkpoint'; with the run's own settings it resumes."""
+    out = _copy_checkpoints(ckpt_run, tmp_path / "run")
+    argv = _argv(assets, out, "--checkpointing_steps", "2", "--eval_before_training", "false",
+                 "--resume_from_checkpoint", str(out / "checkpoints" / "step_00000002"))
+    assert _run([*argv, "--learning_rate_patterns", "c_attn=1e-2"]) == 2
+    err = capsys.readouterr().err
+    assert "trained other parameters" in err and "learning_rate_patterns" in err and "corrupt" not in err
+    assert _run(argv) == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 5 and 9. resuming from incomplete, damaged or foreign checkpoints
 

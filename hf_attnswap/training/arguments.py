@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -55,6 +56,29 @@ def comma_list(text: str | None) -> list[str]:
 
 class RecipeConfigError(AttnSwapError):
     """A recipe's configuration is wrong: unknown key, bad value, unreadable YAML, missing required field."""
+
+
+def learning_rate_pairs(text: str | None) -> list[tuple[str, float]]:
+    """``"q_proj|k_proj=3e-4, mlp=5e-5"`` -> ``[("q_proj|k_proj", 3e-4), ("mlp", 5e-5)]``: the ``REGEX=LR`` pairs of
+    ``learning_rate_patterns``, in order. A pair without ``=``, a pattern that is not a regular expression or a
+    learning rate that is not a positive number is a :class:`RecipeConfigError`."""
+    pairs = []
+    for item in comma_list(text):
+        pattern, sep, value = item.rpartition("=")
+        pattern, value = pattern.strip(), value.strip()
+        try:
+            lr = float(value) if sep and pattern else None
+        except ValueError:
+            lr = None
+        if lr is None or not lr > 0 or lr == float("inf"):
+            raise RecipeConfigError(f"learning_rate_patterns: {item!r} is not REGEX=LR with a positive learning rate; "
+                                    "give comma-separated pairs such as 'q_proj|k_proj=3e-4'.")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise RecipeConfigError(f"learning_rate_patterns: {pattern!r} is not a regular expression: {err}.") from None
+        pairs.append((pattern, lr))
+    return pairs
 
 
 @dataclass
@@ -191,6 +215,12 @@ class TrainArguments:
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the model's weights."})
     attnswap_learning_rate: float | None = field(default=None, metadata={
         "help": "Peak learning rate of the mechanism's new parameters (daGPAM's lambda and W-); default: learning_rate."})
+    learning_rate_patterns: str | None = field(default=None, metadata={
+        "help": "Other peak learning rates for some of the model's weights: comma-separated REGEX=LR pairs; a "
+                "trainable parameter whose name a REGEX matches (searched; the first pair that matches wins) trains "
+                "at that LR, e.g. 'q_proj|k_proj=3e-4'. The mechanism's own parameters follow "
+                "attnswap_learning_rate. A pattern that matches no trainable parameter is an error. convert.py: stage 2 "
+                "(and the control) only."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases, norms, embeddings' "
                                                                "positions or the mechanism's parameters)."})
     adam_beta1: float = 0.9
@@ -363,6 +393,7 @@ def _validate(obj: Any) -> None:
             raise RecipeConfigError(f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}; got {obj.lr_scheduler_type!r}.")
         if obj.mixed_precision is not None and obj.mixed_precision not in MIXED_PRECISION:
             raise RecipeConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}; got {obj.mixed_precision!r}.")
+        learning_rate_pairs(obj.learning_rate_patterns)
         if obj.num_warmup_steps < 0 or obj.weight_decay < 0 or obj.max_grad_norm < 0 or obj.max_bad_steps < 0:
             raise RecipeConfigError("num_warmup_steps, weight_decay, max_grad_norm and max_bad_steps must be >= 0; got "
                                     f"{obj.num_warmup_steps}, {obj.weight_decay}, {obj.max_grad_norm}, "
@@ -405,6 +436,9 @@ def _validate(obj: Any) -> None:
         if obj.finetune_trainable is not None and not comma_list(obj.finetune_trainable):
             raise RecipeConfigError("finetune_trainable names no pattern; give comma-separated regular expressions "
                                     "over parameter names, or drop it to train every parameter.")
+        if obj.transfer_trainable is not None and not comma_list(obj.transfer_trainable):
+            raise RecipeConfigError("transfer_trainable names no pattern; give comma-separated regular expressions "
+                                    "over parameter names, or drop it for the default (the query/key projections).")
         if obj.max_transfer_steps == 0 and obj.skip_finetune:
             raise RecipeConfigError("max_transfer_steps 0 with skip_finetune leaves nothing to do.")
     elif isinstance(obj, LoraArguments):

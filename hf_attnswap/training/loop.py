@@ -427,12 +427,19 @@ class ResumeState:
                                skipped_steps=list(self.skipped_steps), inexact_resume=list(self.inexact_resume))
 
     @staticmethod
-    def record(outcome: TrainingOutcome, epoch: int, batches_in_epoch: int) -> dict[str, Any]:
-        """The recipe state to save after ``outcome``'s step with the data at ``(epoch, batches_in_epoch)``;
-        :func:`~.checkpoint.save_checkpoint` adds the step."""
+    def record(outcome: TrainingOutcome, epoch: int, batches_in_epoch: int, optimizer: Any) -> dict[str, Any]:
+        """The recipe state to save after ``outcome``'s step with the data at ``(epoch, batches_in_epoch)``, with
+        the optimiser's parameter groups (see :func:`optimizer_groups`); :func:`~.checkpoint.save_checkpoint` adds
+        the step."""
         return {"epoch": epoch, "batches_in_epoch": batches_in_epoch, "tokens_seen": outcome.tokens_seen,
                 "best": outcome.best, "evaluations": outcome.evaluations, "skipped_steps": outcome.skipped_steps,
-                "inexact_resume": outcome.inexact_resume, "total_steps": outcome.total_steps}
+                "inexact_resume": outcome.inexact_resume, "total_steps": outcome.total_steps,
+                "optimizer_groups": optimizer_groups(optimizer)}
+
+
+def optimizer_groups(optimizer: Any) -> dict[str, int]:
+    """``{group name (or index): number of parameters}`` of ``optimizer``: what its saved state must match."""
+    return {str(g.get("name", i)): len(g["params"]) for i, g in enumerate(optimizer.param_groups)}
 
 
 def epoch_batches(accelerator: Any, dataloader: Any, epoch: int, skip: int) -> Iterator[Any]:
@@ -454,6 +461,13 @@ def load_resume_state(accelerator: Any, point: ResumePoint | None, optimizer: An
     prints the resume, and rescales the schedule to the learning rates of ``args`` if they changed."""
     if point is None:
         return ResumeState()
+    saved, now = point.state.get("optimizer_groups"), optimizer_groups(optimizer)
+    if saved is not None and saved != now:  # else torch's load fails, and the checkpoint would look corrupt
+        raise CheckpointError(
+            f"checkpoint {point.path.name} was saved by a run that trained other parameters: its optimiser's groups "
+            f"(name: parameters) are {saved}, this run's are {now}. Resume with the settings it was started with "
+            "(learning_rate_patterns, finetune_trainable, LoRA, the attention), or start a new run in another "
+            "output_dir.")
     state = ResumeState.from_checkpoint(load_checkpoint(accelerator, point), point.inexact)
     log.write({"step": state.step, "event": "resumed", "checkpoint": str(point.path),
                **({"inexact": point.inexact} if point.inexact else {})})
@@ -662,11 +676,11 @@ def _log_step(log: JsonlLog, track: Callable[..., Any] | None, bar: Any, step: i
                     refresh=False)
 
 def _save(accelerator: Any, guard: NonFiniteGuard, out: Path, step: int, outcome: TrainingOutcome, epoch: int,
-          batches_in_epoch: int, total_limit: int | None) -> None:
+          batches_in_epoch: int, total_limit: int | None, optimizer: Any) -> None:
     """Checkpoint ``step`` with the data at ``(epoch, batches_in_epoch)``, after checking the weights (no
     checkpoint holds non-finite weights, so the rotation never drops a good one for a bad one)."""
     guard.check_weights(step, f"the checkpoint of step {step}")
-    save_checkpoint(accelerator, out, step, ResumeState.record(outcome, epoch, batches_in_epoch),
+    save_checkpoint(accelerator, out, step, ResumeState.record(outcome, epoch, batches_in_epoch, optimizer),
                     total_limit=total_limit)
     if accelerator.is_main_process:
         print(f"saved checkpoint {out / CHECKPOINTS_DIR}/step_{step:08d}", flush=True)
@@ -797,7 +811,7 @@ def train(
                 evaluator.periodic(step, args.eval_steps, total_steps)
                 if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                     _save(accelerator, guard, out, step, outcome, epoch + 1 if at_epoch_end else epoch,
-                          0 if at_epoch_end else consumed, args.checkpoints_total_limit)
+                          0 if at_epoch_end else consumed, args.checkpoints_total_limit, optimizer)
                 if step >= total_steps or (args.stop_after_steps and steps_this_run >= args.stop_after_steps):
                     break
             if args.stop_after_steps and steps_this_run >= args.stop_after_steps and step < total_steps:
@@ -820,7 +834,7 @@ def train(
         if final_eval:
             evaluator.final(step)
         if args.checkpointing_steps and step % args.checkpointing_steps != 0:
-            _save(accelerator, guard, out, step, outcome, epoch, consumed, args.checkpoints_total_limit)
+            _save(accelerator, guard, out, step, outcome, epoch, consumed, args.checkpoints_total_limit, optimizer)
     return model, outcome
 
 def save_final(accelerator: Any, model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike[str]) -> Path:
