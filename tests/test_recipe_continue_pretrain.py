@@ -170,6 +170,8 @@ def test_learning_rate_patterns_give_named_weights_their_own_rate():
     assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
     with pytest.raises(RecipeConfigError, match="'no_such' matches no trainable parameter"):
         parameter_groups(model, TrainArguments(learning_rate_patterns="q_proj=1e-3,no_such=1e-3"))
+    with pytest.raises(RecipeConfigError, match="'q_proj' matches only weights that an earlier pair already sets"):
+        parameter_groups(model, TrainArguments(learning_rate_patterns="proj=1e-3,q_proj=1e-4"))
     for bad, why in (("q_proj", "not REGEX=LR"), ("q_proj=0", "not REGEX=LR"), ("q_proj=fast", "not REGEX=LR"),
                      ("=1e-3", "not REGEX=LR"), ("(=1e-3", "not a regular expression")):
         with pytest.raises(RecipeConfigError, match=why):

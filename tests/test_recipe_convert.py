@@ -173,6 +173,26 @@ def test_learning_rate_patterns_in_stage2(assets, tmp_path, capsys):
     assert not any((tmp_path / b / "stage1").exists() for b in ("bad", "bad2", "bad3"))
 
 
+def test_lora_stage2_saves_a_merged_model_that_reloads(assets, tmp_path):
+    """Stage 2 with LoRA (distilled): the output folder holds the merged model (no adapter weights), which reloads
+    with no keyword as the linear-backend model; the linear layers moved, the embeddings and norms, which LoRA does
+    not adapt, are stage 1's bit for bit."""
+    out = tmp_path / "lora"
+    argv = _argv(assets, out, "--lora", "--lora_r", "4", "--lora_alpha", "8", "--distill_kl_weight", "1.0",
+                 arch="llama", attn="polynomial:degree=2:backend=linear:offset=0.3")
+    assert _run(argv) == 0
+    stage1, final = load_file(out / "stage1" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(stage1) == set(final) and not any("lora" in k for k in final)
+    moved = {k for k in stage1 if not torch.equal(stage1[k], final[k])}
+    assert any("mlp" in k for k in moved) and any("self_attn" in k for k in moved)
+    assert not any("embed" in k or "norm" in k for k in moved)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.attnswap["mechanism"] == "polynomial" and model.config.attnswap["backend"] == "linear"
+    results = json.loads((out / "results.json").read_text())
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    assert torch.isfinite(model(ids).logits).all() and results["phases"]["stage2"]["steps"] == 3
+
+
 def test_distilled_stage2_logs_both_terms(assets, tmp_path):
     out = tmp_path / "kl"
     assert _run(_argv(assets, out, "--distill_kl_weight", "0.5", arch="llama")) == 0

@@ -12,7 +12,8 @@ from torch import nn
 from ..registry import is_mechanism_parameter
 from .arguments import RecipeConfigError, TrainArguments, learning_rate_pairs
 
-__all__ = ["build_optimizer", "build_scheduler", "check_learning_rate_patterns", "parameter_groups", "peak_learning_rates"]
+__all__ = ["build_optimizer", "build_scheduler", "check_learning_rate_patterns", "parameter_groups",
+           "peak_learning_rates"]
 
 
 def peak_learning_rates(args: TrainArguments) -> dict[str, float]:
@@ -30,7 +31,8 @@ def parameter_groups(model: nn.Module, args: TrainArguments) -> list[dict[str, A
     and norm weights: 1-D tensors) and ``attnswap`` (the mechanism's λ and ``W⁻``: no decay, their own
     ``attnswap_learning_rate``). A weight that a pattern of ``learning_rate_patterns`` matches (the first one) goes
     to ``decay:REGEX`` or ``no_decay:REGEX``, at that pattern's rate. Empty groups are left out; each group carries
-    a ``name``. A pattern that matches no trainable parameter is a :class:`RecipeConfigError`."""
+    a ``name``. A pattern that matches no trainable parameter, or only ones that an earlier pattern took, is a
+    :class:`RecipeConfigError`."""
     pairs = learning_rate_pairs(args.learning_rate_patterns)
     compiled = [(pattern, re.compile(pattern)) for pattern, _ in pairs]
     groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "attnswap": []}
@@ -48,6 +50,10 @@ def parameter_groups(model: nn.Module, args: TrainArguments) -> list[dict[str, A
         groups.setdefault(base if pattern is None else f"{base}:{pattern}", []).append(p)
     if len(used) < len(pairs):
         check_learning_rate_patterns([n for n, p in model.named_parameters() if p.requires_grad], args)
+        shadowed = [pattern for pattern, _ in pairs if pattern not in used]
+        raise RecipeConfigError(f"learning_rate_patterns: {', '.join(map(repr, shadowed))} matches only weights that "
+                                "an earlier pair already sets (the first pair that matches wins); drop it or put it "
+                                "first.")
     peaks = peak_learning_rates(args)
     return [{"name": k, "params": v, "lr": peaks[k],
              "weight_decay": args.weight_decay if k.split(":")[0] == "decay" else 0.0}
