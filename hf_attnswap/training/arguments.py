@@ -70,7 +70,7 @@ def learning_rate_pairs(text: str | None) -> list[tuple[str, float]]:
             lr = float(value) if sep and pattern else None
         except ValueError:
             lr = None
-        if lr is None or not lr > 0 or lr == float("inf"):
+        if lr is None or not (lr > 0 and math.isfinite(lr)):
             raise RecipeConfigError(f"learning_rate_patterns: {item!r} is not REGEX=LR with a positive learning rate; "
                                     "give comma-separated pairs such as 'q_proj|k_proj=3e-4'.")
         try:
