@@ -108,6 +108,7 @@ def gap_closed(base: float, swapped: float, final: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    wall_started = time.perf_counter()  # this invocation's wall time: loading, every measurement, both stages
     # --- configuration, checked before anything heavy ---------------------------------------------------------
     model_args, data_args, train_args, lora_args, conv = parse_recipe_args(
         [ModelArguments, DataArguments, TrainArguments, LoraArguments, ConversionArguments], argv)
@@ -208,11 +209,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{phase}: " + ", ".join(f"{k} ppl {v:.4g}" for k, v in ppl.items()), flush=True)
         return ppl
 
-    def record(phase: str, **values: Any) -> None:
-        state[phase] = values
+    def save_state() -> None:
+        """Write ``conversion.json``, with this invocation's wall time so far."""
+        state["wall_seconds"][invocation] = time.perf_counter() - wall_started
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             (out / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    def record(phase: str, **values: Any) -> None:
+        state[phase] = values
+        save_state()
 
     # every phase is measured on the same tokens: an interrupted conversion continues only with the same evaluation
     evaluation = {"corpora": list(eval_sets), "documents": {k: len(v) for k, v in eval_sets.items()},
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             "eval_datasets, eval_max_tokens, eval_stride, block_size and data settings, or pass "
             "--overwrite_output_dir to start over.")
     state["evaluation"] = evaluation
+    invocation = len(state.setdefault("wall_seconds", []))  # one entry per invocation (a resume adds one)
+    state["wall_seconds"].append(0.0)
     state.setdefault("git_revision", git_revision())  # the code the conversion started with (a resume keeps it)
     if "base" not in state:
         record("base", ppl=measure(model, "base"))
@@ -276,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                start=prepare_output_dir(s1_args, accelerator), command=command,
                                project_name="convert-stage1")
         if outcome.interrupted:
+            save_state()
             accelerator.end_training()
             return outcome.exit_code
         model = objective.finish()
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                                       start=prepare_output_dir(s2_args, accelerator), command=command,
                                       project_name=f"convert-{stage}", final_eval=False)  # measure() below does it
         if outcome.interrupted:
+            save_state()
             return None, outcome.exit_code
         unwrapped = accelerator.unwrap_model(prepared)
         student = unwrapped.student if isinstance(unwrapped, DistillObjective) else unwrapped
@@ -351,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
 
     # --- report ---------------------------------------------------------------------------------------------------
+    save_state()
     if accelerator.is_main_process:
         results = report(out, state, command=command, target=target.label, options=target.options,
                          model=model_args.model_name_or_path, machine=machine(),
@@ -381,6 +392,10 @@ def report(out: Path, state: dict[str, Any], **info: Any) -> dict[str, Any]:
                "control": state.get("control"), "calibration": state.get("calibration"),
                "tokens": sum(state.get(p, {}).get("tokens", 0) for p in ("stage1", "stage2")),
                "seconds": sum(state.get(p, {}).get("seconds", 0.0) for p in ("stage1", "stage2")),
+               # every invocation's wall time (loading, measurements, both stages, the control), from the start of
+               # main to its last recorded phase or its interruption; a killed process's last part is not counted
+               "wall_seconds": sum(state.get("wall_seconds", [])),
+               "wall_seconds_per_invocation": state.get("wall_seconds", []),
                "control_seconds": state.get("control", {}).get("seconds"),
                "git_revision": state["git_revision"]}
     if git_revision() != state["git_revision"]:  # commits landed while it ran (or it was resumed on newer code)

@@ -71,6 +71,9 @@ def test_both_stages_run_and_the_output_is_a_normal_swapped_model(assets, tmp_pa
     s1 = results["phases"]["stage1"]
     assert s1["steps"] == 4 and s1["tokens"] == 4 * 2 * 2 * 16 and len(s1["loss"]) == 4
     assert results["phases"]["stage2"]["steps"] == 3
+    # the wall time covers loading and every measurement besides the two stages' training
+    assert len(results["wall_seconds_per_invocation"]) == 1
+    assert results["wall_seconds"] == results["wall_seconds_per_invocation"][0] > results["seconds"] > 0
     assert (out / "conversion.png").stat().st_size > 1000
     assert all(len(v) == 2 for v in s1["relative_error"].values())  # per layer, at the first and the last steps
     assert results["command"][1].endswith("convert.py") and "--max_transfer_steps" in results["command"]
@@ -254,6 +257,9 @@ def test_resume_after_an_interruption_gives_the_same_weights(assets, tmp_path, w
     assert _run(_argv(assets, cut, *args, "--resume_from_checkpoint", "latest")) == 0
     a, b = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    results = json.loads((cut / "results.json").read_text())  # the refused continuation ran nothing and counts not
+    walls = results["wall_seconds_per_invocation"]
+    assert len(walls) == 2 and all(w > 0 for w in walls) and results["wall_seconds"] == pytest.approx(sum(walls))
     if where == "inside_stage2":  # the steps logged twice (before the stop, after the resume) count once
         stage2 = json.loads((cut / "results.json").read_text())["phases"]["stage2"]
         expected = json.loads((full / "results.json").read_text())["phases"]["stage2"]["loss"]
