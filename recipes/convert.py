@@ -40,7 +40,7 @@ from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, 
                                             RecipeConfigError, TrainArguments, comma_list, parse_recipe_args)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
-from hf_attnswap.training.model import (build_model, check_model_args, check_packing_isolates, freeze_except,
+from hf_attnswap.training.model import (build_model, check_lora_modules_to_save, check_model_args, check_packing_isolates, freeze_except,
                                         load_tokenizer, parse_single_attn, select_trainable, wrap_lora)
 from hf_attnswap.training.optim import check_learning_rate_patterns
 from hf_attnswap.training.report import git_revision, machine
@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     stage2_names = select_trainable(model, finetune_patterns) if finetune_patterns else [n for n, _ in model.named_parameters()]
     if not lora_args.lora:  # LoRA's adapters do not exist yet; their optimiser checks the patterns
         check_learning_rate_patterns(stage2_names, train_args)
+    else:
+        check_lora_modules_to_save(model, lora_args)
     if data_args.packing == "documents":
         check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():

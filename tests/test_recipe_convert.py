@@ -196,6 +196,28 @@ def test_lora_stage2_saves_a_merged_model_that_reloads(assets, tmp_path):
     assert torch.isfinite(model(ids).logits).all() and results["phases"]["stage2"]["steps"] == 3
 
 
+def test_lora_modules_to_save_trains_the_named_modules_fully(assets, tmp_path, capsys):
+    """``--lora_modules_to_save layernorm``: each decoder layer's two norms train beside the adapters and are merged
+    into the saved model; the final norm (``model.norm``, which the name does not end) and the embeddings stay stage
+    1's. A name that ends no module's name, or the option without LoRA, is an error before anything trains."""
+    out = tmp_path / "norms"
+    argv = _argv(assets, out, "--lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_modules_to_save", "layernorm",
+                 arch="llama", attn="polynomial:degree=2:backend=linear:offset=0.3")
+    assert _run(argv) == 0
+    stage1, final = load_file(out / "stage1" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(stage1) == set(final) and not any("lora" in k or "modules_to_save" in k for k in final)
+    moved = {k for k in stage1 if not torch.equal(stage1[k], final[k])}
+    norms = {k for k in stage1 if "layernorm" in k}
+    assert norms and norms <= moved and "model.norm.weight" not in moved and not any("embed" in k for k in moved)
+    bad = _argv(assets, tmp_path / "bad", "--lora", "--lora_modules_to_save", "layernorm,no_such_module",
+                arch="llama", attn="polynomial:degree=2:backend=linear")
+    assert _run(bad) == 2
+    assert "no_such_module ends no module's name" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "stage1").exists()
+    assert _run(_argv(assets, tmp_path / "bad2", "--lora_modules_to_save", "layernorm", arch="llama")) == 2
+    assert "set lora true" in capsys.readouterr().err
+
+
 def test_distilled_stage2_logs_both_terms(assets, tmp_path):
     out = tmp_path / "kl"
     assert _run(_argv(assets, out, "--distill_kl_weight", "0.5", arch="llama")) == 0

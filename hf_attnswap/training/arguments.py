@@ -147,6 +147,11 @@ class LoraArguments:
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Comma-separated module names, or all-linear."})
+    lora_modules_to_save: str | None = field(default=None, metadata={
+        "help": "Comma-separated module names trained fully beside the adapters (PEFT's modules_to_save; a name "
+                "matches every module whose name ends with it: layernorm trains Llama's per-layer norms, norm the final "
+                "one too), e.g. layernorm. "
+                "A name that matches no module is an error."})
 
 
 @dataclass
@@ -446,3 +451,10 @@ def _validate(obj: Any) -> None:
             positive("lora_r")
             if not 0 <= obj.lora_dropout < 1:
                 raise RecipeConfigError(f"lora_dropout must be in [0, 1); got {obj.lora_dropout}.")
+        if obj.lora_modules_to_save is not None:
+            if not obj.lora:
+                raise RecipeConfigError("lora_modules_to_save chooses what trains beside LoRA's adapters; set lora true "
+                                        "too, or drop it.")
+            if not comma_list(obj.lora_modules_to_save):
+                raise RecipeConfigError("lora_modules_to_save names no module; give comma-separated module names, or "
+                                        "drop it.")

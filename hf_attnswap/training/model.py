@@ -19,7 +19,7 @@ from ..spec import AttnSpec, parse_attn_specs
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError, comma_list
 
 __all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args",
-           "check_packing_isolates", "freeze_except", "load_tokenizer", "parse_config_overrides", "parse_single_attn",
+           "check_lora_modules_to_save", "check_packing_isolates", "freeze_except", "load_tokenizer", "parse_config_overrides", "parse_single_attn",
            "select_trainable", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -294,18 +294,33 @@ def freeze_except(model: nn.Module, patterns: list[str]) -> list[str]:
     return chosen
 
 
+def check_lora_modules_to_save(model: nn.Module, args: LoraArguments) -> list[str]:
+    """The module names of ``lora_modules_to_save``; a name that ends no module's name in ``model`` (PEFT's
+    matching rule, which would ignore it) raises :class:`~hf_attnswap.training.arguments.RecipeConfigError`."""
+    extra = comma_list(args.lora_modules_to_save)
+    module_names = [n for n, _ in model.named_modules()]
+    unmatched = [m for m in extra if not any(n.endswith(m) for n in module_names)]
+    if unmatched:
+        raise RecipeConfigError(f"lora_modules_to_save: {', '.join(unmatched)} ends no module's name in this model "
+                                f"(e.g. {', '.join(module_names[-3:])}). Name modules of this model.")
+    return extra
+
+
 def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
-    """Wrap ``model`` with PEFT LoRA adapters. The mechanism's parameter modules (``attnswap``) go in
-    ``modules_to_save``: fully trainable, and saved in the adapter."""
+    """Wrap ``model`` with PEFT LoRA adapters. The mechanism's parameter modules (``attnswap``) and the modules
+    that ``lora_modules_to_save`` names go in ``modules_to_save``: fully trainable, and saved in the adapter (merged
+    into the model by ``merge_and_unload``). A name there that ends no module's name is a
+    :class:`~hf_attnswap.training.arguments.RecipeConfigError` (PEFT would ignore it)."""
     from peft import LoraConfig, get_peft_model
 
     has_mechanism_params = any(is_mechanism_parameter(n) for n, _ in model.named_parameters())
     targets: Any = args.lora_target_modules
     if targets != "all-linear":
         targets = comma_list(targets)
+    extra = check_lora_modules_to_save(model, args)
+    to_save = ([PARAMS_ATTR] if has_mechanism_params else []) + extra
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=targets, task_type="CAUSAL_LM",
-                        modules_to_save=[PARAMS_ATTR] if has_mechanism_params else None)
+                        target_modules=targets, task_type="CAUSAL_LM", modules_to_save=to_save or None)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
