@@ -37,7 +37,8 @@ from hf_attnswap.data.lm import collate_blocks as collate, load_lm_texts, pack_t
 from hf_attnswap.data.text import load_texts
 from hf_attnswap.evaluation.perplexity import perplexity
 from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, LoraArguments, ModelArguments,
-                                            RecipeConfigError, TrainArguments, comma_list, parse_recipe_args)
+                                            RecipeConfigError, TrainArguments, comma_list, parse_recipe_args,
+                                            pattern_list)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
 from hf_attnswap.training.model import (build_model, check_lora_modules_to_save, check_model_args, check_packing_isolates, freeze_except,
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(model_args)
     base_args = dataclasses.replace(model_args, attn="sdpa")  # the teacher: the model as it was trained
     model, _ = build_model(base_args, tokenizer, block_size=data_args.block_size)
-    finetune_patterns = comma_list(conv.finetune_trainable)
+    finetune_patterns = pattern_list(conv.finetune_trainable)
     # a pattern that matches nothing fails now, not after stage 1
     stage2_names = select_trainable(model, finetune_patterns) if finetune_patterns else [n for n, _ in model.named_parameters()]
     if not lora_args.lora:  # LoRA's adapters do not exist yet; their optimiser checks the patterns
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = AutoModelForCausalLM.from_pretrained(stage1_dir, dtype=model.dtype)
     else:
-        trainable = comma_list(conv.transfer_trainable) or None
+        trainable = pattern_list(conv.transfer_trainable) or None
         objective = TransferObjective(model, target.name, target.options, loss=conv.transfer_loss,
                                       trainable=trainable, teacher_forcing=conv.transfer_teacher_forcing)
         if "swapped" not in state:

@@ -176,6 +176,16 @@ def test_learning_rate_patterns_give_named_weights_their_own_rate():
                      ("=1e-3", "not REGEX=LR"), ("(=1e-3", "not a regular expression")):
         with pytest.raises(RecipeConfigError, match=why):
             learning_rate_pairs(bad)
+    # a comma inside {m,n} or [...], or escaped, belongs to the pattern
+    assert learning_rate_pairs(r"layers\.(0|1){1,2}\.=1e-3, [,;]x\,y=2e-4") == [(r"layers\.(0|1){1,2}\.", 1e-3),
+                                                                              (r"[,;]x\,y", 2e-4)]
+
+
+def test_pattern_list_splits_only_between_patterns():
+    from hf_attnswap.training.arguments import pattern_list
+
+    assert pattern_list(r" a{1,2}, b[,], c\,d ,, ") == [r"a{1,2}", r"b[,]", r"c\,d"]
+    assert pattern_list("q_proj,k_proj") == ["q_proj", "k_proj"] and pattern_list(None) == pattern_list(" , ") == []
 
 
 def test_lora_trains_adapters_and_mechanism_parameters_and_merged_export_loads(assets, tmp_path):

@@ -54,6 +54,33 @@ def comma_list(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
+def pattern_list(text: str | None) -> list[str]:
+    """The regular expressions of a comma-separated option, stripped, empty ones dropped. A comma splits only
+    outside ``{...}`` and ``[...]`` and unescaped, so ``"layers\\.(1|2){1,2}\\., mlp"`` is two patterns and ``\\,``
+    is a literal comma (kept escaped, which a regular expression reads as a comma)."""
+    items, current, braces, in_class, escaped = [], [], 0, False, False
+    for ch in text or "":
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "{":
+            braces += 1
+        elif ch == "}" and braces:
+            braces -= 1
+        elif ch == "," and not braces:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
 class RecipeConfigError(AttnSwapError):
     """A recipe's configuration is wrong: unknown key, bad value, unreadable YAML, missing required field."""
 
@@ -63,7 +90,7 @@ def learning_rate_pairs(text: str | None) -> list[tuple[str, float]]:
     ``learning_rate_patterns``, in order. A pair without ``=``, a pattern that is not a regular expression or a
     learning rate that is not a positive number is a :class:`RecipeConfigError`."""
     pairs = []
-    for item in comma_list(text):
+    for item in pattern_list(text):
         pattern, sep, value = item.rpartition("=")
         pattern, value = pattern.strip(), value.strip()
         try:
@@ -166,7 +193,8 @@ class ConversionArguments:
     transfer_loss: str = field(default="mse", metadata={
         "help": "mse (per-head attention outputs) or xent (cross-entropy on the attention weights; short blocks)."})
     transfer_trainable: str | None = field(default=None, metadata={
-        "help": "Comma-separated regular expressions over parameter names that stage 1 trains. Default: the "
+        "help": "Comma-separated regular expressions over parameter names that stage 1 trains (a comma inside "
+                "{m,n} or [...], or escaped with a backslash, belongs to the pattern). Default: the "
                 "mechanism's own parameters, or the query/key projections of a mechanism without any."})
     transfer_teacher_forcing: bool = field(default=True, metadata={
         "help": "Each layer passes the teacher's output on (layers train independently)."})
@@ -176,7 +204,7 @@ class ConversionArguments:
     skip_finetune: bool = field(default=False, metadata={"help": "Stop after stage 1 (no stage 2)."})
     finetune_trainable: str | None = field(default=None, metadata={
         "help": "Stage 2 (and the control) with full fine-tuning: comma-separated regular expressions over parameter "
-                "names that train; the rest stays frozen, except the mechanism's own parameters, which always train. "
+                "names that train (commas as for transfer_trainable); the rest stays frozen, except the mechanism's own parameters, which always train. "
                 "Default: every parameter. E.g. 'self_attn' trains only the attention layers."})
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
@@ -221,7 +249,8 @@ class TrainArguments:
     attnswap_learning_rate: float | None = field(default=None, metadata={
         "help": "Peak learning rate of the mechanism's new parameters (daGPAM's lambda and W-); default: learning_rate."})
     learning_rate_patterns: str | None = field(default=None, metadata={
-        "help": "Other peak learning rates for some of the model's weights: comma-separated REGEX=LR pairs; a "
+        "help": "Other peak learning rates for some of the model's weights: comma-separated REGEX=LR pairs (a comma "
+                "inside {m,n} or [...], or escaped with a backslash, belongs to the REGEX); a "
                 "trainable parameter whose name a REGEX matches (searched; the first pair that matches wins) trains "
                 "at that LR, e.g. 'q_proj|k_proj=3e-4'. The mechanism's own parameters follow "
                 "attnswap_learning_rate. A pattern that matches no trainable parameter is an error. convert.py: stage 2 "
@@ -438,10 +467,10 @@ def _validate(obj: Any) -> None:
         if obj.distill_kl_weight < 0 or obj.distill_temperature <= 0:
             raise RecipeConfigError("distill_kl_weight must be >= 0 and distill_temperature > 0; got "
                                     f"{obj.distill_kl_weight}, {obj.distill_temperature}.")
-        if obj.finetune_trainable is not None and not comma_list(obj.finetune_trainable):
+        if obj.finetune_trainable is not None and not pattern_list(obj.finetune_trainable):
             raise RecipeConfigError("finetune_trainable names no pattern; give comma-separated regular expressions "
                                     "over parameter names, or drop it to train every parameter.")
-        if obj.transfer_trainable is not None and not comma_list(obj.transfer_trainable):
+        if obj.transfer_trainable is not None and not pattern_list(obj.transfer_trainable):
             raise RecipeConfigError("transfer_trainable names no pattern; give comma-separated regular expressions "
                                     "over parameter names, or drop it for the default (the query/key projections).")
         if obj.max_transfer_steps == 0 and obj.skip_finetune:
