@@ -42,8 +42,8 @@ from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, 
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
 from hf_attnswap.training.model import (build_model, check_lora_modules_to_save, check_model_args, check_packing_isolates, freeze_except,
-                                        load_tokenizer, parse_single_attn, select_trainable, wrap_lora)
-from hf_attnswap.training.optim import check_learning_rate_patterns
+                                        load_tokenizer, lora_preview, parse_single_attn, select_trainable, wrap_lora)
+from hf_attnswap.training.optim import check_learning_rate_patterns, parameter_groups
 from hf_attnswap.training.report import git_revision, machine
 
 STATE_FILE = "conversion.json"  # the phases done so far: their perplexities, tokens and times (resume reads it)
@@ -182,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     finetune_patterns = pattern_list(conv.finetune_trainable)
     # a pattern that matches nothing fails now, not after stage 1
     stage2_names = select_trainable(model, finetune_patterns) if finetune_patterns else [n for n, _ in model.named_parameters()]
-    if not lora_args.lora:  # LoRA's adapters do not exist yet; their optimiser checks the patterns
+    if not lora_args.lora:
         check_learning_rate_patterns(stage2_names, train_args)
-    else:
+    else:  # the adapters do not exist yet: their names come from a weightless copy wrapped the same way
         check_lora_modules_to_save(model, lora_args)
+        parameter_groups(lora_preview(model, lora_args), train_args)
     if data_args.packing == "documents":
         check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():

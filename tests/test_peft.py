@@ -53,3 +53,19 @@ def test_lora_with_dagpam_parameters_trainable_and_saved(base_checkpoints, tmp_p
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     torch.testing.assert_close(again.eval()(ids).logits, expected, atol=1e-5, rtol=1e-5)
     assert hf_attnswap.parameter_overhead(again)["added"] > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_preview_names_what_wrap_lora_trains_without_weights_or_random_numbers(base_checkpoints, arch):
+    from hf_attnswap.training.arguments import LoraArguments
+    from hf_attnswap.training.model import lora_preview, wrap_lora
+
+    args = LoraArguments(lora=True, lora_r=4, lora_modules_to_save="ln_1" if arch == "gpt2" else "layernorm")
+    model = AutoModelForCausalLM.from_pretrained(base_checkpoints[arch])
+    state = torch.random.get_rng_state()
+    preview = lora_preview(model, args)
+    assert torch.equal(state, torch.random.get_rng_state())  # a run that checks first trains as one that does not
+    assert all(p.device.type == "meta" for p in preview.parameters())
+    real = wrap_lora(model, args)
+    shapes = {n: (p.shape, p.requires_grad) for n, p in real.named_parameters()}
+    assert {n: (p.shape, p.requires_grad) for n, p in preview.named_parameters()} == shapes

@@ -199,11 +199,16 @@ def test_lora_stage2_saves_a_merged_model_that_reloads(assets, tmp_path):
 def test_lora_modules_to_save_trains_the_named_modules_fully(assets, tmp_path, capsys):
     """``--lora_modules_to_save layernorm``: each decoder layer's two norms train beside the adapters and are merged
     into the saved model; the final norm (``model.norm``, which the name does not end) and the embeddings stay stage
-    1's. A name that ends no module's name, or the option without LoRA, is an error before anything trains."""
+    1's; ``learning_rate_patterns`` can set the adapters' rate. A name that ends no module's name, the option
+    without LoRA, and a learning-rate pattern that matches no adapter (checked on :func:`lora_preview`'s names)
+    are errors before anything trains."""
     out = tmp_path / "norms"
     argv = _argv(assets, out, "--lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_modules_to_save", "layernorm",
-                 arch="llama", attn="polynomial:degree=2:backend=linear:offset=0.3")
+                 "--learning_rate_patterns", "lora_B=2e-3", arch="llama",
+                 attn="polynomial:degree=2:backend=linear:offset=0.3")
     assert _run(argv) == 0
+    steps = [r for r in map(json.loads, (out / "stage2" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert all(r["lr/decay:lora_B"] == pytest.approx(2 * r["lr/decay"]) for r in steps)  # adapters' own rate
     stage1, final = load_file(out / "stage1" / "model.safetensors"), load_file(out / "model.safetensors")
     assert set(stage1) == set(final) and not any("lora" in k or "modules_to_save" in k for k in final)
     moved = {k for k in stage1 if not torch.equal(stage1[k], final[k])}
@@ -216,6 +221,11 @@ def test_lora_modules_to_save_trains_the_named_modules_fully(assets, tmp_path, c
     assert not (tmp_path / "bad" / "stage1").exists()
     assert _run(_argv(assets, tmp_path / "bad2", "--lora_modules_to_save", "layernorm", arch="llama")) == 2
     assert "set lora true" in capsys.readouterr().err
+    # under LoRA the base weights are frozen: a pattern naming one is refused before stage 1, from the adapters' names
+    assert _run(_argv(assets, tmp_path / "bad3", "--lora", "--learning_rate_patterns", r"q_proj\.weight=1e-3",
+                      arch="llama")) == 2
+    assert r"'q_proj\\.weight' matches no trainable parameter" in capsys.readouterr().err
+    assert not (tmp_path / "bad3" / "stage1").exists()
 
 
 def test_distilled_stage2_logs_both_terms(assets, tmp_path):

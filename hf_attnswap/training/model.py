@@ -18,9 +18,9 @@ from ..registry import PARAMS_ATTR, is_mechanism_parameter
 from ..spec import AttnSpec, parse_attn_specs
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError, comma_list
 
-__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args",
-           "check_lora_modules_to_save", "check_packing_isolates", "freeze_except", "load_tokenizer", "parse_config_overrides", "parse_single_attn",
-           "select_trainable", "wrap_lora"]
+__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_lora_modules_to_save",
+           "check_model_args", "check_packing_isolates", "freeze_except", "load_tokenizer", "lora_preview",
+           "parse_config_overrides", "parse_single_attn", "select_trainable", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -304,6 +304,18 @@ def check_lora_modules_to_save(model: nn.Module, args: LoraArguments) -> list[st
         raise RecipeConfigError(f"lora_modules_to_save: {', '.join(unmatched)} ends no module's name in this model "
                                 f"(e.g. {', '.join(module_names[-3:])}). Name modules of this model.")
     return extra
+
+
+def lora_preview(model: nn.Module, args: LoraArguments) -> nn.Module:
+    """A weightless copy of ``model`` (``PreTrainedModel``, on the meta device) wrapped as :func:`wrap_lora` wraps
+    it: its parameter names, shapes and ``requires_grad`` are what a LoRA run will train, so options that name
+    weights (``learning_rate_patterns``) can be checked before anything trains. No memory is allocated and no random
+    number is drawn (the random state is restored), so a run that checks first trains exactly as one that does not.
+    The copy has no mechanism parameters (``learning_rate_patterns`` never sets their rate)."""
+    import copy
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return wrap_lora(type(model)(copy.deepcopy(model.config)), args)
 
 
 def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
