@@ -41,8 +41,9 @@ from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, 
                                             pattern_list)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
-from hf_attnswap.training.model import (build_model, check_lora_modules_to_save, check_model_args, check_packing_isolates, freeze_except,
-                                        load_tokenizer, lora_preview, parse_single_attn, select_trainable, wrap_lora)
+from hf_attnswap.training.model import (build_model, check_lora_modules_to_save, check_model_args,
+                                        check_packing_isolates, freeze_except, load_tokenizer, lora_preview,
+                                        parse_single_attn, select_trainable, wrap_lora)
 from hf_attnswap.training.optim import check_learning_rate_patterns, parameter_groups
 from hf_attnswap.training.report import git_revision, machine
 

@@ -176,9 +176,8 @@ class LoraArguments:
         "help": "Comma-separated module names, or all-linear."})
     lora_modules_to_save: str | None = field(default=None, metadata={
         "help": "Comma-separated module names trained fully beside the adapters (PEFT's modules_to_save; a name "
-                "matches every module whose name ends with it: layernorm trains Llama's per-layer norms, norm the final "
-                "one too), e.g. layernorm. "
-                "A name that matches no module is an error."})
+                "matches every module whose name ends with it: layernorm trains Llama's per-layer norms, norm the "
+                "final one too). A name that matches no module is an error."})
 
 
 @dataclass
@@ -204,7 +203,8 @@ class ConversionArguments:
     skip_finetune: bool = field(default=False, metadata={"help": "Stop after stage 1 (no stage 2)."})
     finetune_trainable: str | None = field(default=None, metadata={
         "help": "Stage 2 (and the control) with full fine-tuning: comma-separated regular expressions over parameter "
-                "names that train (commas as for transfer_trainable); the rest stays frozen, except the mechanism's own parameters, which always train. "
+                "names that train (commas as for transfer_trainable); the rest stays frozen, except the mechanism's "
+                "own parameters, which always train. "
                 "Default: every parameter. E.g. 'self_attn' trains only the attention layers."})
     distill_kl_weight: float = field(default=0.0, metadata={
         "help": "Stage 2: weight of a KL loss to the original model's next-token distributions (0: none)."})
