@@ -58,10 +58,11 @@ def test_lora_with_dagpam_parameters_trainable_and_saved(base_checkpoints, tmp_p
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_lora_preview_names_what_wrap_lora_trains_without_weights_or_random_numbers(base_checkpoints, arch):
     from hf_attnswap.training.arguments import LoraArguments
-    from hf_attnswap.training.model import lora_preview, wrap_lora
+    from hf_attnswap.training.model import lora_preview, modules_named, wrap_lora
 
-    args = LoraArguments(lora=True, lora_r=4, lora_modules_to_save="ln_1" if arch == "gpt2" else "layernorm")
+    args = LoraArguments(lora=True, lora_r=4, lora_modules_to_save="ln_1" if arch == "gpt2" else "input_layernorm,norm")
     model = AutoModelForCausalLM.from_pretrained(base_checkpoints[arch])
+    expected = {"base_model.model." + n for n in modules_named(model, ["ln_1", "input_layernorm", "norm"])}
     state = torch.random.get_rng_state()
     preview = lora_preview(model, args)
     assert torch.equal(state, torch.random.get_rng_state())  # a run that checks first trains as one that does not
@@ -69,3 +70,5 @@ def test_lora_preview_names_what_wrap_lora_trains_without_weights_or_random_numb
     real = wrap_lora(model, args)
     shapes = {n: (p.shape, p.requires_grad) for n, p in real.named_parameters()}
     assert {n: (p.shape, p.requires_grad) for n, p in preview.named_parameters()} == shapes
+    trained = {n.split(".modules_to_save")[0] for n, p in real.named_parameters() if "modules_to_save" in n}
+    assert trained == expected and len(trained) == (2 if arch == "gpt2" else 3)  # norm: model.norm, not every norm

@@ -197,14 +197,14 @@ def test_lora_stage2_saves_a_merged_model_that_reloads(assets, tmp_path):
 
 
 def test_lora_modules_to_save_trains_the_named_modules_fully(assets, tmp_path, capsys):
-    """``--lora_modules_to_save layernorm``: each decoder layer's two norms train beside the adapters and are merged
-    into the saved model; the final norm (``model.norm``, which the name does not end) and the embeddings stay stage
-    1's; ``learning_rate_patterns`` can set the adapters' rate. A name that ends no module's name, the option
+    """``--lora_modules_to_save input_layernorm,post_attention_layernorm``: each decoder layer's two norms train beside the adapters and are merged
+    into the saved model; the final norm (``model.norm``) and the embeddings stay stage
+    1's; ``learning_rate_patterns`` can set the adapters' rate. A name that names no module (``layernorm``, a suffix but no whole part), the option
     without LoRA, and a learning-rate pattern that matches no adapter (checked on :func:`lora_preview`'s names)
     are errors before anything trains."""
     out = tmp_path / "norms"
-    argv = _argv(assets, out, "--lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_modules_to_save", "layernorm",
-                 "--learning_rate_patterns", "lora_B=2e-3", arch="llama",
+    argv = _argv(assets, out, "--lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_modules_to_save",
+                 "input_layernorm,post_attention_layernorm", "--learning_rate_patterns", "lora_B=2e-3", arch="llama",
                  attn="polynomial:degree=2:backend=linear:offset=0.3")
     assert _run(argv) == 0
     steps = [r for r in map(json.loads, (out / "stage2" / "log.jsonl").read_text().splitlines()) if "loss" in r]
@@ -214,10 +214,10 @@ def test_lora_modules_to_save_trains_the_named_modules_fully(assets, tmp_path, c
     moved = {k for k in stage1 if not torch.equal(stage1[k], final[k])}
     norms = {k for k in stage1 if "layernorm" in k}
     assert norms and norms <= moved and "model.norm.weight" not in moved and not any("embed" in k for k in moved)
-    bad = _argv(assets, tmp_path / "bad", "--lora", "--lora_modules_to_save", "layernorm,no_such_module",
+    bad = _argv(assets, tmp_path / "bad", "--lora", "--lora_modules_to_save", "input_layernorm,layernorm",
                 arch="llama", attn="polynomial:degree=2:backend=linear")
     assert _run(bad) == 2
-    assert "no_such_module ends no module's name" in capsys.readouterr().err
+    assert "layernorm names no module" in capsys.readouterr().err  # a whole last part, not any suffix
     assert not (tmp_path / "bad" / "stage1").exists()
     assert _run(_argv(assets, tmp_path / "bad2", "--lora_modules_to_save", "layernorm", arch="llama")) == 2
     assert "set lora true" in capsys.readouterr().err

@@ -175,9 +175,9 @@ class LoraArguments:
     lora_target_modules: str = field(default="all-linear", metadata={
         "help": "Comma-separated module names, or all-linear."})
     lora_modules_to_save: str | None = field(default=None, metadata={
-        "help": "Comma-separated module names trained fully beside the adapters (PEFT's modules_to_save; a name "
-                "matches every module whose name ends with it: layernorm trains Llama's per-layer norms, norm the "
-                "final one too). A name that matches no module is an error."})
+        "help": "Comma-separated module names trained fully beside the adapters (PEFT's modules_to_save): a "
+                "module's full name or its last dotted parts, e.g. input_layernorm,post_attention_layernorm (Llama's "
+                "per-layer norms); norm names only model.norm. A name that names no module is an error."})
 
 
 @dataclass

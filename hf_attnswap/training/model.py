@@ -20,7 +20,7 @@ from .arguments import LoraArguments, ModelArguments, RecipeConfigError, comma_l
 
 __all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_lora_modules_to_save",
            "check_model_args", "check_packing_isolates", "freeze_except", "load_tokenizer", "lora_preview",
-           "parse_config_overrides", "parse_single_attn", "select_trainable", "wrap_lora"]
+           "modules_named", "parse_config_overrides", "parse_single_attn", "select_trainable", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -294,15 +294,22 @@ def freeze_except(model: nn.Module, patterns: list[str]) -> list[str]:
     return chosen
 
 
+def modules_named(model: nn.Module, names: list[str]) -> set[str]:
+    """The names of ``model``'s modules that one of ``names`` names: the module's full name, or its trailing dotted
+    part (``input_layernorm`` names ``model.layers.0.input_layernorm``; ``norm`` names ``model.norm`` only)."""
+    return {n for n, _ in model.named_modules() if n and any(n == m or n.endswith("." + m) for m in names)}
+
+
 def check_lora_modules_to_save(model: nn.Module, args: LoraArguments) -> list[str]:
-    """The module names of ``lora_modules_to_save``; a name that ends no module's name in ``model`` (PEFT's
-    matching rule, which would ignore it) raises :class:`~hf_attnswap.training.arguments.RecipeConfigError`."""
+    """The module names of ``lora_modules_to_save``; a name that names no module of ``model`` (:func:`modules_named`)
+    raises :class:`~hf_attnswap.training.arguments.RecipeConfigError`, as PEFT would ignore it."""
     extra = comma_list(args.lora_modules_to_save)
-    module_names = [n for n, _ in model.named_modules()]
-    unmatched = [m for m in extra if not any(n.endswith(m) for n in module_names)]
+    unmatched = [m for m in extra if not modules_named(model, [m])]
     if unmatched:
-        raise RecipeConfigError(f"lora_modules_to_save: {', '.join(unmatched)} ends no module's name in this model "
-                                f"(e.g. {', '.join(module_names[-3:])}). Name modules of this model.")
+        names = [n for n, _ in model.named_modules()]
+        raise RecipeConfigError(f"lora_modules_to_save: {', '.join(unmatched)} names no module of this model (a "
+                                f"module's full name or its last dotted parts, e.g. {', '.join(names[-3:])}). Name "
+                                "modules of this model.")
     return extra
 
 
@@ -321,8 +328,9 @@ def lora_preview(model: nn.Module, args: LoraArguments) -> nn.Module:
 def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
     """Wrap ``model`` with PEFT LoRA adapters. The mechanism's parameter modules (``attnswap``) and the modules
     that ``lora_modules_to_save`` names go in ``modules_to_save``: fully trainable, and saved in the adapter (merged
-    into the model by ``merge_and_unload``). A name there that ends no module's name is a
-    :class:`~hf_attnswap.training.arguments.RecipeConfigError` (PEFT would ignore it)."""
+    into the model by ``merge_and_unload``). A name there that names no module (:func:`modules_named`), or a PEFT
+    that wraps other modules than the names name, is a :class:`~hf_attnswap.training.arguments.RecipeConfigError`
+    (PEFT would ignore the first silently)."""
     from peft import LoraConfig, get_peft_model
 
     has_mechanism_params = any(is_mechanism_parameter(n) for n, _ in model.named_parameters())
@@ -330,10 +338,25 @@ def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
     if targets != "all-linear":
         targets = comma_list(targets)
     extra = check_lora_modules_to_save(model, args)
+    expected = modules_named(model, extra)
     to_save = ([PARAMS_ATTR] if has_mechanism_params else []) + extra
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         target_modules=targets, task_type="CAUSAL_LM", modules_to_save=to_save or None)
     try:
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
     except ValueError as exc:
         raise RecipeConfigError(f"LoRA: {exc}. Set lora_target_modules to module names of this model.") from None
+    if extra:  # PEFT's matching rule has changed between versions: train exactly the modules named, or refuse
+        from peft.utils import ModulesToSaveWrapper
+
+        prefix = "base_model.model."
+        got = {n[len(prefix):] if n.startswith(prefix) else n for n, mod in wrapped.named_modules()
+               if isinstance(mod, ModulesToSaveWrapper) and not (n == PARAMS_ATTR or n.endswith("." + PARAMS_ATTR))}
+        if got != expected:
+            import peft
+
+            differ = sorted(got ^ expected)
+            raise RecipeConfigError(f"lora_modules_to_save: PEFT {peft.__version__} matched other modules than "
+                                    f"{', '.join(extra)} names ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}"
+                                    "); name the modules by their full last part, e.g. input_layernorm.")
+    return wrapped
