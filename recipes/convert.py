@@ -41,7 +41,7 @@ from hf_attnswap.training.arguments import (ConversionArguments, DataArguments, 
                                             pattern_list)
 from hf_attnswap.training.loop import (finished_run_files, make_accelerator, prepare_output_dir, recipe_command,
                                        run_recipe, save_final, train)
-from hf_attnswap.training.model import (build_model, check_lora_modules_to_save, check_model_args,
+from hf_attnswap.training.model import (build_model, check_model_args,
                                         check_packing_isolates, freeze_except, load_tokenizer, lora_preview,
                                         parse_single_attn, select_trainable, wrap_lora)
 from hf_attnswap.training.optim import check_learning_rate_patterns, parameter_groups
@@ -185,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     stage2_names = select_trainable(model, finetune_patterns) if finetune_patterns else [n for n, _ in model.named_parameters()]
     if not lora_args.lora:
         check_learning_rate_patterns(stage2_names, train_args)
-    else:  # the adapters do not exist yet: their names come from a weightless copy wrapped the same way
-        check_lora_modules_to_save(model, lora_args)
-        parameter_groups(lora_preview(model, lora_args), train_args)
+    else:  # the adapters do not exist yet: a weightless copy wrapped the same way checks lora_modules_to_save and
+        parameter_groups(lora_preview(model, lora_args), train_args)  # gives the adapters' names to the patterns
     if data_args.packing == "documents":
         check_packing_isolates(model)  # a model whose mask ignores position_ids would mix the documents
     with accelerator.main_process_first():

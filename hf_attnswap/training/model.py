@@ -18,8 +18,8 @@ from ..registry import PARAMS_ATTR, is_mechanism_parameter
 from ..spec import AttnSpec, parse_attn_specs
 from .arguments import LoraArguments, ModelArguments, RecipeConfigError, comma_list
 
-__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_lora_modules_to_save",
-           "check_model_args", "check_packing_isolates", "freeze_except", "load_tokenizer", "lora_preview",
+__all__ = ["ModelLoadError", "build_config", "build_model", "check_block_size", "check_model_args",
+           "check_packing_isolates", "freeze_except", "load_tokenizer", "lora_preview",
            "modules_named", "parse_config_overrides", "parse_single_attn", "select_trainable", "wrap_lora"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -300,19 +300,6 @@ def modules_named(model: nn.Module, names: list[str]) -> set[str]:
     return {n for n, _ in model.named_modules() if n and any(n == m or n.endswith("." + m) for m in names)}
 
 
-def check_lora_modules_to_save(model: nn.Module, args: LoraArguments) -> list[str]:
-    """The module names of ``lora_modules_to_save``; a name that names no module of ``model`` (:func:`modules_named`)
-    raises :class:`~hf_attnswap.training.arguments.RecipeConfigError`, as PEFT would ignore it."""
-    extra = comma_list(args.lora_modules_to_save)
-    unmatched = [m for m in extra if not modules_named(model, [m])]
-    if unmatched:
-        names = [n for n, _ in model.named_modules()]
-        raise RecipeConfigError(f"lora_modules_to_save: {', '.join(unmatched)} names no module of this model (a "
-                                f"module's full name or its last dotted parts, e.g. {', '.join(names[-3:])}). Name "
-                                "modules of this model.")
-    return extra
-
-
 def lora_preview(model: nn.Module, args: LoraArguments) -> nn.Module:
     """A weightless copy of ``model`` (``PreTrainedModel``, on the meta device) wrapped as :func:`wrap_lora` wraps
     it: its parameter names, shapes and ``requires_grad`` are what a LoRA run will train, so options that name
@@ -337,7 +324,13 @@ def wrap_lora(model: nn.Module, args: LoraArguments) -> nn.Module:
     targets: Any = args.lora_target_modules
     if targets != "all-linear":
         targets = comma_list(targets)
-    extra = check_lora_modules_to_save(model, args)
+    extra = comma_list(args.lora_modules_to_save)
+    unmatched = [m for m in extra if not modules_named(model, [m])]
+    if unmatched:
+        names = [n for n, _ in model.named_modules()]
+        raise RecipeConfigError(f"lora_modules_to_save: {', '.join(unmatched)} names no module of this model (a "
+                                f"module's full name or its last dotted parts, e.g. {', '.join(names[-3:])}). Name "
+                                "modules of this model.")
     expected = modules_named(model, extra)
     to_save = ([PARAMS_ATTR] if has_mechanism_params else []) + extra
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
